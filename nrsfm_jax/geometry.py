@@ -1,0 +1,261 @@
+"""Rotations, projection and SVD Procrustes alignment.
+
+Pure JAX: every function broadcasts over arbitrary leading axes, is jit- and
+vmap-compatible, and has finite gradients everywhere (including the degenerate
+inputs where a naive SVD backward pass returns NaN: repeated singular values of
+symmetric, planar or identical shapes). Conventions:
+
+* Points are row vectors in arrays ``[..., P, 3]``; a rotation ``R [..., 3, 3]``
+  acts as ``points @ R^T`` (i.e. ``R p`` for each point ``p``).
+* The camera is orthographic with ``Π = [[1, 0, 0], [0, 1, 0]]``: image
+  coordinates are the first two camera-frame coordinates and ``z`` is depth.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Below this squared angle so3_exp switches to its Taylor expansion.
+_SMALL_ANGLE_SQ = 1e-8
+# Denominators (sums of singular values) below this are treated as degenerate
+# directions of the Procrustes problem: their gradient contribution is zeroed.
+_SVD_EPS = 1e-9
+
+
+def hat(omega: Array) -> Array:
+  """Skew-symmetric matrix ``[ω]_×`` with ``[ω]_× v = ω × v``.
+
+  Args:
+    omega: ``[..., 3]`` vectors.
+
+  Returns:
+    ``[..., 3, 3]`` skew-symmetric matrices.
+  """
+  x, y, z = omega[..., 0], omega[..., 1], omega[..., 2]
+  zero = jnp.zeros_like(x)
+  return jnp.stack([
+      jnp.stack([zero, -z, y], -1),
+      jnp.stack([z, zero, -x], -1),
+      jnp.stack([-y, x, zero], -1),
+  ], -2)
+
+
+def vee(matrix: Array) -> Array:
+  """Inverse of :func:`hat` on the skew part: ``[..., 3, 3] -> [..., 3]``."""
+  return 0.5 * jnp.stack([
+      matrix[..., 2, 1] - matrix[..., 1, 2],
+      matrix[..., 0, 2] - matrix[..., 2, 0],
+      matrix[..., 1, 0] - matrix[..., 0, 1],
+  ], -1)
+
+
+def so3_exp(omega: Array) -> Array:
+  """Rodrigues' formula: rotation vector ``[..., 3]`` -> rotation ``[..., 3, 3]``.
+
+  ``R = I + a [ω]_× + b [ω]_×²`` with ``a = sin θ / θ`` and
+  ``b = (1 − cos θ) / θ² = 2 sin²(θ/2) / θ²``, switching to the Taylor series
+  near ``θ = 0`` so values and gradients are exact and finite at ``ω = 0``.
+  """
+  theta_sq = jnp.sum(omega * omega, axis=-1)
+  small = theta_sq < _SMALL_ANGLE_SQ
+  theta_sq_safe = jnp.where(small, 1.0, theta_sq)
+  theta = jnp.sqrt(theta_sq_safe)
+  a = jnp.where(small, 1.0 - theta_sq / 6.0, jnp.sin(theta) / theta)
+  half_sin = jnp.sin(0.5 * theta)
+  b = jnp.where(small, 0.5 - theta_sq / 24.0, 2.0 * half_sin * half_sin / theta_sq_safe)
+  k = hat(omega)
+  eye = jnp.eye(3, dtype=omega.dtype)
+  return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
+
+
+def so3_log(rotation: Array) -> Array:
+  """Rotation ``[..., 3, 3]`` -> rotation vector ``[..., 3]`` with angle in [0, π].
+
+  Uses ``atan2(|vee(R)|, (tr R − 1)/2)`` for the angle, and near π (where the
+  skew part vanishes) recovers the axis from the symmetric part ``R + Rᵀ``.
+  """
+  cos = jnp.clip(0.5 * (jnp.trace(rotation, axis1=-2, axis2=-1) - 1.0), -1.0, 1.0)
+  v = vee(rotation)  # = sin(θ) * axis
+  sin = jnp.sqrt(jnp.sum(v * v, -1) + 1e-30)
+  theta = jnp.arctan2(sin, cos)
+  # Generic branch: ω = v θ / sin θ (→ v as θ → 0).
+  small = sin < 1e-6
+  factor = jnp.where(small, 1.0 + theta * theta / 6.0, theta / jnp.where(small, 1.0, sin))
+  omega_generic = v * factor[..., None]
+  # Near π: (R + Rᵀ)/2 − cos θ I = (1 − cos θ) a aᵀ; take its largest column.
+  sym = 0.5 * (rotation + jnp.swapaxes(rotation, -1, -2))
+  outer = sym - cos[..., None, None] * jnp.eye(3, dtype=rotation.dtype)
+  diag = jnp.diagonal(outer, axis1=-2, axis2=-1)
+  col = jnp.argmax(diag, axis=-1)
+  axis = jnp.take_along_axis(outer, col[..., None, None], axis=-1)[..., 0]
+  axis = axis / jnp.sqrt(jnp.sum(axis * axis, -1, keepdims=True) + 1e-30)
+  sign = jnp.where(jnp.sum(axis * v, -1) < 0, -1.0, 1.0)
+  omega_pi = axis * (sign * theta)[..., None]
+  near_pi = cos < -0.99
+  return jnp.where(near_pi[..., None], omega_pi, omega_generic)
+
+
+def random_rotation(key: Array, shape: tuple[int, ...] = (), dtype=jnp.float32) -> Array:
+  """Rotations drawn uniformly (Haar measure) from SO(3).
+
+  A normalised 4D Gaussian is a uniform unit quaternion, whose rotation matrix
+  is Haar-distributed.
+
+  Args:
+    key: PRNG key.
+    shape: leading batch shape.
+    dtype: float dtype of the result.
+
+  Returns:
+    ``[*shape, 3, 3]`` rotation matrices.
+  """
+  q = jax.random.normal(key, (*shape, 4), dtype=dtype)
+  q = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+  return quaternion_to_matrix(q)
+
+
+def quaternion_to_matrix(q: Array) -> Array:
+  """Unit quaternions ``[..., 4]`` (w, x, y, z) -> rotations ``[..., 3, 3]``."""
+  w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+  return jnp.stack([
+      jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+      jnp.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+      jnp.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+  ], -2)
+
+
+def rotate(points: Array, rotation: Array) -> Array:
+  """Applies ``R`` to every point: ``[..., P, 3] x [..., 3, 3] -> [..., P, 3]``."""
+  return jnp.einsum('...pj,...ij->...pi', points, rotation)
+
+
+def orthographic_project(points: Array) -> Array:
+  """Orthographic projection ``Π = [[1,0,0],[0,1,0]]``: ``[..., P, 3] -> [..., P, 2]``."""
+  return points[..., :2]
+
+
+def flip_depth(points: Array) -> Array:
+  """Negates depth (z): the reflection that orthographic 2D cannot see. ``[..., 3]``."""
+  points = jnp.asarray(points)
+  return jnp.concatenate([points[..., :2], -points[..., 2:]], -1)
+
+
+# ----------------------------------------------------------------------------
+# Procrustes.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def rotation_from_covariance(cov: Array, allow_reflection: bool = False) -> Array:
+  """Orthogonal polar factor of a cross-covariance, with stable gradients.
+
+  Returns ``R = U D Vᵀ`` maximising ``tr(Rᵀ M)`` where ``M = U S Vᵀ`` and
+  ``D = diag(1, 1, sign det(U Vᵀ))`` (``D = I`` if ``allow_reflection``).
+
+  The default SVD backward pass divides by ``s_i² − s_j²`` and is NaN whenever
+  two singular values coincide (symmetric shapes, identical source and target).
+  The polar factor's own derivative only divides by ``σ_i + σ_j`` (σ the signed
+  singular values), which vanishes only where the optimal rotation is genuinely
+  not unique (e.g. collinear points); there the offending components are zeroed.
+
+  Args:
+    cov: ``[..., 3, 3]`` matrices ``M = Σ_p w_p t_p s_pᵀ``.
+    allow_reflection: return the best orthogonal matrix, det ±1.
+
+  Returns:
+    ``[..., 3, 3]`` rotations (orthogonal matrices if ``allow_reflection``).
+  """
+  u, d, vt = _signed_svd(cov, allow_reflection)
+  del d
+  return u @ vt
+
+
+def _signed_svd(cov, allow_reflection):
+  u, s, vt = jnp.linalg.svd(cov, full_matrices=False)
+  if allow_reflection:
+    return u, s, vt
+  det = jnp.linalg.det(u @ vt)
+  sign = jnp.where(det < 0, -1.0, 1.0).astype(cov.dtype)
+  # Flip the last left singular vector: U D, with signed singular values D S.
+  u = u.at[..., :, 2].multiply(sign[..., None])
+  s = s.at[..., 2].multiply(sign)
+  return u, s, vt
+
+
+@rotation_from_covariance.defjvp
+def _rotation_from_covariance_jvp(allow_reflection, primals, tangents):
+  (cov,), (dcov,) = primals, tangents
+  u, s, vt = _signed_svd(cov, allow_reflection)
+  v = jnp.swapaxes(vt, -1, -2)
+  x = jnp.swapaxes(u, -1, -2) @ dcov @ v
+  denom = s[..., :, None] + s[..., None, :]
+  ok = denom > _SVD_EPS * jnp.maximum(jnp.max(jnp.abs(s), axis=-1, keepdims=True)[..., None], 1e-30)
+  omega = jnp.where(ok, (x - jnp.swapaxes(x, -1, -2)) / jnp.where(ok, denom, 1.0), 0.0)
+  rot = u @ vt
+  return rot, u @ omega @ vt
+
+
+def _weights(points: Array, mask: Array | None) -> Array:
+  if mask is None:
+    return jnp.ones(points.shape[:-1], points.dtype)
+  return jnp.broadcast_to(mask.astype(points.dtype), points.shape[:-1])
+
+
+def procrustes_rotation(source: Array, target: Array, *, mask: Array | None = None,
+                        allow_reflection: bool = False) -> Array:
+  """Rotation ``R`` minimising ``Σ_p w_p ‖R s_p − t_p‖²`` (i.e. ``‖source @ Rᵀ − target‖``).
+
+  No centring is done: centre both point sets first for the usual
+  translation-invariant alignment (see :func:`similarity_align`).
+
+  Args:
+    source: ``[..., P, 3]`` points to rotate.
+    target: ``[..., P, 3]`` points to match.
+    mask: optional ``[..., P]`` weights (0 = ignore the point).
+    allow_reflection: search the orthogonal group O(3) instead of SO(3).
+
+  Returns:
+    ``[..., 3, 3]`` rotation with ``source @ Rᵀ ≈ target``.
+  """
+  w = _weights(source, mask)
+  cov = jnp.einsum('...p,...pi,...pj->...ij', w, target, source)
+  return rotation_from_covariance(cov, allow_reflection)
+
+
+def weighted_centroid(points: Array, mask: Array | None = None) -> Array:
+  """Mean over visible points: ``[..., P, D] -> [..., 1, D]`` (0 if none visible)."""
+  w = _weights(points, mask)[..., None]
+  return jnp.sum(points * w, -2, keepdims=True) / jnp.maximum(jnp.sum(w, -2, keepdims=True), 1e-12)
+
+
+def similarity_align(source: Array, target: Array, *, mask: Array | None = None,
+                     allow_reflection: bool = False) -> Array:
+  """Aligns ``source`` to ``target`` with the best rotation, scale and translation.
+
+  Umeyama's least-squares similarity over the visible points; the result is
+  ``c · (source − μ_s) @ Rᵀ + μ_t``.
+
+  Args:
+    source: ``[..., P, 3]``.
+    target: ``[..., P, 3]``.
+    mask: optional ``[..., P]`` weights.
+    allow_reflection: allow det(R) = −1.
+
+  Returns:
+    ``[..., P, 3]`` aligned copy of ``source``.
+  """
+  w = _weights(source, mask)
+  mu_s = weighted_centroid(source, w)
+  mu_t = weighted_centroid(target, w)
+  s0, t0 = source - mu_s, target - mu_t
+  rot = procrustes_rotation(s0, t0, mask=w, allow_reflection=allow_reflection)
+  rotated = rotate(s0, rot)
+  num = jnp.sum(w[..., None] * rotated * t0, axis=(-2, -1))
+  den = jnp.sum(w[..., None] * s0 * s0, axis=(-2, -1))
+  scale = num / jnp.maximum(den, 1e-12)
+  return scale[..., None, None] * rotated + mu_t

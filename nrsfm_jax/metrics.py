@@ -1,0 +1,212 @@
+"""Evaluation metrics, exactly as defined in BENCHMARKS.md.
+
+All functions take numpy or JAX arrays, are jit-compatible, and return JAX
+arrays (``np.asarray`` them for reporting). Per-frame metrics return one value
+per frame so callers can average over all frames of all sequences and report
+per-trial numbers from the same arrays.
+
+Depth flip: an orthographic camera cannot tell a shape from its mirror image
+through the image plane (``z → −z``); "flip-resolved" metrics take, per frame,
+the better of the prediction and its depth-flipped copy (C3DPO's "MPJPE best").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from nrsfm_jax import geometry
+
+Array = jax.Array
+
+
+def _root_centre(points: Array, root: int | None) -> Array:
+  points = jnp.asarray(points)
+  if root is None:
+    return points
+  return points - points[..., root:root + 1, :]
+
+
+def _joint_mean(dist: Array, mask: Array | None) -> Array:
+  if mask is None:
+    return jnp.mean(dist, -1)
+  mask = jnp.broadcast_to(jnp.asarray(mask, dist.dtype), dist.shape)
+  return jnp.sum(dist * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1e-12)
+
+
+def _dist(a: Array, b: Array) -> Array:
+  return jnp.linalg.norm(a - b, axis=-1)
+
+
+def flip_resolve(pred: Array, gt: Array, *, root: int | None = 0,
+                 mask: Array | None = None) -> Array:
+  """Root-centres ``pred`` and, per frame, keeps it or its depth flip, whichever is closer.
+
+  Args:
+    pred: ``[..., P, 3]`` predictions (camera frame).
+    gt: ``[..., P, 3]`` ground truth (camera frame).
+    root: root joint index (``None``: no centring).
+    mask: optional ``[..., P]`` joint weights.
+
+  Returns:
+    ``[..., P, 3]`` root-centred, flip-resolved predictions.
+  """
+  p, g = _root_centre(pred, root), _root_centre(gt, root)
+  flipped = geometry.flip_depth(p)
+  keep = _joint_mean(_dist(p, g), mask) <= _joint_mean(_dist(flipped, g), mask)
+  return jnp.where(keep[..., None, None], p, flipped)
+
+
+def mpjpe(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True,
+          mask: Array | None = None) -> Array:
+  """Mean per-joint position error per frame, root-centred, no scale/rotation fit.
+
+  With ``flip=True`` (C3DPO's "MPJPE best") the better of the prediction and
+  its depth-flipped copy is scored per frame.
+
+  Args:
+    pred: ``[..., P, 3]``.
+    gt: ``[..., P, 3]``.
+    root: root joint index (``None``: no centring).
+    flip: resolve the depth flip per frame.
+    mask: optional ``[..., P]`` joint weights.
+
+  Returns:
+    ``[...]`` per-frame errors, in the units of the inputs.
+  """
+  g = _root_centre(gt, root)
+  p = flip_resolve(pred, gt, root=root, mask=mask) if flip else _root_centre(pred, root)
+  return _joint_mean(_dist(p, g), mask)
+
+
+def pa_mpjpe(pred: Array, gt: Array, *, mask: Array | None = None) -> Array:
+  """MPJPE after per-frame similarity Procrustes alignment (rotation, scale, translation).
+
+  Args:
+    pred: ``[..., P, 3]``.
+    gt: ``[..., P, 3]``.
+    mask: optional ``[..., P]`` joint weights.
+
+  Returns:
+    ``[...]`` per-frame errors.
+  """
+  pred, gt = jnp.asarray(pred), jnp.asarray(gt)
+  aligned = geometry.similarity_align(pred, gt, mask=mask)
+  return _joint_mean(_dist(aligned, gt), mask)
+
+
+def pairwise_distances(points: Array) -> Array:
+  """``[..., P, 3] -> [..., P, P]`` Euclidean distances (zero diagonal)."""
+  diff = points[..., :, None, :] - points[..., None, :, :]
+  sq = jnp.sum(diff * diff, -1)
+  return jnp.sqrt(jnp.maximum(sq, 0.0))
+
+
+def stress(pred: Array, gt: Array) -> Array:
+  """C3DPO's Stress per frame: mean over pairs ``i < j`` of ``| ‖g_i−g_j‖ − ‖p_i−p_j‖ |``.
+
+  Invariant to rotating, translating or reflecting either input.
+
+  Args:
+    pred: ``[..., P, 3]``.
+    gt: ``[..., P, 3]``.
+
+  Returns:
+    ``[...]`` per-frame values.
+  """
+  pred, gt = jnp.asarray(pred), jnp.asarray(gt)
+  num_points = pred.shape[-2]
+  i, j = jnp.triu_indices(num_points, k=1)
+  dp = pairwise_distances(pred)[..., i, j]
+  dg = pairwise_distances(gt)[..., i, j]
+  return jnp.mean(jnp.abs(dg - dp), -1)
+
+
+def accel_error(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True) -> Array:
+  """Acceleration error per frame (units per frame²).
+
+  Mean joint distance between the second finite differences of the
+  root-centred (and, with ``flip``, per-frame flip-resolved) prediction and of
+  the ground truth.
+
+  Args:
+    pred: ``[..., F, P, 3]`` a sequence (``F ≥ 3``).
+    gt: ``[..., F, P, 3]``.
+    root: root joint index.
+    flip: resolve the depth flip per frame first.
+
+  Returns:
+    ``[..., F − 2]`` per-frame values (centred at frames 1 … F−2).
+  """
+  g = _root_centre(gt, root)
+  p = flip_resolve(pred, gt, root=root) if flip else _root_centre(pred, root)
+
+  def accel(x):
+    return x[..., 2:, :, :] - 2.0 * x[..., 1:-1, :, :] + x[..., :-2, :, :]
+
+  return jnp.mean(_dist(accel(p), accel(g)), -1)
+
+
+def _frame_centre(points: Array) -> Array:
+  points = jnp.asarray(points)
+  return points - jnp.mean(points, -2, keepdims=True)
+
+
+def e3d(pred: Array, gt: Array) -> Array:
+  """Normalised 3D error (PND convention), a sequence-level scalar.
+
+  Mean over frames of ``‖Ŝ_f − S_f‖_F / ‖S_f‖_F`` after centring each frame,
+  taking per frame the better of ``Ŝ_f`` and its depth flip.
+
+  Args:
+    pred: ``[F, P, 3]``.
+    gt: ``[F, P, 3]``.
+
+  Returns:
+    Scalar.
+  """
+  p, g = _frame_centre(pred), _frame_centre(gt)
+  norm_g = jnp.sqrt(jnp.sum(g * g, axis=(-2, -1)))
+  err = jnp.sqrt(jnp.sum((p - g)**2, axis=(-2, -1)))
+  err_flip = jnp.sqrt(jnp.sum((geometry.flip_depth(p) - g)**2, axis=(-2, -1)))
+  return jnp.mean(jnp.minimum(err, err_flip) / norm_g)
+
+
+def akhter_scale(points: Array, *, ddof: int = 1) -> Array:
+  """Mean over the ``3F`` coordinate rows of each row's std across points.
+
+  ``ddof=1`` matches MATLAB's ``std`` used by Akhter et al.'s code.
+
+  Args:
+    points: ``[F, P, 3]`` (centred per frame).
+
+  Returns:
+    Scalar.
+  """
+  return jnp.mean(jnp.std(jnp.asarray(points), axis=-2, ddof=ddof))
+
+
+def e3d_akhter(pred: Array, gt: Array) -> Array:
+  """Akhter et al.'s ``compareStructs`` error as defined in BENCHMARKS.md B.
+
+  Centre each frame; divide prediction and truth each by its own
+  :func:`akhter_scale`; align the whole sequence with one orthogonal 3×3 matrix
+  (least squares, reflection allowed); per frame the mean over points of the
+  Euclidean distance; then the mean over frames. (Akhter's original divides
+  both by the truth's scale and projects an affine fit onto the orthogonal
+  group; on the benchmark sequences the two differ by at most 0.003.)
+
+  Args:
+    pred: ``[F, P, 3]``.
+    gt: ``[F, P, 3]``.
+
+  Returns:
+    Scalar.
+  """
+  p, g = _frame_centre(pred), _frame_centre(gt)
+  p = p / akhter_scale(p)
+  g = g / akhter_scale(g)
+  flat_p, flat_g = p.reshape(-1, 3), g.reshape(-1, 3)
+  rot = geometry.procrustes_rotation(flat_p, flat_g, allow_reflection=True)
+  aligned = geometry.rotate(p, rot)
+  return jnp.mean(jnp.mean(_dist(aligned, g), -1))

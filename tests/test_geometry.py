@@ -1,0 +1,175 @@
+"""Property tests for nrsfm_jax.geometry."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nrsfm_jax import geometry
+
+jax.config.update('jax_enable_x64', False)
+
+
+def _shape(key, num_points=17):
+  return jax.random.normal(key, (num_points, 3))
+
+
+class SO3Test(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_exp_log_roundtrip(self):
+    omega = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
+    omega = omega / jnp.linalg.norm(omega, axis=-1, keepdims=True) * jnp.linspace(0.0, 3.1, 64)[:, None]
+    rot = self.variant(geometry.so3_exp)(omega)
+    np.testing.assert_allclose(rot @ jnp.swapaxes(rot, -1, -2), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.det(rot), 1.0, atol=1e-5)
+    np.testing.assert_allclose(self.variant(geometry.so3_log)(rot), omega, atol=2e-4)
+
+  def test_log_near_pi(self):
+    axis = jnp.array([0.3, -0.5, 0.81])
+    axis = axis / jnp.linalg.norm(axis)
+    for angle in (jnp.pi - 1e-3, jnp.pi):
+      omega = geometry.so3_log(geometry.so3_exp(axis * angle))
+      np.testing.assert_allclose(geometry.so3_exp(omega), geometry.so3_exp(axis * angle), atol=1e-4)
+
+  def test_exp_matches_rodrigues_and_small_angle(self):
+    omega = jnp.array([0.2, -0.4, 0.1])
+    theta = jnp.linalg.norm(omega)
+    k = geometry.hat(omega / theta)
+    expected = jnp.eye(3) + jnp.sin(theta) * k + (1 - jnp.cos(theta)) * k @ k
+    np.testing.assert_allclose(geometry.so3_exp(omega), expected, atol=1e-6)
+    np.testing.assert_allclose(geometry.so3_exp(jnp.zeros(3)), jnp.eye(3), atol=0)
+
+  def test_exp_gradients_finite_at_zero(self):
+    grad = jax.jacfwd(geometry.so3_exp)(jnp.zeros(3))
+    chex.assert_tree_all_finite(grad)
+    # d/dω (I + [ω]×) at 0 is the hat generator.
+    np.testing.assert_allclose(grad[..., 0], geometry.hat(jnp.array([1.0, 0, 0])), atol=1e-6)
+    grad_rev = jax.grad(lambda w: jnp.sum(geometry.so3_exp(w) * jnp.arange(9.0).reshape(3, 3)))(jnp.zeros(3))
+    chex.assert_tree_all_finite(grad_rev)
+
+  def test_exp_numerical_grads(self):
+    omega = jnp.array([0.3, -0.2, 0.5], jnp.float64) if jax.config.jax_enable_x64 else jnp.array([0.3, -0.2, 0.5])
+    f = lambda w: jnp.sum(geometry.so3_exp(w) * jnp.arange(9.0).reshape(3, 3))
+    chex.assert_numerical_grads(f, (omega,), order=1, atol=5e-2, rtol=5e-2)
+
+  def test_random_rotation_haar(self):
+    n = 100_000
+    rot = geometry.random_rotation(jax.random.PRNGKey(0), (n,))
+    chex.assert_shape(rot, (n, 3, 3))
+    np.testing.assert_allclose(rot @ jnp.swapaxes(rot, -1, -2), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.det(rot), 1.0, atol=1e-5)
+    # Haar: E[R] = 0 (entries have variance 1/3), and tr(R) has mean 0 and
+    # variance 1. Tolerances are 5 standard errors.
+    np.testing.assert_allclose(jnp.mean(rot, 0), np.zeros((3, 3)), atol=5 * (1 / 3)**0.5 / n**0.5)
+    trace = jnp.trace(rot, axis1=-2, axis2=-1)
+    assert abs(float(jnp.mean(trace))) < 5 / n**0.5
+    assert abs(float(jnp.var(trace)) - 1.0) < 0.03
+
+  def test_random_rotation_keyed(self):
+    a = geometry.random_rotation(jax.random.PRNGKey(3), (4,))
+    b = geometry.random_rotation(jax.random.PRNGKey(3), (4,))
+    c = geometry.random_rotation(jax.random.PRNGKey(4), (4,))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+class ProcrustesTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_recovers_known_rotation(self):
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    src = jax.random.normal(keys[0], (32, 17, 3))
+    rot = geometry.random_rotation(keys[1], (32,))
+    tgt = geometry.rotate(src, rot)
+    est = self.variant(geometry.procrustes_rotation)(src, tgt)
+    np.testing.assert_allclose(est, rot, atol=1e-5)
+
+  def test_vmap_matches_batched(self):
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    src = jax.random.normal(keys[0], (8, 10, 3))
+    tgt = jax.random.normal(keys[1], (8, 10, 3))
+    np.testing.assert_allclose(jax.vmap(geometry.procrustes_rotation)(src, tgt),
+                               geometry.procrustes_rotation(src, tgt), atol=1e-6)
+
+  def test_mask_ignores_outliers(self):
+    keys = jax.random.split(jax.random.PRNGKey(2), 3)
+    src = jax.random.normal(keys[0], (17, 3))
+    rot = geometry.random_rotation(keys[1])
+    tgt = geometry.rotate(src, rot)
+    corrupt = tgt.at[:4].set(100.0 * jax.random.normal(keys[2], (4, 3)))
+    mask = jnp.ones(17).at[:4].set(0.0)
+    np.testing.assert_allclose(geometry.procrustes_rotation(src, corrupt, mask=mask), rot, atol=1e-5)
+
+  def test_reflection(self):
+    src = _shape(jax.random.PRNGKey(5))
+    reflect = jnp.diag(jnp.array([1.0, 1.0, -1.0]))
+    tgt = geometry.rotate(src, reflect)
+    proper = geometry.procrustes_rotation(src, tgt)
+    np.testing.assert_allclose(jnp.linalg.det(proper), 1.0, atol=1e-5)
+    improper = geometry.procrustes_rotation(src, tgt, allow_reflection=True)
+    np.testing.assert_allclose(improper, reflect, atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_similarity_recovers_transform(self):
+    keys = jax.random.split(jax.random.PRNGKey(6), 3)
+    src = jax.random.normal(keys[0], (5, 17, 3))
+    rot = geometry.random_rotation(keys[1], (5,))
+    shift = jax.random.normal(keys[2], (5, 1, 3))
+    tgt = 2.5 * geometry.rotate(src, rot) + shift
+    aligned = self.variant(geometry.similarity_align)(src, tgt)
+    np.testing.assert_allclose(aligned, tgt, atol=1e-5)
+
+  def test_numerical_grads_generic(self):
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    src = jax.random.normal(keys[0], (12, 3))
+    tgt = jax.random.normal(keys[1], (12, 3))
+    probe = jax.random.normal(keys[2], (3, 3))
+
+    def f(s, t):
+      return jnp.sum(geometry.procrustes_rotation(s, t) * probe)
+
+    chex.assert_numerical_grads(f, (src, tgt), order=1, atol=2e-2, rtol=2e-2)
+    g = lambda s, t: jnp.sum(geometry.similarity_align(s, t) * tgt)
+    chex.assert_numerical_grads(g, (src, tgt), order=1, atol=5e-2, rtol=5e-2)
+
+  def test_gradients_finite_on_degenerate_shapes(self):
+    key = jax.random.PRNGKey(8)
+    generic = _shape(key)
+    line = jnp.outer(jnp.linspace(-1, 1, 17), jnp.array([1.0, 2.0, 0.5]))
+    planar = generic.at[:, 2].set(0.0)
+    # Symmetric: points on the axes -> repeated singular values.
+    sym = jnp.concatenate([jnp.eye(3), -jnp.eye(3)], 0)
+    square = jnp.array([[1.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]])
+    cases = [(generic, generic), (line, line), (planar, planar), (sym, sym), (square, square),
+             (sym, geometry.rotate(sym, geometry.random_rotation(key))), (jnp.zeros((5, 3)), jnp.zeros((5, 3)))]
+
+    def loss(s, t):
+      return jnp.sum((geometry.similarity_align(s, t) - t)**2) + jnp.sum(geometry.procrustes_rotation(s, t))
+
+    for src, tgt in cases:
+      grads = jax.grad(loss, argnums=(0, 1))(src, tgt)
+      chex.assert_tree_all_finite(grads)
+      chex.assert_tree_all_finite(jax.jacrev(geometry.procrustes_rotation)(src, tgt))
+
+  def test_identical_source_target_is_identity_with_zero_grad(self):
+    src = _shape(jax.random.PRNGKey(9))
+    np.testing.assert_allclose(geometry.procrustes_rotation(src, src), jnp.eye(3), atol=1e-5)
+    grad = jax.grad(lambda s: jnp.sum((geometry.similarity_align(s, src) - src)**2))(src)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-4)
+
+
+def test_project_and_flip():
+  pts = jnp.arange(12.0).reshape(4, 3)
+  np.testing.assert_array_equal(geometry.orthographic_project(pts), pts[:, :2])
+  np.testing.assert_array_equal(geometry.flip_depth(pts)[:, 2], -pts[:, 2])
+
+
+@pytest.mark.parametrize('shape', [(), (2,), (2, 3)])
+def test_batching_any_leading_axes(shape):
+  omega = jnp.zeros((*shape, 3)) + 0.1
+  chex.assert_shape(geometry.so3_exp(omega), (*shape, 3, 3))
+  chex.assert_shape(geometry.so3_log(geometry.so3_exp(omega)), (*shape, 3))
+  src = jnp.ones((*shape, 5, 3)) * jnp.arange(5.0)[:, None] + jnp.eye(5, 3)
+  chex.assert_shape(geometry.procrustes_rotation(src, src), (*shape, 3, 3))

@@ -1,0 +1,164 @@
+"""Tests for nrsfm_jax.losses: closed forms, masking (value and gradient), reductions."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nrsfm_jax import geometry, losses
+
+
+@pytest.mark.parametrize('x', [0.0, 0.3, -0.9, 1.0, 2.5, -7.0])
+def test_huber_closed_form(x):
+  delta = 1.0
+  expected = 0.5 * x * x if abs(x) <= delta else delta * (abs(x) - 0.5 * delta)
+  np.testing.assert_allclose(losses.huber(jnp.asarray(x), delta=delta), expected, rtol=1e-6)
+  # huber_sq is huber of the distance.
+  np.testing.assert_allclose(losses.huber_sq(jnp.asarray(x * x), delta=delta), expected, rtol=1e-6)
+
+
+def test_pseudo_huber_closed_form_and_regimes():
+  c = 0.03
+  sq = jnp.array([0.0, 1e-6, 4.0])
+  expected = c * (np.sqrt(1 + np.asarray(sq) / c**2) - 1)
+  np.testing.assert_allclose(losses.pseudo_huber(sq, scale=c), expected, rtol=1e-5)
+  # Quadratic regime d << c: ≈ d²/(2c); linear regime d >> c: ≈ d − c.
+  np.testing.assert_allclose(losses.pseudo_huber(jnp.array(1e-8), scale=c), 1e-8 / (2 * c), rtol=1e-3)
+  np.testing.assert_allclose(losses.pseudo_huber(jnp.array(4.0), scale=c), 2.0 - c, rtol=1e-3)
+
+
+def test_robust_gradients_finite_at_zero():
+  for kind in losses.ROBUST_KINDS:
+    g = jax.grad(lambda x: losses.robust(jnp.sum(x * x), kind=kind, scale=0.5))(jnp.zeros(3))
+    chex.assert_tree_all_finite(g)
+  with pytest.raises(ValueError, match='Unknown robust loss kind'):
+    losses.robust(jnp.ones(3), kind='cauchy')
+
+
+def test_masked_mean_ignores_nan():
+  values = jnp.array([1.0, 3.0, jnp.nan])
+  np.testing.assert_allclose(losses.masked_mean(values, jnp.array([1.0, 1.0, 0.0])), 2.0)
+  np.testing.assert_allclose(losses.masked_mean(values[:2]), 2.0)
+  np.testing.assert_allclose(losses.masked_mean(jnp.ones(3), jnp.zeros(3)), 0.0)
+
+
+def _random(key, shape):
+  return jax.random.normal(jax.random.PRNGKey(key), shape)
+
+
+@pytest.mark.parametrize('kind', losses.ROBUST_KINDS)
+def test_reprojection_mask(kind):
+  pts = _random(0, (4, 17, 3))
+  kp = _random(1, (4, 17, 2))
+  mask = jnp.ones((4, 17)).at[1, 3].set(0.0)
+
+  def f(inputs, m):
+    p, k = inputs
+    return losses.masked_mean(*losses.reprojection_loss(p, k, mask=m, kind=kind, scale=0.5))
+
+  base = jax.value_and_grad(f)((pts, kp), mask)
+  # NaN and identical points at the masked entry: no effect on value or gradient.
+  for bad in (jnp.nan, 5.0):
+    garbage = (pts.at[1, 3].set(bad), kp.at[1, 3].set(bad))
+    val, grad = jax.value_and_grad(f)(garbage, mask)
+    np.testing.assert_allclose(val, base[0], rtol=1e-6)
+    for g0, g1 in zip(base[1], grad):
+      np.testing.assert_allclose(g1, g0, rtol=1e-6, atol=1e-9)
+      np.testing.assert_array_equal(g1[1, 3], 0.0)
+
+
+def test_reprojection_zero_on_exact_projection_and_ignores_depth():
+  pts = _random(2, (3, 5, 3))
+  values, weights = losses.reprojection_loss(pts, pts[..., :2], scale=0.1)
+  chex.assert_shape(values, (3, 5))
+  np.testing.assert_allclose(values, 0.0, atol=1e-7)
+  np.testing.assert_array_equal(weights, 1.0)
+  deeper = pts.at[..., 2].add(10.0)
+  np.testing.assert_allclose(losses.reprojection_loss(deeper, pts[..., :2], scale=0.1)[0], 0.0, atol=1e-7)
+
+
+def test_smoothness_closed_form():
+  # One point moving along x with positions 0, 1, 3, 6: first diffs 1, 2, 3; second diffs 1, 1.
+  x = jnp.array([0.0, 1.0, 3.0, 6.0])
+  pts = jnp.stack([x, jnp.zeros(4), jnp.zeros(4)], -1)[:, None, :]
+  beta = 0.5
+  values, weights = losses.smoothness_loss(pts, beta=beta, kind='squared')
+  np.testing.assert_allclose(values[:, 0], [0.0, 1.0, 4.0 + beta * 1.0, 9.0 + beta * 1.0])
+  np.testing.assert_array_equal(weights[:, 0], [0.0, 1.0, 1.0, 1.0])
+  # l2 / huber variants use distances.
+  values, _ = losses.smoothness_loss(pts, beta=0.0, kind='l2')
+  np.testing.assert_allclose(values[:, 0], [0.0, 1.0, 2.0, 3.0], rtol=1e-6)
+
+
+def test_smoothness_only_across_present_frames():
+  pts = _random(3, (2, 6, 4, 3))
+  frame_mask = jnp.ones((2, 6)).at[0, 3].set(0.0)
+
+  def f(p, m):
+    return losses.masked_mean(*losses.smoothness_loss(p, mask=m, beta=1.0, kind='huber', scale=0.5))
+
+  val, grad = jax.value_and_grad(f)(pts, frame_mask)
+  val2, grad2 = jax.value_and_grad(f)(pts.at[0, 3].set(jnp.nan), frame_mask)
+  np.testing.assert_allclose(val, val2, rtol=1e-6)
+  np.testing.assert_allclose(grad, grad2, rtol=1e-6)
+  np.testing.assert_array_equal(grad2[0, 3], 0.0)
+  _, weights = losses.smoothness_loss(pts, mask=frame_mask)
+  # Pairs (2,3) and (3,4) are gone for sequence 0.
+  np.testing.assert_array_equal(weights[0, :, 0], [0, 1, 1, 0, 0, 1])
+  np.testing.assert_array_equal(weights[1, :, 0], [0, 1, 1, 1, 1, 1])
+  # A constant sequence is perfectly smooth.
+  const = jnp.broadcast_to(pts[:, :1], pts.shape)
+  np.testing.assert_allclose(losses.smoothness_loss(const)[0], 0.0, atol=1e-7)
+
+
+def test_teacher_loss_root_relative_mpjpe():
+  pred = _random(4, (3, 17, 3))
+  pseudo = pred + jnp.array([1.0, -2.0, 0.5])  # A pure translation.
+  values, _ = losses.teacher_loss(pred, pseudo)
+  np.testing.assert_allclose(values, 0.0, atol=1e-5)
+  other = pred.at[:, 5].add(jnp.array([0.3, 0.4, 0.0]))
+  values, _ = losses.teacher_loss(other, pred)
+  np.testing.assert_allclose(values[:, 5], 0.5, rtol=1e-5)
+  np.testing.assert_allclose(losses.masked_mean(values), 0.5 / 17, rtol=1e-5)
+  mask = jnp.ones(17).at[5].set(0.0)
+  np.testing.assert_allclose(losses.masked_mean(*losses.teacher_loss(other, pred, mask=mask)), 0.0, atol=1e-6)
+  chex.assert_tree_all_finite(jax.grad(lambda p: losses.masked_mean(*losses.teacher_loss(p, p)))(pred))
+
+
+def test_canonical_loss_mask():
+  x = _random(5, (8, 17, 3))
+  y = _random(6, (8, 17, 3))
+  mask = jnp.ones((8, 17)).at[2, 7].set(0.0)
+
+  def f(inputs, m):
+    return losses.masked_mean(*losses.canonical_loss(*inputs, mask=m, scale=0.1))
+
+  val, grad = jax.value_and_grad(f)((x, y), mask)
+  val2, grad2 = jax.value_and_grad(f)((x.at[2, 7].set(jnp.nan), y), mask)
+  np.testing.assert_allclose(val, val2, rtol=1e-6)
+  np.testing.assert_allclose(grad[0], grad2[0], rtol=1e-6)
+  np.testing.assert_array_equal(grad2[0][2, 7], 0.0)
+
+
+def test_procrustes_loss_rotation_invariant():
+  ref = _random(7, (17, 3))
+  rots = geometry.random_rotation(jax.random.PRNGKey(8), (5,))
+  shapes = geometry.rotate(jnp.broadcast_to(ref, (5, 17, 3)), rots) + 3.0
+  values, _ = losses.procrustes_loss(shapes, ref)
+  np.testing.assert_allclose(values, 0.0, atol=1e-5)
+  noisy = shapes + 0.1 * _random(9, shapes.shape)
+  grad = jax.grad(lambda s: losses.masked_mean(*losses.procrustes_loss(s, ref)))(noisy)
+  chex.assert_tree_all_finite(grad)
+  # Envelope theorem: gradient with R held fixed equals the numerical gradient.
+  f = lambda s: losses.masked_mean(*losses.procrustes_loss(s, ref))
+  chex.assert_numerical_grads(f, (noisy[0],), order=1, atol=2e-2, rtol=2e-2)
+
+
+def test_losses_vmap_and_jit():
+  pts = _random(10, (4, 6, 17, 3))
+  kp = _random(11, (4, 6, 17, 2))
+  f = jax.jit(lambda p, k: losses.masked_mean(*losses.reprojection_loss(p, k, scale=0.1)))
+  per_sample = jax.vmap(f)(pts, kp)
+  chex.assert_shape(per_sample, (4,))
+  np.testing.assert_allclose(jnp.mean(per_sample), f(pts, kp), rtol=1e-5)
