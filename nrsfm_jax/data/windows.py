@@ -1,0 +1,389 @@
+"""Windows of L frames (stride L), 2D normalisation, window datasets and stateless batching.
+
+Every frame of every (sequence, view) lands in exactly one window; the last window of a
+sequence is padded (mask 0), and a sequence shorter than L becomes one padded window, so
+nothing is dropped and `reassemble` recovers full sequences for evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nrsfm_jax.data._io import PathLike
+from nrsfm_jax.data.mocap import load_mocap, observe, orthographic_views
+from nrsfm_jax.data.nrsfm import load_nrsfm_sequence, nrsfm_sequence_path
+from nrsfm_jax.data.tracks import load_tracks
+
+
+def window_starts(num_frames: int, length: int) -> np.ndarray:
+  """First frames of the windows covering `num_frames` frames: 0, L, 2L, ... (stride L).
+
+  Returns:
+    int64 `[ceil(num_frames / length)]`.
+  """
+  if length < 1:
+    raise ValueError(f'window length must be >= 1, got {length}')
+  if num_frames < 1:
+    raise ValueError(f'a sequence needs at least one frame, got {num_frames}')
+  return np.arange(0, num_frames, length)
+
+
+def make_windows(array: np.ndarray, length: int, *,
+                 pad_value: float = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Cuts a sequence into windows of `length` frames, padding the last one.
+
+  Args:
+    array: `[F, ...]`, frames first.
+    length: Window length L.
+    pad_value: Value of the padded frames.
+
+  Returns:
+    (windows `[N, L, ...]` of `array`'s dtype, mask float32 `[N, L]`: 1 on real frames, 0 on
+    padding), N = ceil(F / L).
+  """
+  array = np.asarray(array)
+  num_frames = array.shape[0] if array.ndim else 0
+  num_windows = len(window_starts(num_frames, length))
+  pad = num_windows * length - num_frames
+  padded = np.concatenate([array, np.full((pad, *array.shape[1:]), pad_value, array.dtype)])
+  mask = (np.arange(num_windows * length) < num_frames).astype(np.float32)
+  return (padded.reshape(num_windows, length, *array.shape[1:]),
+          mask.reshape(num_windows, length))
+
+
+def unwindow(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Inverse of `make_windows`: the real frames of `windows`, concatenated in order.
+
+  Args:
+    windows: `[N, L, ...]`.
+    mask: `[N, L]`, nonzero on real frames.
+
+  Returns:
+    `[F, ...]` with F = the number of nonzero mask entries.
+  """
+  windows, mask = np.asarray(windows), np.asarray(mask)
+  if windows.shape[:2] != mask.shape:
+    raise ValueError(f'windows {windows.shape} and mask {mask.shape} disagree on [N, L]')
+  return windows.reshape(-1, *windows.shape[2:])[mask.reshape(-1) > 0]
+
+
+def center_2d(keypoints: np.ndarray,
+              visibility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Centres each frame on the visibility-weighted mean of its points.
+
+  Args:
+    keypoints: `[..., P, 2]`.
+    visibility: `[..., P]` weights in [0, 1].
+
+  Returns:
+    (centred `[..., P, 2]` with invisible points set to 0 so that their placeholder
+    coordinates never reach a model, centroid `[..., 2]`, 0 for frames without a visible
+    point). Both float32.
+  """
+  keypoints = np.asarray(keypoints, np.float32)
+  visibility = np.asarray(visibility, np.float32)
+  if keypoints.shape[-1] != 2 or visibility.shape != keypoints.shape[:-1]:
+    raise ValueError(f'expected keypoints [..., P, 2] and visibility [..., P], got '
+                     f'{keypoints.shape} and {visibility.shape}')
+  weight = visibility[..., None]
+  total = weight.sum(axis=-2)
+  centroid = (keypoints * weight).sum(axis=-2) / np.maximum(total, 1e-12)
+  centroid = np.where(total > 0, centroid, 0.0).astype(np.float32)
+  centred = np.where(weight > 0, keypoints - centroid[..., None, :], 0.0)
+  return centred.astype(np.float32), centroid
+
+
+def dataset_scale(centred_keypoints: np.ndarray, visibility: np.ndarray) -> float:
+  """One dataset-level scale: the RMS of the centred visible coordinates, per coordinate.
+
+  `sqrt(sum(v * (x**2 + y**2)) / (2 * sum(v)))` over all points with visibility v, i.e. the
+  root mean square of the x and y entries of the visible points (not of the point radii).
+
+  Args:
+    centred_keypoints: `[..., P, 2]`, e.g. from `center_2d`.
+    visibility: `[..., P]`.
+
+  Returns:
+    The scale, in the keypoints' units.
+  """
+  keypoints = np.asarray(centred_keypoints, np.float64)
+  visibility = np.asarray(visibility, np.float64)
+  total = visibility.sum()
+  if total <= 0:
+    raise ValueError('no visible keypoint to compute a scale from')
+  scale = float(np.sqrt((visibility * (keypoints ** 2).sum(-1)).sum() / (2 * total)))
+  if not np.isfinite(scale) or scale <= 0:
+    raise ValueError(f'degenerate keypoint scale {scale} (all visible points coincide?)')
+  return scale
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WindowDataset:
+  """Windows of normalised 2D keypoints (and optional 3D truth) from several sequences/views.
+
+  Attributes:
+    keypoints: float32 `[N, L, P, 2]`, centred per frame and divided by `scale`; 0 where
+      invisible or padded.
+    visibility: float32 `[N, L, P]`, 0 on missing points and on padded frames.
+    mask: float32 `[N, L]`, 1 on real frames, 0 on padding.
+    points3d: float32 `[N, L, P, 3]` camera-frame 3D in the data's original units (not
+      centred, not scaled), 0 on padding; or None.
+    scale: The dataset-level 2D scale (original units); pass it to `build_dataset` for
+      validation data and store it with the checkpoint.
+    sequence_ids: int32 `[N]`, index into `names`.
+    view_ids: int32 `[N]`, the camera index within the sequence.
+    starts: int32 `[N]`, first frame of each window in its sequence.
+    names: One name per sequence, e.g. '002_01' or 'drink'.
+    centroids: float32 `[N, L, 2]` per-frame 2D centroids in original units (add back after
+      multiplying by `scale` to return to the input's coordinates), or None.
+  """
+
+  keypoints: np.ndarray
+  visibility: np.ndarray
+  mask: np.ndarray
+  points3d: np.ndarray | None
+  scale: float
+  sequence_ids: np.ndarray
+  view_ids: np.ndarray
+  starts: np.ndarray
+  names: tuple[str, ...]
+  centroids: np.ndarray | None = None
+
+  def __post_init__(self):
+    n, length, p = self.keypoints.shape[:3]
+    expected = {'keypoints': (n, length, p, 2), 'visibility': (n, length, p),
+                'mask': (n, length), 'points3d': (n, length, p, 3),
+                'sequence_ids': (n,), 'view_ids': (n,), 'starts': (n,),
+                'centroids': (n, length, 2)}
+    for field, shape in expected.items():
+      value = getattr(self, field)
+      if value is not None and value.shape != shape:
+        raise ValueError(f'WindowDataset.{field} has shape {value.shape}, expected {shape}')
+
+  @property
+  def num_windows(self) -> int:
+    return self.keypoints.shape[0]
+
+  @property
+  def window_length(self) -> int:
+    return self.keypoints.shape[1]
+
+  @property
+  def num_points(self) -> int:
+    return self.keypoints.shape[2]
+
+  def take(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    """A batch of windows.
+
+    Args:
+      indices: `[B]` window indices.
+
+    Returns:
+      {'keypoints' `[B, L, P, 2]`, 'visibility' `[B, L, P]`, 'mask' `[B, L]`,
+      'points3d' `[B, L, P, 3]` (only if the dataset has 3D), 'index' int32 `[B]`}.
+    """
+    indices = np.asarray(indices, np.int32)
+    batch = {'keypoints': self.keypoints[indices], 'visibility': self.visibility[indices],
+             'mask': self.mask[indices]}
+    if self.points3d is not None:
+      batch['points3d'] = self.points3d[indices]
+    batch['index'] = indices
+    return batch
+
+
+def build_dataset(sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, np.ndarray]],
+                  length: int, scale: float | None = None) -> WindowDataset:
+  """Windows every (sequence, view) separately and normalises the 2D.
+
+  Args:
+    sequences: name -> (points_cam `[V, F, P, 3]` or None, keypoints `[V, F, P, 2]`,
+      visibility `[V, F, P]`). F and V may differ between sequences, P may not; either all
+      sequences have 3D or none has.
+    length: Window length L.
+    scale: The 2D scale; None computes it from these sequences (`dataset_scale` of the
+      centred keypoints). Pass the training set's scale for validation and test sets.
+
+  Returns:
+    A `WindowDataset`, windows ordered by sequence (in `sequences` order), view, start.
+  """
+  if not sequences:
+    raise ValueError('build_dataset needs at least one sequence')
+  if len({points is None for points, _, _ in sequences.values()}) > 1:
+    raise ValueError('either every sequence has points_cam or none has')
+  parts = {k: [] for k in ('keypoints', 'visibility', 'mask', 'points3d', 'centroids',
+                           'sequence_ids', 'view_ids', 'starts')}
+  num_points = None
+  for seq_id, (name, (points, keypoints, visibility)) in enumerate(sequences.items()):
+    keypoints = np.asarray(keypoints, np.float32)
+    visibility = np.asarray(visibility, np.float32)
+    if keypoints.ndim != 4 or keypoints.shape[-1] != 2:
+      raise ValueError(f'sequence {name!r}: keypoints has shape {keypoints.shape}, '
+                       'expected [V, F, P, 2]')
+    if visibility.shape != keypoints.shape[:-1]:
+      raise ValueError(f'sequence {name!r}: visibility has shape {visibility.shape}, '
+                       f'expected {keypoints.shape[:-1]}')
+    if points is not None and np.shape(points) != keypoints.shape[:-1] + (3,):
+      raise ValueError(f'sequence {name!r}: points_cam has shape {np.shape(points)}, '
+                       f'expected {keypoints.shape[:-1] + (3,)}')
+    if num_points is not None and keypoints.shape[2] != num_points:
+      raise ValueError(f'sequence {name!r} has {keypoints.shape[2]} points, the previous '
+                       f'ones {num_points}')
+    num_points = keypoints.shape[2]
+    centred, centroid = center_2d(keypoints, visibility)
+    for view in range(keypoints.shape[0]):
+      windows, mask = make_windows(centred[view], length)
+      parts['keypoints'].append(windows)
+      parts['mask'].append(mask)
+      parts['visibility'].append(make_windows(visibility[view], length)[0])
+      parts['centroids'].append(make_windows(centroid[view], length)[0])
+      if points is not None:
+        parts['points3d'].append(
+            make_windows(np.asarray(points[view], np.float32), length)[0])
+      n = len(mask)
+      parts['sequence_ids'].append(np.full(n, seq_id, np.int32))
+      parts['view_ids'].append(np.full(n, view, np.int32))
+      parts['starts'].append(window_starts(keypoints.shape[1], length).astype(np.int32))
+  arrays = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+  if scale is None:
+    scale = dataset_scale(arrays['keypoints'], arrays['visibility'])
+  elif not (np.isfinite(scale) and scale > 0):
+    raise ValueError(f'scale must be positive and finite, got {scale}')
+  arrays['keypoints'] = (arrays['keypoints'] / np.float32(scale)).astype(np.float32)
+  return WindowDataset(scale=float(scale), names=tuple(sequences), **arrays)
+
+
+def cmu17_dataset(subjects: Sequence[str] | str | None, *, length: int = 243,
+                  path: PathLike | None = None,
+                  azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
+                  elevation_deg: float = 10.0, noise_std: float = 0.0, dropout: float = 0.0,
+                  seed: int = 0, scale: float | None = None) -> WindowDataset:
+  """The "cmu17" benchmark data: mocap trials seen by orthographic cameras, windowed.
+
+  Args:
+    subjects: Subjects to load (None: all in the file).
+    length: Window length L.
+    path: Mocap `.npz`; None for the bundled file.
+    azimuths_deg: One camera per azimuth (view id = index here).
+    elevation_deg: Camera elevation (see `camera_rotation` for its sign).
+    noise_std: 2D Gaussian noise, mm.
+    dropout: Keypoint dropout probability.
+    seed: Noise/dropout seed; each trial draws from `[seed, crc32(trial key)]`, so a trial's
+      observations do not depend on which other subjects are loaded.
+    scale: 2D scale (None: computed from these trials).
+
+  Returns:
+    A `WindowDataset` with names = trial keys and 3D in camera-frame mm.
+  """
+  sequences = {}
+  for key, points in load_mocap(path, subjects).items():
+    views = orthographic_views(points, azimuths_deg, elevation_deg)
+    keypoints, visibility = observe(views, key_or_seed=[seed, zlib.crc32(key.encode())],
+                                    noise_std=noise_std, dropout=dropout)
+    sequences[key] = (views, keypoints, visibility)
+  return build_dataset(sequences, length, scale)
+
+
+def nrsfm_dataset(name_or_path: PathLike, *, length: int = 243,
+                  scale: float | None = None) -> WindowDataset:
+  """One NRSfM benchmark sequence as one view: 2D = `points3d[..., :2]`, 3D kept for evaluation.
+
+  Args:
+    name_or_path: A bundled name or an `.npz` path (see `load_nrsfm_sequence`).
+    length: Window length L.
+    scale: 2D scale (None: computed from this sequence).
+
+  Returns:
+    A `WindowDataset` with one name: the lower-case bundled name or the file's stem.
+  """
+  points = load_nrsfm_sequence(name_or_path)[None].astype(np.float32)
+  name = nrsfm_sequence_path(name_or_path).stem
+  visibility = np.ones(points.shape[:-1], np.float32)
+  return build_dataset({name: (points, points[..., :2], visibility)}, length, scale)
+
+
+def tracks_dataset(path: PathLike, *, length: int = 243,
+                   scale: float | None = None) -> WindowDataset:
+  """A user's 2D tracks (see `load_tracks`) as one view without 3D; name = the file's stem."""
+  keypoints, visibility = load_tracks(path)
+  return build_dataset({Path(path).stem: (None, keypoints[None], visibility[None])},
+                       length, scale)
+
+
+def reassemble(dataset: WindowDataset,
+               per_window: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+  """Puts per-window values back into full sequences, every real frame exactly once.
+
+  Args:
+    dataset: The dataset the windows came from.
+    per_window: `[N, L, ...]` values aligned with `dataset`'s windows (e.g. predictions).
+
+  Returns:
+    (name, view_id) -> `[F, ...]` in frame order.
+  """
+  per_window = np.asarray(per_window)
+  if per_window.shape[:2] != dataset.mask.shape:
+    raise ValueError(f'per_window has shape {per_window.shape}, expected '
+                     f'[{dataset.num_windows}, {dataset.window_length}, ...]')
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, (seq, view) in enumerate(zip(dataset.sequence_ids, dataset.view_ids)):
+    groups.setdefault((int(seq), int(view)), []).append(i)
+  result = {}
+  for (seq, view), indices in groups.items():
+    indices = sorted(indices, key=lambda i: dataset.starts[i])
+    result[(dataset.names[seq], view)] = unwindow(per_window[indices], dataset.mask[indices])
+  return result
+
+
+def steps_per_epoch(num_windows: int, batch_size: int, *, drop_remainder: bool = True) -> int:
+  """Batches per epoch: `max(1, num_windows // batch_size)` (ceil if not `drop_remainder`)."""
+  if num_windows < 1 or batch_size < 1:
+    raise ValueError(f'need num_windows >= 1 and batch_size >= 1, got {num_windows}, '
+                     f'{batch_size}')
+  if drop_remainder:
+    return max(1, num_windows // batch_size)
+  return -(-num_windows // batch_size)
+
+
+def batch_indices(num_windows: int, batch_size: int, *, seed: int, step: int,
+                  drop_remainder: bool = True) -> np.ndarray:
+  """The window indices of batch `step`: a stateless, deterministic data order.
+
+  Epoch `e = step // steps_per_epoch` shuffles with
+  `np.random.default_rng([seed, e]).permutation(num_windows)` and step takes the
+  `(step % steps_per_epoch)`-th slice of it. Nothing depends on earlier steps, so a resumed run
+  reproduces the data order from `(seed, step)` alone: no iterator state to checkpoint. With
+  `drop_remainder` the `num_windows % batch_size` windows left at the end of each epoch's
+  permutation are skipped in that epoch (different ones each epoch); without it the last batch
+  of an epoch is short. If `num_windows < batch_size` the permutation is cycled so the batch
+  is full (some windows appear twice).
+
+  Returns:
+    int32 `[batch_size]` (shorter only for the last batch of an epoch when not
+    `drop_remainder`).
+  """
+  if step < 0:
+    raise ValueError(f'step must be >= 0, got {step}')
+  per_epoch = steps_per_epoch(num_windows, batch_size, drop_remainder=drop_remainder)
+  epoch, index = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(num_windows)
+  if num_windows < batch_size:
+    return np.resize(order, batch_size).astype(np.int32)
+  return order[index * batch_size:(index + 1) * batch_size].astype(np.int32)
+
+
+def batch_iterator(dataset: WindowDataset, batch_size: int, *, seed: int,
+                   start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless batches `dataset.take(batch_indices(..., step=s))` for s = start_step, ...
+
+  Resuming at `start_step = k` yields exactly what an uninterrupted iterator yields from its
+  k-th batch on.
+  """
+  step = start_step
+  while True:
+    yield dataset.take(batch_indices(dataset.num_windows, batch_size, seed=seed, step=step))
+    step += 1

@@ -1,0 +1,455 @@
+"""Tests for nrsfm_jax.data: loaders, cameras, windows, datasets and batching."""
+
+import re
+
+import numpy as np
+import pytest
+
+from nrsfm_jax import data
+from nrsfm_jax.data import h36m
+
+
+@pytest.fixture(scope='module')
+def mocap():
+  return data.load_mocap()
+
+
+# ----------------------------------------------------------------------------- mocap
+
+
+def test_load_mocap_default(mocap):
+  assert len(mocap) == 46
+  assert list(mocap) == sorted(mocap)
+  for points in mocap.values():
+    assert points.dtype == np.float32 and points.ndim == 3 and points.shape[1:] == (17, 3)
+  assert len(data.CMU_JOINTS) == 17 and data.CMU_JOINTS[0] == 'Hip'
+  assert data.list_subjects() == ['002', '003', '005', '006']
+  assert data.load_mocap_info()['sequences']['002_01']['frames'] == len(mocap['002_01'])
+
+
+def test_load_mocap_subjects(mocap):
+  trials = data.load_mocap(subjects=['003', '006'])
+  assert set(trials) == {k for k in mocap if k[:3] in ('003', '006')}
+  np.testing.assert_array_equal(trials['003_01'], mocap['003_01'])
+  assert set(data.load_mocap(subjects='003')) == {'003_01', '003_02'}
+  with pytest.raises(ValueError, match=r"unknown subject.*'999'.*available.*'002', '003'"):
+    data.load_mocap(subjects=['002', '999'])
+
+
+def test_load_mocap_errors(tmp_path):
+  missing = tmp_path / 'nope.npz'
+  with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+    data.load_mocap(missing)
+  bad = tmp_path / 'bad.npz'
+  np.savez(bad, **{'001_01': np.zeros((5, 17, 3)), '001_02': np.zeros((5, 17))})
+  with pytest.raises(ValueError, match=r"bad\.npz: trial '001_02' has shape \(5, 17\)"):
+    data.load_mocap(bad)
+
+
+def test_load_mocap_custom_file_and_json_subjects(tmp_path):
+  path = tmp_path / 'mine.npz'
+  np.savez(path, a_1=np.ones((4, 5, 3)), b_1=np.ones((2, 5, 3)))
+  assert data.load_mocap_info(path) == {}
+  assert data.list_subjects(path) == ['a', 'b']
+  (tmp_path / 'mine.json').write_text('{"sequences": {"a_1": {"subject": "x"}}}')
+  assert data.list_subjects(path) == ['b', 'x']
+  assert list(data.load_mocap(path, subjects=['x'])) == ['a_1']
+
+
+def test_cmu_bones_have_constant_length(mocap):
+  assert len(data.CMU_BONES) == 16
+  points = mocap['002_01']
+  for a, b in data.CMU_BONES:
+    lengths = np.linalg.norm(points[:, a] - points[:, b], axis=-1)
+    assert lengths.std() < 1.0 and lengths.mean() > 20.0
+
+
+# ----------------------------------------------------------------------------- cameras
+
+
+def test_orthographic_views_match_hand_built_camera(mocap):
+  points = mocap['005_03']
+  views = data.orthographic_views(points)
+  assert views.shape == (4, *points.shape) and views.dtype == np.float32
+  a, e = np.deg2rad(135.0), np.deg2rad(10.0)
+  r_y = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+  r_x = np.array([[1, 0, 0], [0, np.cos(e), -np.sin(e)], [0, np.sin(e), np.cos(e)]])
+  expected = points.astype(np.float64) @ (r_x @ r_y).T
+  np.testing.assert_allclose(views[1], expected, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(data.camera_rotation(135.0, 10.0), r_x @ r_y, atol=1e-12)
+
+
+def test_camera_sign_convention():
+  rotation = data.camera_rotation(0.0, 10.0)
+  # A world point higher up (y) gets a larger z_c: nearer a camera looking along -z_c, i.e. the
+  # camera looks down. Its viewing direction in the world has y component -sin(10°).
+  assert (rotation @ [0.0, 1.0, 0.0])[2] > 0
+  np.testing.assert_allclose((rotation.T @ [0.0, 0.0, -1.0])[1], -np.sin(np.deg2rad(10.0)))
+  np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+  np.testing.assert_allclose(np.linalg.det(rotation), 1.0)
+
+
+def test_views_preserve_bone_lengths_and_depth(mocap):
+  points = mocap['006_01'][:50]
+  views = data.orthographic_views(points, azimuths_deg=(0.0, 90.0, 200.0), elevation_deg=-30.0)
+  for view in views:
+    for a, b in data.CMU_BONES:
+      np.testing.assert_allclose(np.linalg.norm(view[:, a] - view[:, b], axis=-1),
+                                 np.linalg.norm(points[:, a] - points[:, b], axis=-1),
+                                 rtol=1e-4)
+  # Depth is the third camera coordinate: the world point's component along R_cam's last row.
+  rotation = data.camera_rotation(90.0, -30.0)
+  np.testing.assert_allclose(views[1][..., 2], points @ rotation[2], rtol=1e-4, atol=1e-2)
+  keypoints, _ = data.observe(views, key_or_seed=0)
+  np.testing.assert_array_equal(keypoints, views[..., :2])
+
+
+def test_observe_noise_dropout_and_seed():
+  points = np.random.default_rng(1).normal(size=(4, 500, 17, 3)).astype(np.float32) * 100
+  keypoints, visibility = data.observe(points, key_or_seed=7, noise_std=5.0, dropout=0.2)
+  assert keypoints.shape == (4, 500, 17, 2) and visibility.shape == (4, 500, 17)
+  assert keypoints.dtype == np.float32 and visibility.dtype == np.float32
+  assert abs((1 - visibility.mean()) - 0.2) < 0.01
+  assert np.all(keypoints[visibility == 0] == 0)
+  residual = (keypoints - points[..., :2])[visibility > 0]
+  assert abs(residual.std() - 5.0) < 0.1 and abs(residual.mean()) < 0.1
+  again = data.observe(points, key_or_seed=7, noise_std=5.0, dropout=0.2)
+  np.testing.assert_array_equal(again[0], keypoints)
+  np.testing.assert_array_equal(again[1], visibility)
+  other = data.observe(points, key_or_seed=8, noise_std=5.0, dropout=0.2)
+  assert not np.array_equal(other[1], visibility)
+  # The dropout pattern does not depend on the noise level.
+  np.testing.assert_array_equal(data.observe(points, key_or_seed=7, dropout=0.2)[1], visibility)
+  with pytest.raises(ValueError, match='dropout'):
+    data.observe(points, key_or_seed=0, dropout=1.5)
+
+
+# ----------------------------------------------------------------------------- nrsfm
+
+
+@pytest.mark.parametrize('name, shape', [('drink', (1102, 41, 3)), ('pickup', (357, 41, 3)),
+                                         ('yoga', (307, 41, 3)), ('stretch', (370, 41, 3)),
+                                         ('DANCE', (264, 75, 3))])
+def test_load_nrsfm_bundled(name, shape):
+  points = data.load_nrsfm_sequence(name)
+  assert points.shape == shape and points.dtype == np.float64
+
+
+def test_load_nrsfm_path_and_errors(tmp_path):
+  path = tmp_path / 'mine.npz'
+  expected = np.random.default_rng(0).normal(size=(6, 9, 3))
+  np.savez(path, points3d=expected)
+  np.testing.assert_array_equal(data.load_nrsfm_sequence(path), expected)
+  np.testing.assert_array_equal(data.load_nrsfm_sequence(str(path)), expected)
+
+  with pytest.raises(ValueError, match=r"unknown NRSfM sequence 'walking'.*'drink'"):
+    data.load_nrsfm_sequence('walking')
+  with pytest.raises(FileNotFoundError, match='missing.npz'):
+    data.load_nrsfm_sequence(tmp_path / 'missing.npz')
+  cases = {
+      'nokey': ({'W': np.zeros((3, 4, 3))}, KeyError, r"nokey\.npz: no key 'points3d'.*\['W'\]"),
+      'ndim': ({'points3d': np.zeros((3, 4))}, ValueError, r'shape \(3, 4\), expected \(F, P, 3\)'),
+      'axis': ({'points3d': np.zeros((3, 4, 2))}, ValueError, r'expected \(F, P, 3\)'),
+      'empty': ({'points3d': np.zeros((0, 4, 3))}, ValueError, 'empty'),
+      'nan': ({'points3d': np.full((3, 4, 3), np.nan)}, ValueError, '36 non-finite'),
+  }
+  for name, (arrays, error, message) in cases.items():
+    np.savez(tmp_path / f'{name}.npz', **arrays)
+    with pytest.raises(error, match=message):
+      data.load_nrsfm_sequence(tmp_path / f'{name}.npz')
+  (tmp_path / 'text.npz').write_text('not an archive')
+  with pytest.raises(ValueError, match=r'text\.npz: not a readable \.npz'):
+    data.load_nrsfm_sequence(tmp_path / 'text.npz')
+
+
+# ----------------------------------------------------------------------------- tracks
+
+
+def test_tracks_roundtrip(tmp_path):
+  keypoints = np.random.default_rng(0).normal(size=(10, 5, 2)).astype(np.float32)
+  visibility = (np.arange(50).reshape(10, 5) % 3 > 0).astype(np.float32)
+  path = data.save_tracks(tmp_path / 'tracks', keypoints, visibility)
+  assert path.name == 'tracks.npz'
+  loaded = data.load_tracks(path)
+  np.testing.assert_array_equal(loaded[0], keypoints)
+  np.testing.assert_array_equal(loaded[1], visibility)
+  data.save_tracks(tmp_path / 'plain.npz', keypoints)
+  np.testing.assert_array_equal(data.load_tracks(tmp_path / 'plain.npz')[1], 1.0)
+
+
+def test_tracks_nan_become_missing(tmp_path):
+  keypoints = np.ones((4, 3, 2))
+  keypoints[0, 1, 0] = np.nan
+  keypoints[2, 2] = np.nan
+  np.savez(tmp_path / 't.npz', keypoints=keypoints)
+  with pytest.warns(UserWarning, match=r't\.npz: 3 NaN keypoint coordinates treated as missing'):
+    loaded, visibility = data.load_tracks(tmp_path / 't.npz')
+  assert visibility.sum() == 10 and visibility[0, 1] == 0 and visibility[2, 2] == 0
+  assert np.isfinite(loaded).all() and np.all(loaded[visibility == 0] == 0)
+
+
+def test_tracks_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='absent.npz'):
+    data.load_tracks(tmp_path / 'absent.npz')
+  np.save(tmp_path / 'single.npy', np.zeros((3, 4, 2)))
+  with pytest.raises(ValueError, match=r'single\.npy: not an \.npz archive'):
+    data.load_tracks(tmp_path / 'single.npy')
+  cases = {
+      'nokey': ({'kp': np.zeros((3, 4, 2))}, KeyError, r"no key 'keypoints'.*\['kp'\]"),
+      'ndim': ({'keypoints': np.zeros((3, 8))}, ValueError,
+               r'shape \(3, 8\), expected \(F, P, 2\)'),
+      'axis': ({'keypoints': np.zeros((3, 4, 3))}, ValueError, r'expected \(F, P, 2\)'),
+      'vis': ({'keypoints': np.zeros((3, 4, 2)), 'visibility': np.ones((3, 5))}, ValueError,
+              r"'visibility' has shape \(3, 5\), expected \(3, 4\)"),
+      'empty': ({'keypoints': np.zeros((0, 4, 2))}, ValueError, 'empty'),
+      'invisible': ({'keypoints': np.zeros((3, 4, 2)), 'visibility': np.zeros((3, 4))},
+                    ValueError, r'invisible\.npz: every keypoint is missing.*entirely unusable'),
+  }
+  for name, (arrays, error, message) in cases.items():
+    np.savez(tmp_path / f'{name}.npz', **arrays)
+    with pytest.raises(error, match=message):
+      data.load_tracks(tmp_path / f'{name}.npz')
+  np.savez(tmp_path / 'allnan.npz', keypoints=np.full((2, 3, 2), np.nan))
+  with pytest.warns(UserWarning, match='12 NaN'), pytest.raises(ValueError, match='unusable'):
+    data.load_tracks(tmp_path / 'allnan.npz')
+
+
+# ----------------------------------------------------------------------------- h36m
+
+
+def _h36m_files(tmp_path, frames_3d=10):
+  """Tiny files in VideoPose3D's layout; joint j of the 3D holds the value j (metres).
+
+  Walking has 10 frames of 3D; its 2D is longer for S1 (12 frames per camera) and has one
+  shorter camera (9 frames) for S5.
+  """
+  frames_2d = {'S1': (12, 12, 12, 12), 'S5': (12, 9, 12, 12)}
+  joint_values = np.broadcast_to(np.arange(32, dtype=np.float32)[:, None], (32, 3))
+  positions_3d = {
+      subject: {'Walking': (joint_values + np.arange(frames_3d)[:, None, None] * 100)
+                .astype(np.float32), 'Eating 2': np.zeros((5, 32, 3), np.float32)}
+      for subject in ('S1', 'S5')}
+  positions_2d = {
+      subject: {'Walking': [np.full((n, 17, 2), c, np.float32)
+                            for c, n in enumerate(frames_2d[subject])],
+                'Eating 2': [np.zeros((5, 17, 2), np.float32)] * 4}
+      for subject in ('S1', 'S5')}
+  metadata = {'num_joints': 17, 'keypoints_symmetry': [[4, 5, 6, 11, 12, 13],
+                                                       [1, 2, 3, 14, 15, 16]]}
+  np.savez_compressed(tmp_path / 'data_3d_h36m.npz', positions_3d=positions_3d)
+  np.savez_compressed(tmp_path / 'data_2d_h36m_gt.npz', positions_2d=positions_2d,
+                      metadata=metadata)
+  return tmp_path / 'data_3d_h36m.npz', tmp_path / 'data_2d_h36m_gt.npz'
+
+
+def test_h36m_joint_selection_units_and_truncation(tmp_path):
+  path_3d, path_2d = _h36m_files(tmp_path)
+  assert h36m.H36M_KEPT_JOINTS == (0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27)
+  only_3d = data.load_h36m(path_3d)
+  assert list(only_3d) == ['S1', 'S5'] and list(only_3d['S1']) == ['Walking', 'Eating 2']
+  walking = only_3d['S1']['Walking']
+  assert set(walking) == {'points3d'}
+  assert walking['points3d'].shape == (10, 17, 3) and walking['points3d'].dtype == np.float32
+  np.testing.assert_array_equal(walking['points3d'][0, :, 0],
+                                np.array(h36m.H36M_KEPT_JOINTS) * 1000.0)
+  np.testing.assert_array_equal(walking['points3d'][3, :, 1],
+                                (np.array(h36m.H36M_KEPT_JOINTS) + 300) * 1000.0)
+
+  both = data.load_h36m(path_3d, path_2d, subjects=['S5'])
+  assert list(both) == ['S5']
+  walking = both['S5']['Walking']
+  assert walking['points3d'].shape == (9, 17, 3)  # shortest camera has 9 frames
+  assert walking['keypoints'].shape == (4, 9, 17, 2) and walking['keypoints'].dtype == np.float32
+  np.testing.assert_array_equal(walking['keypoints'][:, 0, 0, 0], [0, 1, 2, 3])
+  longer_2d = data.load_h36m(path_3d, path_2d)['S1']['Walking']
+  assert longer_2d['keypoints'].shape == (4, 10, 17, 2)
+  assert longer_2d['points3d'].shape == (10, 17, 3)
+
+
+def test_h36m_errors(tmp_path):
+  path_3d, path_2d = _h36m_files(tmp_path)
+  with pytest.raises(ValueError, match=r"data_3d_h36m\.npz: unknown subject.*'S7'.*'S1', 'S5'"):
+    data.load_h36m(path_3d, subjects=['S7'])
+  with pytest.raises(KeyError, match=r"data_2d_h36m_gt\.npz: no key 'positions_3d'"):
+    data.load_h36m(path_2d)
+  with pytest.raises(FileNotFoundError, match='absent.npz'):
+    data.load_h36m(path_3d, tmp_path / 'absent.npz')
+  np.savez_compressed(tmp_path / 'partial_2d.npz',
+                      positions_2d={'S1': {'Walking': [np.zeros((10, 17, 2))] * 4}})
+  with pytest.raises(KeyError, match=r"partial_2d\.npz: no action 'Eating 2' for subject 'S1'"):
+    data.load_h36m(path_3d, tmp_path / 'partial_2d.npz', subjects=['S1'])
+  with pytest.raises(KeyError, match=r"partial_2d\.npz: no subject 'S5'"):
+    data.load_h36m(path_3d, tmp_path / 'partial_2d.npz', subjects=['S5'])
+  np.savez_compressed(tmp_path / 'bad_3d.npz', positions_3d={'S1': {'A': np.zeros((4, 20, 3))}})
+  with pytest.raises(ValueError, match=r'S1/A has shape \(4, 20, 3\)'):
+    data.load_h36m(tmp_path / 'bad_3d.npz')
+
+
+def test_normalize_screen_coordinates():
+  x = np.array([[0.0, 0.0], [1000.0, 1002.0], [500.0, 501.0]], np.float32)
+  out = data.normalize_screen_coordinates(x, w=1000, h=1002)
+  np.testing.assert_allclose(out, [[-1, -1.002], [1, 1.002], [0, 0]], atol=1e-6)
+  assert out.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize('num_frames', [1, 5, 16, 17, 40, 48])
+def test_windows_cover_every_frame_once(num_frames):
+  length = 16
+  array = np.arange(num_frames * 3, dtype=np.float32).reshape(num_frames, 3) + 1
+  windows, mask = data.make_windows(array, length, pad_value=-1)
+  assert windows.shape == (-(-num_frames // length), length, 3) and mask.shape == windows.shape[:2]
+  assert mask.dtype == np.float32 and mask.sum() == num_frames
+  assert np.all(windows[mask == 0] == -1)
+  np.testing.assert_array_equal(data.unwindow(windows, mask), array)
+  np.testing.assert_array_equal(data.window_starts(num_frames, length),
+                                np.arange(0, num_frames, length))
+  with pytest.raises(ValueError, match='at least one frame'):
+    data.make_windows(array[:0], length)
+
+
+def test_center_2d_and_scale():
+  keypoints = np.array([[[0, 0], [2, 0], [100, 100], [1, 3]],
+                        [[5, 5], [5, 5], [5, 5], [5, 5]]], np.float32)
+  visibility = np.array([[1, 1, 0, 1], [0, 0, 0, 0]], np.float32)
+  centred, centroid = data.center_2d(keypoints, visibility)
+  np.testing.assert_allclose(centroid, [[1, 1], [0, 0]])
+  np.testing.assert_allclose(centred[0], [[-1, -1], [1, -1], [0, 0], [0, 2]])
+  np.testing.assert_array_equal(centred[1], 0)
+  scale = data.dataset_scale(centred, visibility)
+  np.testing.assert_allclose(scale, np.sqrt((2 + 2 + 4) / 6))
+  with pytest.raises(ValueError, match='no visible'):
+    data.dataset_scale(centred, np.zeros_like(visibility))
+
+
+def test_build_dataset_and_reassemble():
+  rng = np.random.default_rng(0)
+  sequences = {}
+  for name, frames, views in (('a', 30, 2), ('b', 7, 1), ('c', 20, 3)):
+    points = rng.normal(size=(views, frames, 5, 3)).astype(np.float32) * 10 + 3
+    visibility = (rng.random((views, frames, 5)) > 0.2).astype(np.float32)
+    sequences[name] = (points, points[..., :2] * visibility[..., None], visibility)
+  dataset = data.build_dataset(sequences, length=10)
+  assert dataset.names == ('a', 'b', 'c')
+  assert dataset.num_windows == 2 * 3 + 1 + 3 * 2
+  assert (dataset.window_length, dataset.num_points) == (10, 5)
+  assert dataset.keypoints.shape == (13, 10, 5, 2) and dataset.points3d.shape == (13, 10, 5, 3)
+  assert dataset.mask.sum() == 2 * 30 + 7 + 3 * 20
+  assert np.all(dataset.visibility[dataset.mask == 0] == 0)
+  np.testing.assert_array_equal(dataset.starts[:3], [0, 10, 20])
+  np.testing.assert_array_equal(dataset.view_ids[:6], [0, 0, 0, 1, 1, 1])
+  # Normalised keypoints have unit RMS per coordinate over the visible points.
+  visible = dataset.visibility > 0
+  np.testing.assert_allclose(np.sqrt(np.mean(dataset.keypoints[visible] ** 2)), 1.0, rtol=1e-5)
+
+  parts = data.reassemble(dataset, dataset.points3d)
+  assert list(parts) == [('a', 0), ('a', 1), ('b', 0), ('c', 0), ('c', 1), ('c', 2)]
+  for (name, view), points in parts.items():
+    np.testing.assert_array_equal(points, sequences[name][0][view])
+  # Un-normalising the 2D gives back the visible input keypoints.
+  restored = data.reassemble(
+      dataset, dataset.keypoints * dataset.scale + dataset.centroids[:, :, None])
+  vis = data.reassemble(dataset, dataset.visibility)
+  for key, keypoints in restored.items():
+    _, expected, visibility = (v[key[1]] for v in sequences[key[0]])
+    np.testing.assert_array_equal(vis[key], visibility)
+    np.testing.assert_allclose(keypoints[visibility > 0], expected[visibility > 0], atol=1e-4)
+
+  shared = data.build_dataset(sequences, length=10, scale=2.5)
+  assert shared.scale == 2.5
+  np.testing.assert_allclose(shared.keypoints * 2.5, dataset.keypoints * dataset.scale, atol=1e-5)
+  batch = dataset.take([3, 0])
+  assert set(batch) == {'keypoints', 'visibility', 'mask', 'points3d', 'index'}
+  assert batch['index'].dtype == np.int32 and batch['keypoints'].shape == (2, 10, 5, 2)
+  with pytest.raises(ValueError, match="sequence 'b' has 4 points"):
+    data.build_dataset({'a': sequences['a'], 'b': tuple(v[:, :, :4] for v in sequences['b'])}, 10)
+
+
+def test_cmu17_dataset(mocap):
+  dataset = data.cmu17_dataset(['003'], length=64, noise_std=2.0, dropout=0.1, seed=3)
+  frames = [len(mocap['003_01']), len(mocap['003_02'])]
+  assert dataset.names == ('003_01', '003_02')
+  assert dataset.num_windows == 4 * sum(-(-f // 64) for f in frames)
+  assert dataset.keypoints.shape == (dataset.num_windows, 64, 17, 2)
+  assert dataset.points3d.shape == (dataset.num_windows, 64, 17, 3)
+  assert dataset.mask.sum() == 4 * sum(frames)
+  assert abs(1 - dataset.visibility[dataset.mask > 0].mean() - 0.1) < 0.02
+  assert set(dataset.view_ids.tolist()) == {0, 1, 2, 3}
+  truth = data.reassemble(dataset, dataset.points3d)
+  views = data.orthographic_views(mocap['003_02'])
+  np.testing.assert_array_equal(truth[('003_02', 2)], views[2])
+  # A trial's observations do not depend on which other subjects are loaded.
+  both = data.cmu17_dataset(['003', '006'], length=64, noise_std=2.0, dropout=0.1, seed=3)
+  np.testing.assert_array_equal(
+      data.reassemble(both, both.visibility)[('003_01', 1)],
+      data.reassemble(dataset, dataset.visibility)[('003_01', 1)])
+
+
+def test_nrsfm_and_tracks_datasets(tmp_path):
+  dataset = data.nrsfm_dataset('Pickup', length=100)
+  assert dataset.names == ('pickup',) and dataset.num_windows == 4
+  assert dataset.keypoints.shape == (4, 100, 41, 2)
+  points = data.load_nrsfm_sequence('pickup')
+  np.testing.assert_allclose(data.reassemble(dataset, dataset.points3d)[('pickup', 0)], points,
+                             rtol=1e-6, atol=1e-6)
+  path = data.save_tracks(tmp_path / 'mine.npz', points[..., :2])
+  tracks = data.tracks_dataset(path, length=100, scale=dataset.scale)
+  assert tracks.names == ('mine',) and tracks.points3d is None
+  np.testing.assert_allclose(tracks.keypoints, dataset.keypoints, atol=1e-6)
+  assert 'points3d' not in tracks.take([0])
+
+
+def test_batch_indices_stateless_and_resumable():
+  num_windows, batch_size, seed = 23, 5, 11
+  per_epoch = data.steps_per_epoch(num_windows, batch_size)
+  assert per_epoch == 4
+  epoch0 = [data.batch_indices(num_windows, batch_size, seed=seed, step=s) for s in range(4)]
+  flat = np.concatenate(epoch0)
+  assert flat.dtype == np.int32 and len(set(flat.tolist())) == 20  # no repeats in an epoch
+  np.testing.assert_array_equal(
+      flat, np.random.default_rng([seed, 0]).permutation(num_windows)[:20])
+  epoch1 = np.concatenate([data.batch_indices(num_windows, batch_size, seed=seed, step=s)
+                           for s in range(4, 8)])
+  assert not np.array_equal(flat, epoch1)
+  np.testing.assert_array_equal(
+      data.batch_indices(num_windows, batch_size, seed=seed, step=6), epoch1[10:15])
+  # Full-permutation epochs without dropping the remainder.
+  assert data.steps_per_epoch(num_windows, batch_size, drop_remainder=False) == 5
+  full = np.concatenate([data.batch_indices(num_windows, batch_size, seed=seed, step=s,
+                                            drop_remainder=False) for s in range(5)])
+  np.testing.assert_array_equal(np.sort(full), np.arange(num_windows))
+  # Fewer windows than a batch: the permutation is cycled to fill it.
+  small = data.batch_indices(3, 8, seed=seed, step=2)
+  assert small.shape == (8,) and set(small.tolist()) == {0, 1, 2}
+  np.testing.assert_array_equal(small[:3], small[3:6])
+
+
+def test_batch_iterator_resumes():
+  dataset = data.nrsfm_dataset('yoga', length=20)
+  stream = data.batch_iterator(dataset, 4, seed=5)
+  batches = [next(stream) for _ in range(6)]
+  resumed = data.batch_iterator(dataset, 4, seed=5, start_step=4)
+  for expected in batches[4:]:
+    got = next(resumed)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def test_summarize_bundled(tmp_path):
+  summary = data.summarize_bundled()
+  cmu = summary['cmu17']
+  assert cmu['subjects'] == ['002', '003', '005', '006'] and cmu['num_trials'] == 46
+  assert cmu['total_frames'] == 20385 == sum(cmu['frames_per_subject'].values())
+  assert cmu['trials_per_subject']['003'] == 2 and sum(cmu['descriptions'].values()) == 46
+  assert summary['nrsfm_mocap']['dance'] == {'frames': 264, 'points': 75}
+  text = data.format_summary(summary)
+  assert '46 trials' in text and 'drink: 1102 frames, 41 points' in text
+  pytest.importorskip('matplotlib')
+  paths = data.plot_bundled(tmp_path)
+  assert [p.name for p in paths] == ['cmu17.png', 'nrsfm_mocap.png']
+  assert all(p.stat().st_size > 1000 for p in paths)
