@@ -1,0 +1,22 @@
+"""Experiment configs: ``get_config()`` functions returning ``ml_collections.ConfigDict``.
+
+* ``default``: CPU-friendly cmu17 training (minutes on 2 cores).
+* ``tiny``: smoke tests (seconds).
+* ``paper``: the paper's schedule (243-frame windows, SGD, 120 epochs).
+* ``nrsfm``: transductive fit of one nrsfm-mocap sequence (``nrsfm.py:drink``).
+* ``c3dpo``: the C3DPO-sized lifter (1024 wide, 6 blocks) for benchmarks.
+"""
+
+import importlib
+
+import ml_collections
+
+NAMES = ('default', 'tiny', 'paper', 'nrsfm', 'c3dpo')
+
+
+def get(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Loads ``nrsfm_jax.configs.<name>.get_config(arg)``."""
+  if name not in NAMES:
+    raise ValueError(f'Unknown config {name!r}; expected one of {NAMES}.')
+  module = importlib.import_module(f'nrsfm_jax.configs.{name}')
+  return module.get_config(arg) if arg is not None else module.get_config()

@@ -1,0 +1,80 @@
+"""Default config: cmu17 development split on a 2-core CPU (BENCHMARKS.md A).
+
+Deviations from the paper, for CPU budgets (see ``paper.py`` for the paper's):
+Adam with cosine decay instead of SGD, a 256-wide lifter instead of C3DPO's
+1024, and a fixed step budget instead of 120 epochs.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cmu17'            # 'cmu17' | 'nrsfm' | 'tracks'
+  c.data.path = ''                 # '' = bundled data (cmu17) / required for 'tracks'
+  c.data.sequence = 'drink'        # nrsfm: bundled name or .npz path
+  c.data.train_subjects = '002,003,005'
+  c.data.val_subjects = '006'
+  c.data.window = 243
+  c.data.azimuths = (45.0, 135.0, 225.0, 315.0)
+  c.data.elevation = 10.0
+  c.data.noise_std = 0.0           # 2D noise (data units, mm for cmu17)
+  c.data.dropout = 0.0             # keypoint dropout probability
+
+  c.model = ml_collections.ConfigDict()
+  c.model.num_bases = 10
+  c.model.lifter_width = 256
+  c.model.lifter_blocks = 3
+  c.model.canon_width = 256
+  c.model.canon_blocks = 3
+  c.model.use_refiner = True
+  c.model.tcn_channels = 128
+  c.model.tcn_kernel = 3
+  c.model.tcn_dilations = (1, 3, 9, 27)
+  c.model.tcn_causal = True
+  c.model.tcn_use_2d = True
+  c.model.mlp_width = 256
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.reproj_kind = 'pseudo_huber'
+  c.loss.reproj_scale = 0.03
+  c.loss.w_reproj_init = 1.0      # reprojection of the lifter's own output R_t X_t
+  c.loss.w_smooth = 1.0           # λ_s (0 disables)
+  c.loss.smooth_beta = 1.0
+  c.loss.smooth_kind = 'pseudo_huber'
+  c.loss.smooth_scale = 0.03
+  c.loss.w_teacher = 0.0          # λ_t (needs pseudo-3D)
+  c.loss.teacher_kind = 'l2'
+  c.loss.teacher_scale = 0.03
+  c.loss.w_canon = 1.0            # λ_c
+  c.loss.canon_kind = 'pseudo_huber'
+  c.loss.canon_scale = 0.03
+  c.loss.n_rot = 4
+  c.loss.canon_frames = 64        # frames per window sampled for Ψ (0 = all)
+  c.loss.w_proc = 0.0             # λ_p (eq. 17; off as in eq. 19)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adam'           # 'adam' | 'sgd'
+  c.optim.lr = 1e-3
+  c.optim.schedule = 'cosine'     # 'cosine' | 'step' | 'constant'
+  c.optim.warmup_steps = 50
+  c.optim.decay_epochs = (60, 80)  # 'step' schedule: ×0.1 at these epochs
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0         # global-norm clip (0 = off)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32         # windows per step, global over devices
+  c.train.num_steps = 2000
+  c.train.num_epochs = 0          # > 0 overrides num_steps
+  c.train.log_every = 50
+  c.train.checkpoint_every = 250
+  c.train.max_checkpoints = 2
+  c.train.parallel = 'auto'       # 'auto' | 'none' | 'pmap' | 'shard_map'
+  c.train.eval_batch_size = 64
+  c.train.pseudo3d = ''           # .npz of cached teacher pseudo-3D for the train windows
+  return c

@@ -1,0 +1,24 @@
+"""The paper's protocol: 243-frame windows, batch 32, SGD (momentum 0.9, weight decay
+5e-4, lr 1e-3, ×0.1 at epochs 60 and 80), 120 epochs, C3DPO-sized lifter."""
+
+from nrsfm_jax.configs import default
+
+
+def get_config(arg=None):
+  c = default.get_config(arg)
+  c.data.window = 243
+  c.model.lifter_width = 1024
+  c.model.lifter_blocks = 6
+  c.model.canon_width = 1024
+  c.model.canon_blocks = 6
+  c.optim.name = 'sgd'
+  c.optim.lr = 1e-3
+  c.optim.schedule = 'step'
+  c.optim.decay_epochs = (60, 80)
+  c.optim.warmup_steps = 0
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.grad_clip = 0.0
+  c.train.batch_size = 32
+  c.train.num_epochs = 120
+  return c

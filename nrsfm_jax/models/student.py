@@ -1,0 +1,110 @@
+"""The student network: per-frame lifter + temporal refiner + canonicalizer Ψ."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from nrsfm_jax import geometry
+from nrsfm_jax.models.lifter import Canonicalizer, Lifter, ShapeBasis
+from nrsfm_jax.models.tcn import TemporalRefiner, receptive_field
+
+Array = jax.Array
+
+
+@flax.struct.dataclass(frozen=True)
+class StudentConfig:
+  """Hyperparameters of :class:`Student` (static; built from the experiment config).
+
+  Attributes:
+    num_points: P, keypoints per frame.
+    num_bases: K, shape-basis size (C3DPO: 10).
+    lifter_width / lifter_blocks: lifter MLP trunk (C3DPO Human3.6M: 1024 / 6).
+    canon_width / canon_blocks: Ψ's trunk.
+    use_refiner: run the TCN (eqs. 8–11); off gives the C3DPO baseline.
+    tcn_channels, tcn_kernel, tcn_dilations, tcn_causal, tcn_use_2d, mlp_width:
+      the refiner (paper: 4 layers of 128 channels, causal).
+  """
+  num_points: int = flax.struct.field(pytree_node=False, default=17)
+  num_bases: int = flax.struct.field(pytree_node=False, default=10)
+  lifter_width: int = flax.struct.field(pytree_node=False, default=256)
+  lifter_blocks: int = flax.struct.field(pytree_node=False, default=3)
+  canon_width: int = flax.struct.field(pytree_node=False, default=256)
+  canon_blocks: int = flax.struct.field(pytree_node=False, default=3)
+  use_refiner: bool = flax.struct.field(pytree_node=False, default=True)
+  tcn_channels: int = flax.struct.field(pytree_node=False, default=128)
+  tcn_kernel: int = flax.struct.field(pytree_node=False, default=3)
+  tcn_dilations: tuple[int, ...] = flax.struct.field(pytree_node=False, default=(1, 3, 9, 27))
+  tcn_causal: bool = flax.struct.field(pytree_node=False, default=True)
+  tcn_use_2d: bool = flax.struct.field(pytree_node=False, default=True)
+  mlp_width: int = flax.struct.field(pytree_node=False, default=256)
+
+  @property
+  def receptive_field(self) -> int:
+    return receptive_field(self.tcn_kernel, self.tcn_dilations) if self.use_refiner else 1
+
+
+def center_on_visible(points: Array, visibility: Array) -> Array:
+  """Translates x, y so the visible points' image centroid is 0 (orthographic camera translation).
+
+  The 2D input is centred the same way, so this is the closed-form camera
+  translation. ``[..., P, 3], [..., P] -> [..., P, 3]``.
+  """
+  centroid_xy = geometry.weighted_centroid(points[..., :2], visibility)
+  return points - jnp.concatenate([centroid_xy, jnp.zeros_like(centroid_xy[..., :1])], -1)
+
+
+class Student(nn.Module):
+  """Lifter → shape basis → (TCN refiner) → camera-frame 3D, plus Ψ for eq. 18."""
+  config: StudentConfig
+
+  def setup(self):
+    c = self.config
+    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases)
+    self.basis = ShapeBasis(c.num_points, c.num_bases)
+    self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases)
+    if c.use_refiner:
+      self.refiner = TemporalRefiner(c.tcn_channels, c.tcn_kernel, tuple(c.tcn_dilations),
+                                     c.tcn_causal, c.mlp_width, c.tcn_use_2d)
+
+  def __call__(self, keypoints: Array, visibility: Array, mask: Array) -> dict[str, Array]:
+    """Reconstructs a batch of windows.
+
+    Args:
+      keypoints: ``[B, T, P, 2]`` normalised, centred 2D.
+      visibility: ``[B, T, P]`` (0 on missing points and padded frames).
+      mask: ``[B, T]`` 1 on real frames.
+
+    Returns:
+      A dict with ``alpha [B,T,K]``, ``rotation [B,T,3,3]``, ``shape_init [B,T,P,3]``
+      (lifter's canonical ``X_t``), ``shape [B,T,P,3]`` (refined canonical
+      ``S_t``), ``points_init`` and ``points [B,T,P,3]`` (camera frame ``R_t X_t``
+      and ``R_t S_t``, x/y centred on the visible points).
+    """
+    alpha, omega = self.lifter(keypoints, visibility)
+    rotation = geometry.so3_exp(omega)
+    shape_init = self.basis(alpha)
+    if self.config.use_refiner:
+      shape = shape_init + self.refiner(shape_init, keypoints, visibility, mask)
+    else:
+      shape = shape_init
+    points_init = center_on_visible(geometry.rotate(shape_init, rotation), visibility)
+    points = center_on_visible(geometry.rotate(shape, rotation), visibility)
+    return dict(alpha=alpha, rotation=rotation, shape_init=shape_init, shape=shape,
+                points_init=points_init, points=points)
+
+  def canonicalize(self, rotated_shape: Array) -> Array:
+    """Ψ then the shared basis: ``[..., P, 3] -> [..., P, 3]`` (eq. 18's ``Ψ(R X)``)."""
+    return self.basis(self.canonicalizer(rotated_shape))
+
+  def init_all(self, keypoints: Array, visibility: Array, mask: Array) -> dict[str, Array]:
+    """Runs every submodule once (use as ``init``'s method so Ψ gets parameters too)."""
+    out = self(keypoints, visibility, mask)
+    self.canonicalize(out['shape_init'])
+    return out
+
+  def mean_shape(self) -> Array:
+    """The basis' mean shape (``α = 0``), the Procrustes reference ``S̄``: ``[P, 3]``."""
+    return self.basis(jnp.zeros((self.config.num_bases,)))

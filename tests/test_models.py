@@ -1,0 +1,119 @@
+"""Tests for nrsfm_jax.models: shapes, receptive field, causality, masking."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nrsfm_jax import geometry
+from nrsfm_jax.models import (Lifter, Student, StudentConfig, TemporalRefiner, causal_shift,
+                              receptive_field)
+from nrsfm_jax.models.tcn import conv_padding
+
+B, T, P = 2, 40, 17
+
+
+def _inputs(seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+  kp = jax.random.normal(keys[0], (B, T, P, 2))
+  vis = (jax.random.uniform(keys[1], (B, T, P)) > 0.1).astype(jnp.float32)
+  mask = jnp.ones((B, T))
+  return kp, vis, mask
+
+
+def _small(**kw):
+  return StudentConfig(num_points=P, num_bases=4, lifter_width=32, lifter_blocks=1, canon_width=32,
+                       canon_blocks=1, tcn_channels=16, mlp_width=32, **kw)
+
+
+@pytest.mark.parametrize('kernel,dilations,expected', [(3, (1, 3, 9, 27), 81), (3, (1, 3), 9), (5, (1, 2), 13),
+                                                        (1, (1,), 1)])
+def test_receptive_field(kernel, dilations, expected):
+  assert receptive_field(kernel, dilations) == expected
+  assert causal_shift(kernel, dilations, causal=True) == 0
+  assert causal_shift(kernel, dilations, causal=False) == (expected - 1) // 2
+  for d in dilations:
+    left, right = conv_padding(kernel, d, causal=True)
+    assert (left, right) == ((kernel - 1) * d, 0)
+
+
+def _refiner_grad_support(causal, dilations=(1, 3)):
+  """Which input frames influence output frame t0 (by gradient)."""
+  model = TemporalRefiner(channels=8, dilations=dilations, causal=causal, mlp_width=8)
+  kp, vis, mask = _inputs()
+  shapes = jax.random.normal(jax.random.PRNGKey(3), (B, T, P, 3))
+  params = model.init(jax.random.PRNGKey(0), shapes, kp, vis, mask)
+  # Make the zero-initialised output layer non-zero so gradients flow.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params)
+  t0 = 20
+  grad = jax.grad(lambda s: jnp.sum(model.apply(params, s, kp, vis, mask)[:, t0]))(shapes)
+  return np.nonzero(np.abs(np.asarray(grad)).sum(axis=(0, 2, 3)) > 0)[0], t0
+
+
+def test_causal_refiner_sees_only_the_past_within_receptive_field():
+  support, t0 = _refiner_grad_support(causal=True)
+  rf = receptive_field(3, (1, 3))
+  assert support.max() == t0
+  assert support.min() == t0 - (rf - 1)
+
+
+def test_centred_refiner_sees_both_sides():
+  support, t0 = _refiner_grad_support(causal=False)
+  rf = receptive_field(3, (1, 3))
+  assert support.min() == t0 - (rf - 1) // 2
+  assert support.max() == t0 + (rf - 1) // 2
+
+
+def test_student_shapes_and_identity_refinement_at_init():
+  model = Student(_small())
+  kp, vis, mask = _inputs()
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  out = model.apply(params, kp, vis, mask)
+  chex.assert_shape(out['alpha'], (B, T, 4))
+  chex.assert_shape(out['rotation'], (B, T, 3, 3))
+  for k in ('shape_init', 'shape', 'points_init', 'points'):
+    chex.assert_shape(out[k], (B, T, P, 3))
+  # ΔS = 0 at initialisation: the refiner starts as the identity.
+  np.testing.assert_allclose(out['shape'], out['shape_init'], atol=1e-6)
+  # Camera points are the rotated shape, x/y centred on the visible points.
+  centroid = geometry.weighted_centroid(out['points'][..., :2], vis)
+  np.testing.assert_allclose(centroid, 0.0, atol=1e-5)
+  rotated = geometry.rotate(out['shape'], out['rotation'])
+  np.testing.assert_allclose(out['points'][..., 2], rotated[..., 2], atol=1e-5)
+  chex.assert_shape(model.apply(params, out['shape'][:, 0], method=Student.canonicalize), (B, P, 3))
+  chex.assert_shape(model.apply(params, method=Student.mean_shape), (P, 3))
+
+
+def test_padding_does_not_leak_into_real_frames():
+  model = Student(_small())
+  kp, vis, mask = _inputs()
+  mask = mask.at[:, 30:].set(0.0)
+  vis = vis * mask[..., None]
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params)
+  out = model.apply(params, kp, vis, mask)['points']
+  garbage = kp.at[:, 30:].set(50.0)
+  out2 = model.apply(params, garbage, vis, mask)['points']
+  np.testing.assert_allclose(out[:, :30], out2[:, :30], atol=1e-5)
+
+
+def test_lifter_invisible_points_are_ignored():
+  lifter = Lifter(width=32, num_blocks=1, num_bases=4)
+  kp, vis, _ = _inputs()
+  params = lifter.init(jax.random.PRNGKey(0), kp, vis)
+  a1 = lifter.apply(params, kp, vis)
+  a2 = lifter.apply(params, jnp.where(vis[..., None] > 0, kp, 99.0), vis)
+  chex.assert_trees_all_close(a1, a2)
+
+
+def test_refiner_off_is_the_c3dpo_baseline():
+  model = Student(_small(use_refiner=False))
+  kp, vis, mask = _inputs()
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  assert 'refiner' not in params['params']
+  out = model.apply(params, kp, vis, mask)
+  np.testing.assert_array_equal(out['shape'], out['shape_init'])
+  assert _small().receptive_field == 81 and _small(use_refiner=False).receptive_field == 1

@@ -1,0 +1,150 @@
+"""Tests for nrsfm_jax.train: the step under jit / pmap / shard_map, resume, non-finite stop, e2e."""
+
+import functools
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nrsfm_jax import configs, train
+from nrsfm_jax.data import batch_indices
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = configs.get('tiny')
+  train_ds, _ = train.load_datasets(config)
+  tx = train.make_optimizer(config, 10, 10)
+  model, state = train.create_state(config, train_ds.num_points, train_ds.window_length,
+                                    jax.random.PRNGKey(0), tx)
+  idx = batch_indices(train_ds.num_windows, 8, seed=0, step=0)
+  full = train_ds.take(idx)
+  batch = {k: jnp.asarray(full[k]) for k in ('keypoints', 'visibility', 'mask')}
+  # Some padding and missing points so the masked reductions are exercised.
+  batch['mask'] = batch['mask'].at[1, 20:].set(0.0)
+  batch['visibility'] = batch['visibility'].at[1, 20:].set(0.0).at[2, :, 3].set(0.0)
+  # Teacher pseudo-3D (any camera-frame 3D will do here) to exercise that term too.
+  batch['pseudo3d'] = jax.random.normal(jax.random.PRNGKey(5), batch['keypoints'].shape[:-1] + (3,))
+  lcfg = train.LossConfig(**{**train.loss_config(config).__dict__, 'w_teacher': 0.5, 'w_proc': 0.1})
+  return config, model, state, batch, lcfg
+
+
+def _single(state, batch, lcfg, key):
+  return jax.jit(functools.partial(train.train_step, loss_config=lcfg))(state, batch, key)
+
+
+def test_loss_terms_present_and_finite(setup):
+  _, _, state, batch, lcfg = setup
+  _, metrics = _single(state, batch, lcfg, jax.random.PRNGKey(1))
+  for k in train.LOSS_TERMS + ('total', 'grad_norm'):
+    assert k in metrics, k
+    assert np.isfinite(metrics[k]), k
+  assert metrics['finite'] == 1.0
+  expected = (metrics['reproj'] + lcfg.w_reproj_init * metrics['reproj_init'] + lcfg.w_smooth * metrics['smooth']
+              + lcfg.w_teacher * metrics['teacher'] + lcfg.w_canon * metrics['canon'] + lcfg.w_proc * metrics['proc'])
+  np.testing.assert_allclose(metrics['total'], expected, rtol=1e-5)
+
+
+def test_jit_step_compiles_once_and_learns(setup):
+  _, _, state, batch, lcfg = setup
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(state, batch, key):
+    return train.train_step(state, batch, key, loss_config=lcfg)
+
+  key = jax.random.PRNGKey(1)
+  losses = []
+  for _ in range(4):
+    state, m = step(state, batch, key)
+    losses.append(float(m['total']))
+  assert int(state.step) == 4
+  assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
+@pytest.mark.parametrize('num_devices', [2, 4])
+def test_data_parallel_matches_single_device(setup, mode, num_devices):
+  _, _, state, batch, lcfg = setup
+  assert jax.local_device_count() >= num_devices, 'conftest sets 4 fake CPU devices'
+  key = jax.random.PRNGKey(1)
+  ref_state, ref_metrics = _single(state, batch, lcfg, key)
+  step = train.make_step(lcfg, mode, devices=jax.local_devices()[:num_devices])
+  # The wrapped step donates its state: hand it a copy of the shared fixture.
+  pstate, pmetrics = step(step.prepare(jax.tree.map(jnp.copy, state)), batch, key)
+  pstate = step.finish(pstate)
+  for k in ('total', 'reproj', 'canon', 'teacher', 'smooth', 'grad_norm'):
+    np.testing.assert_allclose(pmetrics[k], ref_metrics[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  chex.assert_trees_all_close(pstate.params, ref_state.params, rtol=1e-5, atol=1e-5)
+  assert int(pstate.step) == 1
+
+
+def test_non_finite_step_is_not_applied(setup):
+  _, _, state, batch, lcfg = setup
+  bad = dict(batch, keypoints=batch['keypoints'].at[0, 0, 0, 0].set(jnp.nan))
+  bad['visibility'] = bad['visibility'].at[0, 0, 0].set(1.0)
+  new_state, m = _single(state, bad, lcfg, jax.random.PRNGKey(1))
+  assert m['finite'] == 0.0
+  assert int(new_state.step) == int(state.step)
+  chex.assert_trees_all_equal(new_state.params, state.params)
+
+
+def _params_of(workdir):
+  from nrsfm_jax import checkpoint
+  params, _ = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints')).restore_params()
+  return params
+
+
+def test_end_to_end_resume_matches_uninterrupted(tmp_path):
+  config = configs.get('tiny')
+  config.train.parallel = 'none'
+  logs = []
+  full_dir, cut_dir = str(tmp_path / 'full'), str(tmp_path / 'cut')
+  result = train.train_and_evaluate(config, full_dir, log=logs.append)
+  assert set(result['overall']) == {'mpjpe', 'pa_mpjpe', 'stress', 'accel_error'}
+  assert all(np.isfinite(v) for v in result['overall'].values())
+  assert result['frames'] > 0 and '006_01' in result['per_sequence']
+  assert any('ETA' in line for line in logs)
+  for name in ('config.json', 'metrics.jsonl', 'eval.json', 'eval_predictions.npz'):
+    assert os.path.exists(os.path.join(full_dir, name)), name
+  with open(os.path.join(full_dir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert rows[-1]['step'] == config.train.num_steps and 'reproj' in rows[-1]
+
+  # Kill the run (Ctrl-C) after step 4, then rerun the same command.
+  def interrupt(line):
+    if line.startswith('step 4/'):
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, cut_dir, log=interrupt)
+  resumed_logs = []
+  train.train_and_evaluate(config, cut_dir, log=resumed_logs.append)
+  assert any('resuming from the checkpoint at step 4' in line for line in resumed_logs)
+  chex.assert_trees_all_equal(_params_of(cut_dir), _params_of(full_dir))
+
+
+def test_non_finite_loss_stops_with_named_term(tmp_path):
+  config = configs.get('tiny')
+  config.train.parallel = 'none'
+  config.loss.reproj_scale = 0.0  # 0/0 in the pseudo-Huber: the reprojection term is NaN.
+  with pytest.raises(train.NonFiniteLossError, match=r'reproj.* at step 0'):
+    train.train_and_evaluate(config, str(tmp_path), log=lambda s: None)
+  assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', '0'))
+
+
+def test_nrsfm_protocol_end_to_end(tmp_path):
+  config = configs.get('nrsfm', 'pickup')
+  tiny = configs.get('tiny')
+  config.model, config.loss = tiny.model, tiny.loss
+  config.data.window = 64
+  config.train.num_steps = 2
+  config.train.batch_size = 4
+  config.train.parallel = 'none'
+  result = train.train_and_evaluate(config, str(tmp_path), log=lambda s: None)
+  assert set(result['per_sequence']) == {'pickup'}
+  assert result['frames'] == 357
+  assert np.isfinite(result['overall']['e3d']) and np.isfinite(result['overall']['e3d_akhter'])
+  assert os.path.exists(os.path.join(tmp_path, 'eval.json'))
