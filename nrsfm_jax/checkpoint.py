@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -112,10 +113,12 @@ def load_params(path: str, init_params) -> Any:
   """Merges an exported ``.npz`` into freshly initialised params (big_vision style).
 
   Every initialised leaf must be present with the same shape; extra keys are an error.
+  ``init_params`` may be abstract (``jax.eval_shape`` of ``init``): only its
+  structure, shapes and dtypes are used.
   """
   with np.load(path, allow_pickle=False) as f:
     stored = {k: f[k] for k in f.files if k not in (CONFIG_KEY, META_KEY)}
-  flat = flatten_params(init_params)
+  flat = flax.traverse_util.flatten_dict(init_params, sep='/')
   missing = sorted(set(flat) - set(stored))
   extra = sorted(set(stored) - set(flat))
   if missing or extra:
@@ -132,7 +135,7 @@ def load_exported(path: str) -> tuple[Callable, Any]:
   """Rebuilds a predictor from :func:`export_params` output.
 
   Returns:
-    ``(apply_fn, params)`` where ``apply_fn(params, keypoints, visibility=None)``
+    ``(apply_fn, params)`` where the jitted ``apply_fn(params, keypoints, visibility=None)``
     maps raw 2D keypoints ``[..., T, P, 2]`` (data units; NaN = missing) of
     one window of any length ``T`` to camera-frame 3D ``[..., T, P, 3]`` in the
     same units (x/y centred on the visible points per frame).
@@ -147,8 +150,9 @@ def load_exported(path: str) -> tuple[Callable, Any]:
   from nrsfm_jax import train  # Local import: train imports this module's users.
   model = Student(train.student_config(config, meta['num_points']))
   p = meta['num_points']
-  init = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, p, 2)), jnp.ones((1, 4, p)), jnp.ones((1, 4)),
-                    method=Student.init_all)
+  # Shapes only: an eager init would compile every op of the model (tens of seconds on CPU).
+  init = jax.eval_shape(functools.partial(model.init, method=Student.init_all), jax.random.PRNGKey(0),
+                        jnp.zeros((1, 4, p, 2)), jnp.ones((1, 4, p)), jnp.ones((1, 4)))
   params = load_params(path, init)
   scale = float(meta['scale'])
 
@@ -167,7 +171,7 @@ def load_exported(path: str) -> tuple[Callable, Any]:
     out = model.apply(params, kp, visibility, mask)['points'] * scale
     return out[0] if squeeze else out
 
-  return apply_fn, params
+  return jax.jit(apply_fn), params
 
 
 __all__ = ['Checkpointer', 'export_params', 'flatten_params', 'load_exported', 'load_params']

@@ -129,6 +129,22 @@ def quaternion_to_matrix(q: Array) -> Array:
   ], -2)
 
 
+def rotation_6d(x: Array) -> Array:
+  """Continuous 6D rotation representation (Zhou et al., CVPR 2019) -> ``[..., 3, 3]``.
+
+  Gram–Schmidt on the two 3-vectors in ``x [..., 6]``: rows ``r1 = a/|a|``,
+  ``r2 = (b − (r1·b) r1)/|…|``, ``r3 = r1 × r2``. Unlike a rotation vector it has
+  no discontinuity and no 2π wrap, which eases regressing large rotations.
+  ``x = (1, 0, 0, 0, 1, 0)`` gives the identity.
+  """
+  a, b = x[..., :3], x[..., 3:]
+  r1 = a / jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-12)
+  b = b - jnp.sum(r1 * b, -1, keepdims=True) * r1
+  r2 = b / jnp.sqrt(jnp.sum(b * b, -1, keepdims=True) + 1e-12)
+  r3 = jnp.cross(r1, r2)
+  return jnp.stack([r1, r2, r3], -2)
+
+
 def rotate(points: Array, rotation: Array) -> Array:
   """Applies ``R`` to every point: ``[..., P, 3] x [..., 3, 3] -> [..., P, 3]``."""
   return jnp.einsum('...pj,...ij->...pi', points, rotation)

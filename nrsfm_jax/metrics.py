@@ -79,20 +79,28 @@ def mpjpe(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True,
   return _joint_mean(_dist(p, g), mask)
 
 
-def pa_mpjpe(pred: Array, gt: Array, *, mask: Array | None = None) -> Array:
+def pa_mpjpe(pred: Array, gt: Array, *, mask: Array | None = None, flip: bool = True) -> Array:
   """MPJPE after per-frame similarity Procrustes alignment (rotation, scale, translation).
+
+  Procrustes alignment cannot undo the depth flip (a reflection), so with
+  ``flip=True`` the better of the prediction and its depth-flipped copy is
+  aligned per frame, as in the "MPJPE best" protocol; hence PA-MPJPE ≤ MPJPE.
 
   Args:
     pred: ``[..., P, 3]``.
     gt: ``[..., P, 3]``.
     mask: optional ``[..., P]`` joint weights.
+    flip: also try the depth-flipped prediction per frame.
 
   Returns:
     ``[...]`` per-frame errors.
   """
   pred, gt = jnp.asarray(pred), jnp.asarray(gt)
-  aligned = geometry.similarity_align(pred, gt, mask=mask)
-  return _joint_mean(_dist(aligned, gt), mask)
+  err = _joint_mean(_dist(geometry.similarity_align(pred, gt, mask=mask), gt), mask)
+  if flip:
+    flipped = geometry.similarity_align(geometry.flip_depth(pred), gt, mask=mask)
+    err = jnp.minimum(err, _joint_mean(_dist(flipped, gt), mask))
+  return err
 
 
 def pairwise_distances(points: Array) -> Array:

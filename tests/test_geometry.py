@@ -173,3 +173,14 @@ def test_batching_any_leading_axes(shape):
   chex.assert_shape(geometry.so3_log(geometry.so3_exp(omega)), (*shape, 3))
   src = jnp.ones((*shape, 5, 3)) * jnp.arange(5.0)[:, None] + jnp.eye(5, 3)
   chex.assert_shape(geometry.procrustes_rotation(src, src), (*shape, 3, 3))
+
+
+def test_rotation_6d():
+  x = jax.random.normal(jax.random.PRNGKey(11), (50, 6))
+  rot = geometry.rotation_6d(x)
+  np.testing.assert_allclose(rot @ jnp.swapaxes(rot, -1, -2), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.det(rot), 1.0, atol=1e-5)
+  np.testing.assert_allclose(geometry.rotation_6d(jnp.array([1.0, 0, 0, 0, 1, 0])), jnp.eye(3), atol=1e-7)
+  # The first two rows of any rotation map back to it.
+  np.testing.assert_allclose(geometry.rotation_6d(rot[:, :2].reshape(50, 6)), rot, atol=1e-5)
+  chex.assert_tree_all_finite(jax.grad(lambda v: jnp.sum(geometry.rotation_6d(v)))(x[0]))

@@ -51,6 +51,11 @@ def test_pa_mpjpe_invariant_to_similarity():
   np.testing.assert_allclose(metrics.pa_mpjpe(moved, gt), metrics.pa_mpjpe(pred, gt), rtol=1e-3)
   np.testing.assert_allclose(metrics.pa_mpjpe(gt, gt), 0.0, atol=1e-3)
   assert np.all(metrics.pa_mpjpe(pred, gt) <= metrics.mpjpe(pred, gt, flip=False) + 1e-3)
+  # A depth-flipped prediction is a reflection: only the flip-resolved PA undoes it.
+  flipped = np.asarray(geometry.flip_depth(pred))
+  np.testing.assert_allclose(metrics.pa_mpjpe(flipped, gt), metrics.pa_mpjpe(pred, gt), rtol=1e-3)
+  assert np.all(metrics.pa_mpjpe(flipped, gt, flip=False) > metrics.pa_mpjpe(pred, gt) + 1.0)
+  assert np.all(metrics.pa_mpjpe(flipped, gt) <= metrics.mpjpe(flipped, gt) + 1e-3)
 
 
 def test_stress_invariances_and_value():

@@ -117,3 +117,14 @@ def test_refiner_off_is_the_c3dpo_baseline():
   out = model.apply(params, kp, vis, mask)
   np.testing.assert_array_equal(out['shape'], out['shape_init'])
   assert _small().receptive_field == 81 and _small(use_refiner=False).receptive_field == 1
+
+
+def test_rotation_6d_lifter_starts_at_identity():
+  model = Student(_small(rotation='6d'))
+  kp, vis, mask = _inputs()
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  rot = model.apply(params, kp, vis, mask)['rotation']
+  angle = np.degrees(np.arccos(np.clip((np.trace(rot, axis1=-2, axis2=-1) - 1) / 2, -1, 1)))
+  assert angle.max() < 15.0
+  with pytest.raises(ValueError, match='rotation parametrisation'):
+    Student(_small(rotation='euler')).init(jax.random.PRNGKey(0), kp, vis, mask)

@@ -7,6 +7,8 @@ from nrsfm_jax.configs import default
 def get_config(arg=None):
   c = default.get_config(arg)
   c.data.window = 243
+  c.data.eval_window = 243
+  c.loss.canon_frames = 0
   c.model.lifter_width = 1024
   c.model.lifter_blocks = 6
   c.model.canon_width = 1024

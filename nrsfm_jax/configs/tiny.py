@@ -8,6 +8,7 @@ def get_config(arg=None):
   c.data.train_subjects = '002'
   c.data.val_subjects = '006'
   c.data.window = 32
+  c.data.eval_window = 0
   c.data.azimuths = (45.0, 225.0)
   c.model.num_bases = 4
   c.model.lifter_width = 32

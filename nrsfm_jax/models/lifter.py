@@ -76,6 +76,7 @@ class Lifter(nn.Module):
   num_blocks: int = 3
   num_bases: int = 10
   init_std: float = 0.01
+  rotation: str = 'so3'
 
   @nn.compact
   def __call__(self, keypoints: Array, visibility: Array) -> tuple[Array, Array]:
@@ -86,14 +87,22 @@ class Lifter(nn.Module):
       visibility: ``[..., P]``.
 
     Returns:
-      ``alpha [..., K]`` and ``omega [..., 3]`` (rotation vectors, ``R = so3_exp(ω)``).
+      ``alpha [..., K]`` and the rotation parameters: ``omega [..., 3]`` (rotation
+      vectors, ``R = so3_exp(ω)``) or, with ``rotation='6d'``, ``[..., 6]``
+      (``R = rotation_6d(·)``, identity at initialisation).
     """
     h = MLPTrunk(self.width, self.num_blocks)(lifter_input(keypoints, visibility))
     # Small heads (C3DPO: std 0.01): shapes start near 0 and rotations near I,
     # so basis and cameras grow together instead of fitting 2D with shape alone.
     init = nn.initializers.normal(self.init_std)
     alpha = nn.Dense(self.num_bases, name='alpha', kernel_init=init)(h)
-    omega = nn.Dense(3, name='omega', kernel_init=init)(h)
+    if self.rotation == 'so3':
+      omega = nn.Dense(3, name='omega', kernel_init=init)(h)
+    elif self.rotation == '6d':
+      identity = lambda *_: jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+      omega = nn.Dense(6, name='rot6d', kernel_init=init, bias_init=identity)(h)
+    else:
+      raise ValueError(f"Unknown rotation parametrisation {self.rotation!r}; expected 'so3' or '6d'.")
     return alpha, omega
 
 

@@ -21,6 +21,8 @@ class StudentConfig:
   Attributes:
     num_points: P, keypoints per frame.
     num_bases: K, shape-basis size (C3DPO: 10).
+    rotation: camera parametrisation, ``'so3'`` (C3DPO's rotation vector) or
+      ``'6d'`` (continuous 6D, Zhou et al.).
     lifter_width / lifter_blocks: lifter MLP trunk (C3DPO Human3.6M: 1024 / 6).
     canon_width / canon_blocks: Ψ's trunk.
     use_refiner: run the TCN (eqs. 8–11); off gives the C3DPO baseline.
@@ -29,6 +31,7 @@ class StudentConfig:
   """
   num_points: int = flax.struct.field(pytree_node=False, default=17)
   num_bases: int = flax.struct.field(pytree_node=False, default=10)
+  rotation: str = flax.struct.field(pytree_node=False, default='so3')
   lifter_width: int = flax.struct.field(pytree_node=False, default=256)
   lifter_blocks: int = flax.struct.field(pytree_node=False, default=3)
   canon_width: int = flax.struct.field(pytree_node=False, default=256)
@@ -62,7 +65,7 @@ class Student(nn.Module):
 
   def setup(self):
     c = self.config
-    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases)
+    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation)
     self.basis = ShapeBasis(c.num_points, c.num_bases)
     self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases)
     if c.use_refiner:
@@ -84,7 +87,7 @@ class Student(nn.Module):
       and ``R_t S_t``, x/y centred on the visible points).
     """
     alpha, omega = self.lifter(keypoints, visibility)
-    rotation = geometry.so3_exp(omega)
+    rotation = geometry.so3_exp(omega) if self.config.rotation == 'so3' else geometry.rotation_6d(omega)
     shape_init = self.basis(alpha)
     if self.config.use_refiner:
       shape = shape_init + self.refiner(shape_init, keypoints, visibility, mask)

@@ -1,0 +1,68 @@
+r"""Speed benchmark: train-step throughput, compile time, memory, inference, fraction of matmul peak.
+
+  python -m experiments.benchmark                  # default config + C3DPO-sized lifter
+  python -m experiments.benchmark --quick          # small sizes, a smoke run
+  python -m experiments.benchmark --output=bench.json
+
+Cases:
+* ``default``: the default config's full student step (lifter + TCN + Ψ), its
+  batch and window.
+* ``c3dpo_b1024``: C3DPO's Human3.6M model (1024 wide, 6 blocks, Ψ with 4
+  rotations on every frame, no TCN/smoothness), 1024 single frames per step,
+  comparable with the official PyTorch code's samples/s.
+"""
+
+import json
+import platform
+
+import jax
+from absl import app, flags
+
+from nrsfm_jax import configs, profiling
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('output', 'benchmark.json', 'Where to write the JSON results.')
+flags.DEFINE_bool('quick', False, 'Small sizes and few repeats (smoke test).')
+flags.DEFINE_integer('repeats', 10, 'Timed steps per case.')
+
+
+def cases(quick: bool):
+  default = configs.get('default')
+  c3dpo = configs.get('c3dpo')
+  c3dpo.model.use_refiner = False
+  c3dpo.loss.w_smooth = 0.0
+  c3dpo.loss.w_reproj_init = 0.0
+  c3dpo.loss.canon_frames = 0
+  if quick:
+    return [('default', default, 4, 81), ('c3dpo_b128', c3dpo, 128, 1)]
+  return [('default', default, default.train.batch_size, default.data.window),
+          ('c3dpo_b1024', c3dpo, 1024, 1)]
+
+
+def main(argv):
+  del argv
+  repeats = 3 if FLAGS.quick else FLAGS.repeats
+  peak = profiling.matmul_peak(1024 if FLAGS.quick else 2048, repeats=repeats)
+  print(f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
+        f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s')
+  results = {'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
+             'jax': jax.__version__, 'machine': platform.machine(), 'matmul': peak, 'cases': {}}
+  header = (f'{"case":<12}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
+            f'{"windows/s":>11}{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"infer fr/s":>12}')
+  print(header)
+  for name, config, batch, window in cases(FLAGS.quick):
+    r = profiling.benchmark_train_step(config, batch_size=batch, window=window, repeats=repeats)
+    r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
+    results['cases'][name] = r
+    print(f'{name:<12}{batch:>7}{window:>7}{r["params"]:>11,}{r["compile_s"]:>10.1f}{r["step_s"] * 1e3:>9.1f}'
+          f'{r["windows_per_s"]:>11.1f}{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}'
+          f'{100 * r["fraction_of_matmul_peak"]:>7.1f}%{r["inference_frames_per_s"]:>12,.0f}')
+  results['peak_rss_mib'] = profiling.peak_rss_mib()
+  print(f'peak RSS {results["peak_rss_mib"]:.0f} MiB')
+  with open(FLAGS.output, 'w') as f:
+    json.dump(results, f, indent=2)
+  print(f'wrote {FLAGS.output}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,34 @@
+r"""Evaluates a trained run on its own eval split or on other data.
+
+  python -m experiments.evaluate --workdir=runs/cmu17                    # the run's eval split
+  python -m experiments.evaluate --workdir=runs/cmu17 --subjects=005,006  # other cmu17 subjects
+  python -m experiments.evaluate --workdir=runs/drink --sequence=drink    # nrsfm protocol
+  python -m experiments.evaluate --workdir=runs/cmu17 --tracks=clip.npz   # 2D only: predictions
+
+Inputs are normalised with the run's training 2D scale (stored in its checkpoint).
+Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predictions.npz.
+"""
+
+from absl import app, flags
+
+from nrsfm_jax import evaluation
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.',
+                               required=True)
+_SUBJECTS = flags.DEFINE_string('subjects', None, "cmu17 subjects, e.g. '006,007' (cmu17 protocol).")
+_SEQUENCE = flags.DEFINE_string('sequence', None,
+                                "nrsfm-mocap sequence ('drink', ...) or a points3d .npz (nrsfm protocol).")
+_TRACKS = flags.DEFINE_string('tracks', None, '2D tracks .npz (keypoints [F, P, 2]): predictions only.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+_OUTPUT = flags.DEFINE_string('output', None, 'JSON report (default: <workdir>/evaluate_<data>.json).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  evaluation.evaluate_run(_WORKDIR.value, subjects=_SUBJECTS.value, sequence=_SEQUENCE.value,
+                          tracks=_TRACKS.value, step=_STEP.value, output=_OUTPUT.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

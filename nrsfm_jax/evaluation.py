@@ -1,0 +1,468 @@
+"""Trained runs after training: reload, evaluate on any split or file, export, study Ψ.
+
+A workdir written by ``train.train_and_evaluate`` holds everything needed::
+
+    config, model, params, meta = load_run('runs/cmu17')
+    evaluate_run('runs/cmu17')                          # the run's own eval split
+    evaluate_run('runs/cmu17', subjects='005,006')      # other cmu17 subjects
+    evaluate_run('runs/drink', sequence='drink')        # nrsfm protocol (bundled or .npz)
+    evaluate_run('runs/cmu17', tracks='clip.npz')       # 2D only: predictions, no metrics
+
+Every input is normalised with the run's *training* 2D scale (``meta['scale']``,
+stored with the checkpoint), never with a scale recomputed from the new data:
+the network has only seen inputs in its training units, and recomputing the
+scale would silently rescale a test set of smaller or larger subjects.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from nrsfm_jax import checkpoint as ckpt_lib
+from nrsfm_jax import data as data_lib
+from nrsfm_jax import geometry, losses, train
+from nrsfm_jax.models import Student
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------
+# Loading a run.
+# ----------------------------------------------------------------------------
+
+
+def load_run(workdir: str, step: int | None = None
+             ) -> tuple[ml_collections.ConfigDict, Student, Any, dict[str, Any]]:
+  """Reloads a trained run from its workdir.
+
+  Args:
+    workdir: a directory written by ``train.train_and_evaluate`` (``config.json``
+      and ``checkpoints/``).
+    step: checkpoint step to restore (default: the latest).
+
+  Returns:
+    ``(config, model, params, meta)``: the saved config, the ``Student`` built
+    from it, its restored variables (``{'params': ...}``) and the checkpoint
+    metadata ``{'seed', 'scale', 'num_points', 'step'}``.
+
+  Raises:
+    FileNotFoundError: no workdir, no ``config.json`` or no checkpoint (the path is named).
+    ValueError: ``step`` is not one of the saved steps (the saved ones are listed).
+  """
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'No run directory at {workdir}.')
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f'{config_path} is missing: {workdir} is not a workdir written by '
+                            'experiments/train.py.')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  # Checkpointer creates its directory: check first so a typo does not leave an empty one behind.
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f'No checkpoints directory at {ckpt_dir}.')
+  ckpt = ckpt_lib.Checkpointer(ckpt_dir)
+  steps = sorted(ckpt.manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f'No checkpoint in {ckpt_dir}.')
+  if step is not None and step not in steps:
+    raise ValueError(f'No checkpoint for step {step} in {ckpt_dir}; saved steps: {steps}.')
+  params, meta = ckpt.restore_params(step)
+  for k in ('scale', 'num_points'):
+    if k not in meta:
+      raise KeyError(f'{ckpt_dir}: checkpoint metadata lacks {k!r} (found {sorted(meta)}).')
+  model = Student(train.student_config(config, int(meta['num_points'])))
+  return config, model, params, meta
+
+
+# ----------------------------------------------------------------------------
+# Evaluation on any split or file.
+# ----------------------------------------------------------------------------
+
+
+def _split(text: str | Sequence[str]) -> list[str]:
+  items = text.split(',') if isinstance(text, str) else text
+  return [str(s).strip() for s in items if str(s).strip()]
+
+
+def _stem(path: str) -> str:
+  return os.path.splitext(os.path.basename(str(path)))[0]
+
+
+def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], *,
+                       data: data_lib.WindowDataset | None = None, sequence: str | None = None,
+                       subjects: str | Sequence[str] | None = None, tracks: str | None = None,
+                       protocol: str | None = None
+                       ) -> tuple[data_lib.WindowDataset, str, str]:
+  """The windows to evaluate a run on, normalised with the run's training scale.
+
+  At most one of ``data``, ``sequence``, ``subjects`` and ``tracks`` may be
+  given; with none, the run's own eval split (``config.data``) is rebuilt.
+
+  Args:
+    config: the run's config.
+    meta: its checkpoint metadata (``scale``, ``num_points``).
+    data: a ready ``WindowDataset``, built with ``scale=meta['scale']``.
+    sequence: a bundled nrsfm-mocap name (``'drink'``) or an ``.npz`` with
+      ``points3d`` ``[F, P, 3]``: nrsfm protocol.
+    subjects: cmu17 subjects (``'006,007'`` or a list) from the run's mocap
+      file (``config.data.path`` for cmu17 runs, else the bundled one), seen by
+      the run's cameras: cmu17 protocol.
+    tracks: an ``.npz`` of 2D tracks (``data.save_tracks``): no 3D, no metrics.
+    protocol: ``'cmu17'`` or ``'nrsfm'``; overrides the default for ``data``
+      and the run's own split.
+
+  Returns:
+    ``(dataset, protocol, name)``; ``name`` labels output files
+    (e.g. ``'cmu17_006'``, ``'nrsfm_drink'``, ``'tracks_clip'``).
+
+  Raises:
+    ValueError: several sources given, ``data`` built with another scale, or
+      the data has a different number of points than the model (both named).
+  """
+  given = [k for k, v in dict(data=data, sequence=sequence, subjects=subjects,
+                              tracks=tracks).items() if v is not None]
+  if len(given) > 1:
+    raise ValueError(f'Give at most one of data / sequence / subjects / tracks, got {given}.')
+  scale = float(meta['scale'])
+  d = config.data
+  window = int(d.window)
+  if data is not None:
+    if not np.isclose(data.scale, scale, rtol=1e-6):
+      raise ValueError(f'data was normalised with scale {data.scale:.6g} but the run was trained with '
+                       f"{scale:.6g}: build it with scale=meta['scale'].")
+    dataset, what = data, 'data'
+    protocol = protocol or ('nrsfm' if d.name == 'nrsfm' else 'cmu17')
+    name = 'data'
+  elif sequence is not None:
+    dataset = data_lib.nrsfm_dataset(sequence, length=window, scale=scale)
+    what, protocol = f'nrsfm sequence {str(sequence)!r}', protocol or 'nrsfm'
+    name = f'nrsfm_{dataset.names[0]}'
+  elif subjects is not None:
+    wanted = _split(subjects)
+    if not wanted:
+      raise ValueError(f'subjects={subjects!r} names no subject.')
+    # config.data.path is a mocap file only for cmu17 runs (a tracks run keeps its tracks there).
+    path = (d.path or None) if d.name == 'cmu17' else None
+    dataset = data_lib.cmu17_dataset(
+        wanted, length=window, path=path, azimuths_deg=tuple(d.azimuths), elevation_deg=d.elevation,
+        noise_std=d.noise_std, dropout=d.dropout, seed=config.seed, scale=scale)
+    what, protocol = f'cmu17 subjects {",".join(wanted)}', protocol or 'cmu17'
+    name = 'cmu17_' + '_'.join(wanted)
+  elif tracks is not None:
+    dataset = data_lib.tracks_dataset(tracks, length=window, scale=scale)
+    what, protocol, name = f'tracks {tracks}', None, f'tracks_{_stem(tracks)}'
+  else:
+    # The train split is rebuilt too (cheap, numpy only) so the eval split is
+    # exactly the one train_and_evaluate scored.
+    dataset = train.load_datasets(config, scale=scale)[1]
+    what = f'the run\'s eval split ({d.name})'
+    protocol = protocol or ('nrsfm' if d.name == 'nrsfm' else 'cmu17')
+    if d.name == 'cmu17':
+      name = 'cmu17_' + '_'.join(_split(d.val_subjects))
+    else:
+      name = f'{d.name}_{dataset.names[0]}'
+  expected = int(meta['num_points'])
+  if dataset.num_points != expected:
+    raise ValueError(f'{what} has {dataset.num_points} points per frame but the model was trained on '
+                     f'{expected} points: the Student\'s input and output size is fixed by its '
+                     f'training data, so evaluate on {expected}-point data or train a run on this one.')
+  return dataset, protocol, name
+
+
+def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
+                 sequence: str | None = None, subjects: str | Sequence[str] | None = None,
+                 tracks: str | None = None, step: int | None = None, output: str | None = None,
+                 protocol: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Evaluates a trained run on its own eval split or on other data.
+
+  Inputs are normalised with the run's training scale ``meta['scale']`` (see
+  the module doc); predictions are multiplied back into data units. Writes the
+  report ``output`` (JSON) and the predictions beside it
+  (``<output stem>_predictions.npz``, keys ``'<sequence>/view<v>'`` → camera-frame
+  3D ``[F, P, 3]`` in data units, x/y centred on the visible points per frame).
+
+  Args:
+    workdir: the run (see :func:`load_run`).
+    data: a ``WindowDataset`` built with ``scale=meta['scale']``.
+    sequence: nrsfm-mocap name or ``.npz`` path (nrsfm protocol: e3D).
+    subjects: cmu17 subjects, e.g. ``'006,007'`` (cmu17 protocol: MPJPE, ...).
+    tracks: 2D tracks ``.npz`` (predictions only).
+    step: checkpoint step (default: latest).
+    output: JSON report path (default ``workdir/evaluate_<name>.json``).
+    protocol: override the scoring protocol (``'cmu17'`` / ``'nrsfm'``).
+    log: where the console table goes.
+
+  Returns:
+    ``train.score``'s ``{'overall', 'per_sequence', 'frames'}`` (no ``overall`` /
+    ``per_sequence`` for tracks) plus ``workdir``, ``step``, ``data``,
+    ``protocol``, ``scale``, ``output`` and ``predictions`` (paths).
+  """
+  config, model, params, meta = load_run(workdir, step)
+  dataset, protocol, name = build_eval_dataset(config, meta, data=data, sequence=sequence,
+                                               subjects=subjects, tracks=tracks, protocol=protocol)
+  output = output or os.path.join(workdir, f'evaluate_{name}.json')
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  pred_path = os.path.splitext(output)[0] + '_predictions.npz'
+  pred = train.predict(model.apply, params, dataset,
+                       batch_size=config.train.eval_batch_size) * dataset.scale
+  seqs = data_lib.reassemble(dataset, pred)
+  np.savez(pred_path, **{f'{seq}/view{view}': v for (seq, view), v in seqs.items()})
+  info = {'workdir': os.path.abspath(workdir), 'step': int(meta['step']), 'data': name,
+          'protocol': protocol, 'scale': float(meta['scale']), 'output': os.path.abspath(output),
+          'predictions': os.path.abspath(pred_path)}
+  if dataset.points3d is None:
+    result = dict(frames=int(sum(len(v) for v in seqs.values())), **info)
+    log(f'{name}: no ground-truth 3D; {result["frames"]} frames reconstructed into {pred_path}')
+  else:
+    result = dict(train.score(pred, dataset, protocol=protocol), **info)
+    log(train.format_metrics(result, title=f'{name} ({protocol}), step {meta["step"]} of {workdir}:'))
+  with open(output, 'w') as f:
+    json.dump(result, f, indent=2)
+  log(f'wrote {output}')
+  return result
+
+
+# ----------------------------------------------------------------------------
+# Export.
+# ----------------------------------------------------------------------------
+
+
+def export_run(workdir: str, output: str | None = None, *, step: int | None = None,
+               log: Callable[[str], None] = print) -> str:
+  """Exports a run's parameters as a flat ``.npz`` (``checkpoint.export_params``).
+
+  Args:
+    workdir: the run (see :func:`load_run`).
+    output: destination (default ``workdir/export/params.npz``).
+    step: checkpoint step (default: latest).
+    log: where the summary goes.
+
+  Returns:
+    The path written; ``checkpoint.load_exported(path)`` rebuilds the predictor.
+  """
+  config, _, params, meta = load_run(workdir, step)
+  output = output or os.path.join(workdir, 'export', 'params.npz')
+  path = ckpt_lib.export_params(output, params, config, scale=meta['scale'],
+                                num_points=meta['num_points'])
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+  log(f'exported step {meta["step"]} of {workdir} to {path}')
+  log(f'{num_params:,} parameters; {meta["num_points"]} points; 2D scale {meta["scale"]:.6g}')
+  log('load it with:\n'
+      '  from nrsfm_jax.checkpoint import load_exported\n'
+      f'  apply_fn, params = load_exported({path!r})\n'
+      '  points3d = apply_fn(params, keypoints)  # [T, P, 2] raw 2D (NaN = missing) -> [T, P, 3]')
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Canonicalization study: how well does Ψ undo a rotation of a given size?
+# ----------------------------------------------------------------------------
+
+
+def rotation_angle(rotations: Array) -> Array:
+  """Rotation angles in degrees: ``arccos((tr R − 1) / 2)``, ``[..., 3, 3] -> [...]``."""
+  cos = 0.5 * (jnp.trace(rotations, axis1=-2, axis2=-1) - 1.0)
+  return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
+
+
+def canonical_errors(apply_fn: Callable, params, shapes: Array, rotations: Array) -> Array:
+  """``mean_k ‖X_k − Ψ(R X)_k‖`` for every (rotation, shape) pair, ``jax.vmap``-ed over rotations.
+
+  Args:
+    apply_fn: ``Student.apply``.
+    params: its variables.
+    shapes: ``[N, P, 3]`` canonical shapes ``X`` (normalised units).
+    rotations: ``[R, 3, 3]``.
+
+  Returns:
+    ``[R, N]`` mean joint distances (normalised units).
+  """
+  def one_rotation(rotation):
+    rec = apply_fn(params, geometry.rotate(shapes, rotation), method=Student.canonicalize)
+    return losses.masked_mean(*losses.canonical_loss(shapes, rec, kind='l2'), axis=-1)
+
+  return jax.vmap(one_rotation)(rotations)
+
+
+def canonical_study(apply_fn: Callable, params, shapes: Array, *, key: Array,
+                    num_rotations: int = 256, num_bins: int = 12) -> dict[str, np.ndarray]:
+  """Eq. 18's consistency ``‖X − Ψ(R X)‖`` as a function of the rotation angle.
+
+  Draws ``num_rotations`` Haar-uniform rotations (``geometry.random_rotation``),
+  applies each to every shape and evaluates all pairs in one jitted
+  ``jax.vmap`` over the rotations, then bins by angle over ``[0°, 180°]``.
+  Haar rotations concentrate at large angles (density ∝ 1 − cos θ): expect
+  few or no rotations below ~30°; empty bins have NaN mean and std.
+
+  Args:
+    apply_fn: ``Student.apply``.
+    params: its variables.
+    shapes: ``[N, P, 3]`` canonical shapes (the model's ``shape_init`` on real frames).
+    key: PRNG key for the rotations.
+    num_rotations: R.
+    num_bins: angle bins of ``180 / num_bins`` degrees.
+
+  Returns:
+    numpy arrays: ``bin_edges [B+1]`` (degrees), ``bin_centers [B]``, per-bin
+    ``mean``, ``std`` and ``count [B]`` over all (rotation, shape) pairs in the
+    bin (counts sum to ``R·N``), ``rotations [R, 3, 3]``, ``angles [R]``
+    (degrees), ``values [R, N]`` and ``per_rotation [R]`` (mean over shapes),
+    all errors in normalised units (multiply by ``meta['scale']`` for data units).
+  """
+  shapes = jnp.asarray(shapes, jnp.float32)
+  if shapes.ndim != 3 or shapes.shape[-1] != 3 or not shapes.shape[0]:
+    raise ValueError(f'shapes must be [N, P, 3] with N > 0, got {shapes.shape}.')
+  if num_rotations < 1 or num_bins < 1:
+    raise ValueError(f'need num_rotations >= 1 and num_bins >= 1, got {num_rotations}, {num_bins}.')
+  rotations = geometry.random_rotation(key, (num_rotations,))
+  errors_fn = jax.jit(lambda p, s, r: canonical_errors(apply_fn, p, s, r))
+  values = np.asarray(errors_fn(params, shapes, rotations), np.float64)
+  angles = np.asarray(rotation_angle(rotations), np.float64)
+  edges = np.linspace(0.0, 180.0, num_bins + 1)
+  bins = np.clip(np.searchsorted(edges, angles, side='right') - 1, 0, num_bins - 1)
+  mean, std, count = np.full(num_bins, np.nan), np.full(num_bins, np.nan), np.zeros(num_bins, np.int64)
+  for b in range(num_bins):
+    v = values[bins == b].ravel()
+    count[b] = v.size
+    if v.size:
+      mean[b], std[b] = v.mean(), v.std()
+  return {'bin_edges': edges, 'bin_centers': 0.5 * (edges[:-1] + edges[1:]), 'mean': mean, 'std': std,
+          'count': count, 'rotations': np.asarray(rotations), 'angles': angles, 'values': values,
+          'per_rotation': values.mean(1)}
+
+
+def canonical_shapes(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *,
+                     num_frames: int = 512, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+  """The model's canonical shapes ``X`` (``shape_init``) on real frames sampled from ``dataset``.
+
+  Only as many randomly chosen windows as needed to hold ``num_frames`` real
+  frames are run through the model; padded frames are dropped.
+
+  Returns:
+    ``[min(num_frames, real frames), P, 3]`` in normalised units.
+  """
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(dataset.num_windows)
+  needed = int(np.searchsorted(np.cumsum(dataset.mask.sum(1)[order]), num_frames)) + 1
+  idx = np.sort(order[:needed])
+  subset = dataclasses.replace(dataset, **{
+      f: getattr(dataset, f)[idx] for f in ('keypoints', 'visibility', 'mask', 'points3d', 'sequence_ids',
+                                            'view_ids', 'starts', 'centroids')
+      if getattr(dataset, f) is not None})
+  shapes = train.predict(apply_fn, params, subset, batch_size=batch_size, key='shape_init')
+  real = shapes[subset.mask > 0]
+  if len(real) > num_frames:
+    real = real[np.sort(rng.choice(len(real), num_frames, replace=False))]
+  return real
+
+
+def _figure_class():
+  try:
+    from matplotlib.figure import Figure
+  except ImportError as e:
+    raise ImportError("the canonical-study plot needs matplotlib: pip install 'nrsfm_jax[plot]' "
+                      '(or pip install matplotlib)') from e
+  return Figure
+
+
+def plot_canonical_study(study: dict[str, np.ndarray], path: str, *, scale: float = 1.0,
+                         units: str = 'data units', title: str = '') -> str:
+  """Mean ± std of ``‖X − Ψ(R X)‖`` per angle bin over the per-rotation values; rotations per bin below."""
+  figure_class = _figure_class()
+  fig = figure_class(figsize=(7, 5.5))
+  ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [3, 1]})
+  ax.scatter(study['angles'], study['per_rotation'] * scale, s=6, c='0.7',
+             label='one rotation (mean over shapes)')
+  ok = study['count'] > 0
+  ax.errorbar(study['bin_centers'][ok], study['mean'][ok] * scale, yerr=study['std'][ok] * scale,
+              fmt='o-', color='tab:blue', capsize=3, label='bin mean ± std (all pairs)')
+  ax.set_ylim(bottom=0)
+  ax.set_ylabel(f'‖X − Ψ(R X)‖, mean joint\ndistance ({units})')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc='lower right')
+  ax.set_title(title or 'canonicalization consistency vs rotation angle', fontsize=9)
+  edges = study['bin_edges']
+  rotations_per_bin = study['count'] // max(study['values'].shape[1], 1)
+  ax_n.bar(edges[:-1], rotations_per_bin, width=np.diff(edges), align='edge', color='0.6',
+           edgecolor='white')
+  ax_n.set_ylabel('rotations')
+  ax_n.set_xlabel('rotation angle of R (degrees)')
+  ax_n.set_xlim(0, 180)
+  ax_n.set_xticks(edges[::max(1, len(edges) // 7)])
+  ax_n.grid(alpha=0.3)
+  fig.savefig(path, dpi=100, bbox_inches='tight')
+  return path
+
+
+def format_canonical_study(study: dict[str, np.ndarray], *, scale: float = 1.0) -> str:
+  """A console table of :func:`canonical_study` (errors times ``scale``)."""
+  lines = [f"{'angle (deg)':>12}{'count':>9}{'mean':>12}{'std':>12}"]
+  for lo, hi, n, m, s in zip(study['bin_edges'][:-1], study['bin_edges'][1:], study['count'],
+                             study['mean'], study['std']):
+    lines.append(f'{lo:5.0f} - {hi:4.0f}{n:9d}{m * scale:12.3f}{s * scale:12.3f}')
+  values = study['values']
+  lines.append(f"{'all':>12}{values.size:9d}{values.mean() * scale:12.3f}{values.std() * scale:12.3f}")
+  return '\n'.join(lines)
+
+
+def run_canonical_study(workdir: str, *, num_rotations: int = 256, num_frames: int = 512,
+                        num_bins: int = 12, seed: int = 0, step: int | None = None,
+                        output_dir: str | None = None, plot: bool = True,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+  """:func:`canonical_study` of a trained run on shapes from its eval windows; CSV, PNG and table.
+
+  Writes ``canonical_study.csv`` (per angle bin: ``angle_lo``, ``angle_hi``,
+  ``count``, ``mean``, ``std`` in data units, i.e. times ``meta['scale']``,
+  plus the normalised ``mean_normalised`` / ``std_normalised``) and
+  ``canonical_study.png`` into ``output_dir`` (default: the workdir).
+
+  Returns:
+    :func:`canonical_study`'s dict plus ``scale``, ``num_shapes``, ``csv`` and ``png`` (paths).
+  """
+  config, model, params, meta = load_run(workdir, step)
+  dataset, _, name = build_eval_dataset(config, meta)
+  shapes = canonical_shapes(model.apply, params, dataset, num_frames=num_frames, seed=seed,
+                            batch_size=config.train.eval_batch_size)
+  study = canonical_study(model.apply, params, shapes, key=jax.random.PRNGKey(seed),
+                          num_rotations=num_rotations, num_bins=num_bins)
+  scale = float(meta['scale'])
+  output_dir = output_dir or workdir
+  os.makedirs(output_dir, exist_ok=True)
+  csv_path = os.path.join(output_dir, 'canonical_study.csv')
+  with open(csv_path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['angle_lo', 'angle_hi', 'count', 'mean', 'std', 'mean_normalised', 'std_normalised'])
+    for lo, hi, n, m, s in zip(study['bin_edges'][:-1], study['bin_edges'][1:], study['count'],
+                               study['mean'], study['std']):
+      writer.writerow([f'{lo:g}', f'{hi:g}', int(n), f'{m * scale:.6g}', f'{s * scale:.6g}',
+                       f'{m:.6g}', f'{s:.6g}'])
+  header = (f'canonical study of {workdir} (step {meta["step"]}): ‖X − Ψ(R X)‖ mean joint distance, '
+            f'data units (2D scale {scale:.4g}); {len(shapes)} shapes from {name} × {num_rotations} rotations')
+  log(header)
+  log(format_canonical_study(study, scale=scale))
+  log(f'wrote {csv_path}')
+  png_path = None
+  if plot:
+    png_path = plot_canonical_study(
+        study, os.path.join(output_dir, 'canonical_study.png'), scale=scale,
+        title=f'{os.path.basename(os.path.abspath(workdir))}, step {meta["step"]}: {len(shapes)} shapes '
+              f'({name}) × {num_rotations} Haar rotations')
+    log(f'wrote {png_path}')
+  return dict(study, scale=scale, num_shapes=len(shapes), csv=csv_path, png=png_path)
+
+
+__all__ = ['build_eval_dataset', 'canonical_errors', 'canonical_shapes', 'canonical_study',
+           'evaluate_run', 'export_run', 'format_canonical_study', 'load_run', 'plot_canonical_study',
+           'rotation_angle', 'run_canonical_study']

@@ -1,0 +1,109 @@
+"""Throughput measurements for ``experiments/benchmark.py`` (never used by timed tests).
+
+Each measurement compiles once, warms up, then times ``repeats`` calls with
+``block_until_ready``. FLOPs come from XLA's own cost analysis of the compiled
+step; the machine's peak is measured in the same process as the throughput of
+a large jitted f32 matmul, so the reported fraction compares like with like.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from nrsfm_jax import train
+
+
+def _time(fn, *args, repeats: int) -> float:
+  """Median seconds per call of an already-compiled ``fn``."""
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> dict[str, float]:
+  """Measured f32 matmul throughput (the machine's practical peak), GFLOP/s."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+  fn = jax.jit(jnp.matmul)
+  jax.block_until_ready(fn(a, b))
+  seconds = _time(fn, a, b, repeats=repeats)
+  return {'n': n, 'seconds': seconds, 'gflops': 2 * n**3 / seconds / 1e9}
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process so far (MiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def benchmark_train_step(config: ml_collections.ConfigDict, *, batch_size: int, window: int,
+                         num_points: int = 17, repeats: int = 10, inference: bool = True) -> dict[str, Any]:
+  """Times the jitted train step (and inference) of ``config``'s model on random data.
+
+  Args:
+    config: experiment config (model and loss sections are used).
+    batch_size: windows per step.
+    window: frames per window (``1`` benchmarks a per-frame lifter as C3DPO).
+    num_points: keypoints per frame.
+    repeats: timed calls (after one compile call and one warm-up).
+    inference: also time the forward pass alone.
+
+  Returns:
+    A dict with compile time, step time, windows/s, frames/s, XLA FLOPs per
+    step, achieved GFLOP/s, XLA's memory analysis and the parameter count.
+  """
+  tx = train.make_optimizer(config, 1000, 100)
+  model, state = train.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  batch = {
+      'keypoints': jax.random.normal(keys[0], (batch_size, window, num_points, 2)),
+      'visibility': (jax.random.uniform(keys[1], (batch_size, window, num_points)) > 0.05).astype(jnp.float32),
+      'mask': jnp.ones((batch_size, window)),
+  }
+  step = jax.jit(functools.partial(train.train_step, loss_config=train.loss_config(config)), donate_argnums=0)
+  t = time.perf_counter()
+  compiled = step.lower(state, batch, keys[0]).compile()
+  compile_s = time.perf_counter() - t
+  flops = _flops(compiled)
+  mem = compiled.memory_analysis()
+  state, _ = compiled(state, batch, keys[0])  # Warm-up.
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch, keys[0])
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  frames = batch_size * window
+  result = {
+      'batch_size': batch_size, 'window': window, 'frames_per_step': frames,
+      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'compile_s': compile_s, 'step_s': step_s,
+      'windows_per_s': batch_size / step_s, 'frames_per_s': frames / step_s,
+      'flops_per_step': flops, 'gflops': flops / step_s / 1e9,
+      'temp_mib': getattr(mem, 'temp_size_in_bytes', 0) / 2**20 if mem is not None else float('nan'),
+      'argument_mib': getattr(mem, 'argument_size_in_bytes', 0) / 2**20 if mem is not None else float('nan'),
+  }
+  if inference:
+    fwd = jax.jit(lambda p, kp, vis, m: model.apply(p, kp, vis, m)['points'])
+    args = (state.params, batch['keypoints'], batch['visibility'], batch['mask'])
+    jax.block_until_ready(fwd(*args))
+    result['inference_frames_per_s'] = frames / _time(fwd, *args, repeats=repeats)
+  return result

@@ -1,0 +1,232 @@
+"""Tests for nrsfm_jax.evaluation (reload, evaluate, export, Ψ study) on one tiny trained run."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nrsfm_jax import checkpoint, configs, data, evaluation, geometry, train
+from nrsfm_jax.models import Student
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A tiny cmu17 run trained for 2 steps: ``(workdir, eval result)``."""
+  config = configs.get('tiny')
+  config.train.parallel = 'none'
+  config.train.num_steps = 2
+  workdir = str(tmp_path_factory.mktemp('run'))
+  result = train.train_and_evaluate(config, workdir, log=lambda s: None)
+  return workdir, result
+
+
+@pytest.fixture(scope='module')
+def loaded(run):
+  return evaluation.load_run(run[0])
+
+
+def _raw_view(trial='006_01', frames=40):
+  """Raw (uncentred) 2D of one cmu17 trial in data units: ``[F, 17, 2]``, and its camera 3D."""
+  points = data.orthographic_views(data.load_mocap(subjects='006')[trial][:frames], (45.0,), 10.0)[0]
+  return points[..., :2], points
+
+
+# ----------------------------------------------------------------------------- load_run
+
+
+def test_load_run(run, loaded):
+  workdir, _ = run
+  config, model, params, meta = loaded
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert config.to_dict() == json.load(f)
+  assert meta['num_points'] == 17 and meta['step'] == 2
+  assert model.config == train.student_config(config, 17)
+  _, state = train.create_state(config, 17, config.data.window, jax.random.PRNGKey(0))
+  chex.assert_trees_all_equal_shapes(params, state.params)
+
+
+def test_load_run_errors(run, tmp_path):
+  with pytest.raises(FileNotFoundError, match='No run directory at .*nope'):
+    evaluation.load_run(str(tmp_path / 'nope'))
+  assert not (tmp_path / 'nope').exists()
+  with pytest.raises(FileNotFoundError, match=r'config\.json is missing'):
+    evaluation.load_run(str(tmp_path))
+  (tmp_path / 'config.json').write_text('{}')
+  with pytest.raises(FileNotFoundError, match=r'No checkpoints directory at .*checkpoints'):
+    evaluation.load_run(str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()
+  with pytest.raises(ValueError, match=r'No checkpoint for step 99 .* saved steps: \[2\]'):
+    evaluation.load_run(run[0], step=99)
+
+
+# ----------------------------------------------------------------------------- evaluate_run
+
+
+def test_evaluate_default_split_matches_eval_json(run):
+  workdir, _ = run
+  result = evaluation.evaluate_run(workdir, log=lambda s: None)
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    expected = json.load(f)
+  assert result['overall'] == expected['overall']
+  assert result['per_sequence'] == expected['per_sequence']
+  assert result['frames'] == expected['frames']
+  assert result['output'] == os.path.join(workdir, 'evaluate_cmu17_006.json')
+  with open(result['output']) as f:
+    assert json.load(f)['overall'] == expected['overall']
+  with np.load(result['predictions']) as f:
+    assert f['006_01/view0'].shape[1:] == (17, 3)
+
+
+def test_subjects_split_uses_training_scale(run, loaded):
+  # The eval subject named explicitly gives the eval split's windows exactly (so its metrics),
+  # normalised with the training scale, not with a scale recomputed from subject 006.
+  workdir, _ = run
+  config, _, _, meta = loaded
+  default, protocol, name = evaluation.build_eval_dataset(config, meta)
+  subject, sub_protocol, sub_name = evaluation.build_eval_dataset(config, meta, subjects='006')
+  assert (protocol, name, sub_protocol, sub_name) == ('cmu17', 'cmu17_006', 'cmu17', 'cmu17_006')
+  assert subject.scale == default.scale == meta['scale']
+  np.testing.assert_array_equal(subject.keypoints, default.keypoints)
+  np.testing.assert_array_equal(subject.points3d, default.points3d)
+  own_scale = data.cmu17_dataset('006', length=config.data.window, azimuths_deg=config.data.azimuths).scale
+  assert abs(own_scale - meta['scale']) > 1.0
+  wrong = data.cmu17_dataset('006', length=config.data.window, scale=own_scale)
+  with pytest.raises(ValueError, match=r"normalised with scale .* trained with"):
+    evaluation.build_eval_dataset(config, meta, data=wrong)
+  with pytest.raises(ValueError, match=r"unknown subject.*'999'"):
+    evaluation.evaluate_run(workdir, subjects='006,999', log=lambda s: None)
+  with pytest.raises(ValueError, match='at most one of'):
+    evaluation.evaluate_run(workdir, subjects='006', sequence='drink', log=lambda s: None)
+
+
+def test_evaluate_sequence_with_other_point_count_is_a_clear_error(run):
+  with pytest.raises(ValueError, match=r"'drink' has 41 points per frame .* trained on 17 points"):
+    evaluation.evaluate_run(run[0], sequence='drink', log=lambda s: None)
+
+
+def test_evaluate_tracks_writes_predictions(run, tmp_path):
+  keypoints, _ = _raw_view(frames=45)
+  keypoints = keypoints.copy()
+  keypoints[3, 5] = np.nan  # A missing point.
+  path = data.save_tracks(tmp_path / 'clip.npz', keypoints)
+  logs = []
+  with pytest.warns(UserWarning, match='NaN'):
+    result = evaluation.evaluate_run(run[0], tracks=str(path), log=logs.append)
+  assert 'overall' not in result and result['frames'] == 45
+  assert result['output'] == os.path.join(run[0], 'evaluate_tracks_clip.json')
+  with np.load(result['predictions']) as f:
+    pred = f['clip/view0']
+  assert pred.shape == (45, 17, 3) and np.isfinite(pred).all()
+  assert any('no ground-truth 3D' in line for line in logs)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_matches_original_model(run, loaded, tmp_path):
+  workdir, _ = run
+  _, model, params, meta = loaded
+  logs = []
+  path = evaluation.export_run(workdir, log=logs.append)
+  assert path == os.path.join(workdir, 'export', 'params.npz') and os.path.exists(path)
+  n = sum(x.size for x in jax.tree.leaves(params))
+  assert any(f'{n:,} parameters' in line for line in logs)
+  assert any('load_exported' in line for line in logs)
+  apply_fn, exported = checkpoint.load_exported(path)
+  chex.assert_trees_all_equal(exported, jax.device_get(params))
+
+  raw, _ = _raw_view()  # Raw 2D in data units (mm), not centred.
+  visibility = np.ones(raw.shape[:-1], np.float32)
+  visibility[7, 2] = 0.0
+  raw_nan = np.where(visibility[..., None] > 0, raw, np.nan)
+  got = np.asarray(apply_fn(exported, raw_nan))
+  scale = meta['scale']
+  centred, _ = data.center_2d(raw, visibility)
+  ref = jax.jit(model.apply)(params, jnp.asarray(centred / scale)[None], jnp.asarray(visibility)[None],
+                             jnp.ones((1, len(raw))))['points'][0] * scale
+  assert got.shape == (len(raw), 17, 3)
+  np.testing.assert_allclose(got / scale, np.asarray(ref) / scale, atol=1e-5)
+
+
+def test_load_params_names_the_bad_key(run, loaded, tmp_path):
+  _, _, params, meta = loaded
+  path = checkpoint.export_params(str(tmp_path / 'p.npz'), params, loaded[0], scale=meta['scale'],
+                                  num_points=17)
+  with np.load(path) as f:
+    arrays = dict(f)
+  key = sorted(k for k in arrays if not k.startswith('__'))[0]
+
+  missing = dict(arrays)
+  del missing[key]
+  np.savez(tmp_path / 'missing.npz', **missing)
+  with pytest.raises(KeyError, match=f'missing.*{key}'):
+    checkpoint.load_params(str(tmp_path / 'missing.npz'), params)
+
+  reshaped = dict(arrays, **{key: np.zeros(arrays[key].shape + (2,), arrays[key].dtype)})
+  np.savez(tmp_path / 'reshaped.npz', **reshaped)
+  with pytest.raises(ValueError, match=f'{key}.*shape'):
+    checkpoint.load_params(str(tmp_path / 'reshaped.npz'), params)
+
+
+# ----------------------------------------------------------------------------- canonical study
+
+
+def test_canonical_study(loaded):
+  _, model, params, _ = loaded
+  shapes = np.random.default_rng(0).normal(size=(5, 17, 3)).astype(np.float32)  # Any shapes will do.
+  calls = []
+
+  def apply_fn(*args, **kwargs):
+    calls.append(1)  # Python runs this once per trace: once in all if vmap batches the rotations.
+    return model.apply(*args, **kwargs)
+
+  key = jax.random.PRNGKey(3)
+  study = evaluation.canonical_study(apply_fn, params, shapes, key=key, num_rotations=16, num_bins=12)
+  assert len(calls) == 1
+  np.testing.assert_allclose(study['bin_edges'][[0, -1]], [0.0, 180.0])
+  for k, shape in dict(bin_centers=(12,), mean=(12,), std=(12,), count=(12,), angles=(16,),
+                       values=(16, 5), per_rotation=(16,), rotations=(16, 3, 3)).items():
+    assert study[k].shape == shape, k
+  assert study['count'].sum() == 16 * 5
+  assert np.isfinite(study['values']).all() and (study['values'] >= 0).all()
+  filled = study['count'] > 0
+  assert np.isfinite(study['mean'][filled]).all() and np.isnan(study['mean'][~filled]).all()
+  assert ((study['angles'] >= 0) & (study['angles'] <= 180)).all()
+  np.testing.assert_allclose(study['rotations'], geometry.random_rotation(key, (16,)))
+
+  # The same numbers as a plain Python loop over rotations.
+  reconstruct = jax.jit(lambda x, rot: model.apply(params, geometry.rotate(x, rot), method=Student.canonicalize))
+  for r in range(3):
+    rec = np.asarray(reconstruct(shapes, study['rotations'][r]))
+    dist = np.linalg.norm(shapes - rec, axis=-1).mean(-1)  # Mean joint distance ('l2').
+    np.testing.assert_allclose(study['values'][r], dist, rtol=1e-5, atol=1e-7)
+  # Bin statistics are those of the pairs whose rotation falls in the bin.
+  b = int(np.argmax(study['count']))
+  in_bin = (study['angles'] >= study['bin_edges'][b]) & (study['angles'] < study['bin_edges'][b + 1])
+  np.testing.assert_allclose(study['mean'][b], study['values'][in_bin].mean(), rtol=1e-6)
+  np.testing.assert_allclose(study['std'][b], study['values'][in_bin].std(), rtol=1e-6)
+
+  # The angle of a known rotation is recovered (azimuth-only cameras rotate about y).
+  known = np.stack([data.camera_rotation(a, 0.0) for a in (10.0, 90.0, 170.0)]).astype(np.float32)
+  angles = evaluation.rotation_angle(known)
+  np.testing.assert_allclose(angles, [10.0, 90.0, 170.0], atol=1e-3)
+
+
+def test_run_canonical_study_writes_csv_and_png(run, tmp_path):
+  logs = []
+  result = evaluation.run_canonical_study(run[0], num_rotations=8, num_frames=6, num_bins=6,
+                                          output_dir=str(tmp_path), log=logs.append)
+  assert result['num_shapes'] == 6 and result['count'].sum() == 48
+  assert np.isfinite(result['values']).all()
+  with open(result['csv']) as f:
+    rows = f.read().splitlines()
+  assert rows[0].startswith('angle_lo,angle_hi,count,mean,std') and len(rows) == 7
+  assert os.path.getsize(result['png']) > 1000
+  scale = result['scale']
+  filled = int(np.argmax(result['count'] > 0))
+  assert float(rows[1 + filled].split(',')[3]) == pytest.approx(result['mean'][filled] * scale, rel=1e-5)
+  assert any('mean joint distance' in line for line in logs)
