@@ -8,7 +8,7 @@ mean_k ||X_k - Psi(R X)_k|| (data units) per rotation-angle bin. Writes
 canonical_study.csv and canonical_study.png into --output_dir (default: --workdir).
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from nrsfm_jax import evaluation
 
@@ -23,6 +23,8 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the CSV and PNG go 
 
 
 def main(argv):
+  # orbax logs every checkpoint step at INFO; keep the console to our progress lines.
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   evaluation.run_canonical_study(_WORKDIR.value, num_rotations=_NUM_ROTATIONS.value,

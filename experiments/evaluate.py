@@ -9,7 +9,7 @@ Inputs are normalised with the run's training 2D scale (stored in its checkpoint
 Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predictions.npz.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from nrsfm_jax import evaluation
 
@@ -24,6 +24,8 @@ _OUTPUT = flags.DEFINE_string('output', None, 'JSON report (default: <workdir>/e
 
 
 def main(argv):
+  # orbax logs every checkpoint step at INFO; keep the console to our progress lines.
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   evaluation.evaluate_run(_WORKDIR.value, subjects=_SUBJECTS.value, sequence=_SEQUENCE.value,

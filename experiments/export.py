@@ -6,7 +6,7 @@ Load it with ``nrsfm_jax.checkpoint.load_exported(path)``, which returns
 ``(apply_fn, params)`` mapping raw 2D ``[T, P, 2]`` (data units) to 3D ``[T, P, 3]``.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from nrsfm_jax import evaluation
 
@@ -17,6 +17,8 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest
 
 
 def main(argv):
+  # orbax logs every checkpoint step at INFO; keep the console to our progress lines.
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   evaluation.export_run(_WORKDIR.value, _OUTPUT.value, step=_STEP.value)

@@ -7,7 +7,7 @@ r"""Trains the student and evaluates it (the README's main job).
 Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nrsfm_jax import train
@@ -19,6 +19,8 @@ config_flags.DEFINE_config_file('config', 'nrsfm_jax/configs/default.py', 'Exper
 
 
 def main(argv):
+  # orbax logs every checkpoint step at INFO; keep the console to our progress lines.
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from nrsfm_jax import geometry
 from nrsfm_jax.models import Student
 
 CONFIG_KEY = '__config__'
@@ -156,7 +157,7 @@ def load_exported(path: str) -> tuple[Callable, Any]:
   params = load_params(path, init)
   scale = float(meta['scale'])
 
-  def apply_fn(params, keypoints, visibility=None):
+  def apply_fn(params, keypoints, visibility=None, frame_mask=None):
     keypoints = jnp.asarray(keypoints, jnp.float32)
     if visibility is None:
       visibility = jnp.all(jnp.isfinite(keypoints), -1).astype(jnp.float32)
@@ -164,11 +165,14 @@ def load_exported(path: str) -> tuple[Callable, Any]:
     squeeze = keypoints.ndim == 3
     if squeeze:
       keypoints, visibility = keypoints[None], visibility[None]
-    centroid = jnp.sum(keypoints * visibility[..., None], -2, keepdims=True) / jnp.maximum(
-        jnp.sum(visibility, -1)[..., None, None], 1e-12)
+    # Every frame is real unless told otherwise, as in data.WindowDataset (a
+    # frame with no visible point is still a frame of the sequence).
+    mask = jnp.ones(keypoints.shape[:-2]) if frame_mask is None else jnp.asarray(frame_mask, jnp.float32)
+    mask = mask.reshape(keypoints.shape[:-2])
+    # The same visibility-weighted centring and training scale as data.center_2d / build_dataset.
+    centroid = geometry.weighted_centroid(keypoints, visibility)
     kp = jnp.where(visibility[..., None] > 0, (keypoints - centroid) / scale, 0.0)
-    mask = (jnp.sum(visibility, -1) > 0).astype(jnp.float32)
-    out = model.apply(params, kp, visibility, mask)['points'] * scale
+    out = model.apply(params, kp, visibility * mask[..., None], mask)['points'] * scale
     return out[0] if squeeze else out
 
   return jax.jit(apply_fn), params

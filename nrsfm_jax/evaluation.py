@@ -137,7 +137,8 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
     raise ValueError(f'Give at most one of data / sequence / subjects / tracks, got {given}.')
   scale = float(meta['scale'])
   d = config.data
-  window = int(d.window)
+  # Same windows as the run's own evaluation (train.load_datasets).
+  window = int(d.get('eval_window', 0) or d.window)
   if data is not None:
     if not np.isclose(data.scale, scale, rtol=1e-6):
       raise ValueError(f'data was normalised with scale {data.scale:.6g} but the run was trained with '

@@ -82,9 +82,11 @@ def mpjpe(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True,
 def pa_mpjpe(pred: Array, gt: Array, *, mask: Array | None = None, flip: bool = True) -> Array:
   """MPJPE after per-frame similarity Procrustes alignment (rotation, scale, translation).
 
-  Procrustes alignment cannot undo the depth flip (a reflection), so with
-  ``flip=True`` the better of the prediction and its depth-flipped copy is
-  aligned per frame, as in the "MPJPE best" protocol; hence PA-MPJPE ≤ MPJPE.
+  A rotation cannot undo the depth flip (a reflection), so with ``flip=True``
+  the better of the prediction and its depth-flipped copy is aligned per
+  frame, as in the "MPJPE best" protocol: this amounts to an O(3)
+  (reflection-allowed) similarity alignment. ``flip=False`` is VideoPose3D's
+  usual (proper-rotation) PA-MPJPE.
 
   Args:
     pred: ``[..., P, 3]``.

@@ -75,7 +75,10 @@ class LossConfig:
 
 def _from_config(cls, config: ml_collections.ConfigDict, **overrides):
   names = {f.name for f in dataclasses.fields(cls)}
-  values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in names}
+  unknown = sorted(set(config.keys()) - names)
+  if unknown:
+    raise ValueError(f'Unknown {cls.__name__} config keys {unknown}; known keys: {sorted(names)}.')
+  values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()}
   values.update(overrides)
   return cls(**values)
 
@@ -419,22 +422,6 @@ def predict(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batc
   return np.concatenate(outs, 0)
 
 
-def evaluate(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int = 64,
-             protocol: str = 'cmu17', key: str = 'points') -> dict[str, Any]:
-  """Runs the model on every window and scores it with :func:`score`.
-
-  Args:
-    apply_fn: ``Student.apply``.
-    params: its variables.
-    dataset: windows with ``points3d`` (camera-frame ground truth, data units).
-    batch_size: inference batch.
-    protocol: see :func:`score`.
-    key: which output to score (``'points'`` or the lifter's ``'points_init'``).
-  """
-  pred = predict(apply_fn, params, dataset, batch_size=batch_size, key=key) * dataset.scale
-  return score(pred, dataset, protocol=protocol)
-
-
 def score(pred: np.ndarray, dataset: data_lib.WindowDataset, *, protocol: str = 'cmu17') -> dict[str, Any]:
   """Metrics on every frame of every sequence in ``dataset`` (each exactly once).
 
@@ -565,18 +552,55 @@ def _flatten(tree, prefix=''):
   return out
 
 
+PSEUDO3D_KEYS = ('pseudo3d', 'scale', 'names', 'sequence_ids', 'view_ids', 'starts')
+
+
+def save_pseudo3d(path: str, pseudo3d: np.ndarray, dataset: data_lib.WindowDataset) -> None:
+  """Writes teacher pseudo-3D for ``dataset``'s windows with the provenance :func:`load_pseudo3d` checks.
+
+  Args:
+    path: output ``.npz``.
+    pseudo3d: ``[N, L, P, 3]`` camera-frame 3D in *normalised* units (data
+      units / ``dataset.scale``), in ``dataset``'s window order.
+    dataset: the training windows it was computed for.
+  """
+  np.savez(path, pseudo3d=np.asarray(pseudo3d, np.float32), scale=np.float64(dataset.scale),
+           names=np.asarray(dataset.names), sequence_ids=dataset.sequence_ids,
+           view_ids=dataset.view_ids, starts=dataset.starts)
+
+
 def load_pseudo3d(path: str, dataset: data_lib.WindowDataset) -> np.ndarray:
-  """Cached teacher pseudo-3D for ``dataset``'s windows: ``[N, L, P, 3]`` normalised units."""
+  """Cached teacher pseudo-3D for ``dataset``'s windows: ``[N, L, P, 3]`` normalised units.
+
+  The file (see :func:`save_pseudo3d`) must have been made for exactly these
+  windows (same sequences, views, starts and 2D scale); anything else would
+  silently supervise frames with another frame's 3D.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f'train.pseudo3d: no file at {path}.')
   with np.load(path) as f:
-    if 'pseudo3d' not in f.files:
-      raise KeyError(f"{path}: key 'pseudo3d' missing (found {f.files}).")
+    missing = [k for k in PSEUDO3D_KEYS if k not in f.files]
+    if missing:
+      raise KeyError(f'{path}: keys {missing} missing (found {f.files}); write it with train.save_pseudo3d.')
     arr = f['pseudo3d'].astype(np.float32)
+    if not np.isclose(float(f['scale']), dataset.scale, rtol=1e-6):
+      raise ValueError(f"{path}: made for 2D scale {float(f['scale']):.6g}, the training data has {dataset.scale:.6g}.")
+    for key in ('sequence_ids', 'view_ids', 'starts'):
+      if f[key].shape != getattr(dataset, key).shape or not np.array_equal(f[key], getattr(dataset, key)):
+        raise ValueError(f'{path}: {key} differ from the training windows: made for other data or windows.')
+    if tuple(str(n) for n in f['names']) != tuple(dataset.names):
+      raise ValueError(f'{path}: sequence names differ from the training data.')
   expected = dataset.keypoints.shape[:-1] + (3,)
   if arr.shape != expected:
     raise ValueError(f'{path}: pseudo3d has shape {arr.shape}, the training windows need {expected}.')
   return arr
+
+
+def _save(ckpt, state, meta) -> int:
+  """Saves ``state`` under its own step counter (not the loop's, which may lag by one)."""
+  step = int(jax.device_get(state.step))
+  ckpt.save(step, state, meta)
+  return step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -609,9 +633,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
   state, meta = ckpt.restore(state)
   start = int(state.step)
+  new_meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points)}
   if meta is not None:
+    if int(meta.get('seed', new_meta['seed'])) != new_meta['seed'] or not np.isclose(
+        float(meta.get('scale', new_meta['scale'])), new_meta['scale'], rtol=1e-6):
+      raise ValueError(f'{ckpt.directory} holds a run with seed {meta.get("seed")} and 2D scale '
+                       f'{meta.get("scale")}, but this config gives seed {new_meta["seed"]} and scale '
+                       f'{new_meta["scale"]:.6g}: use another --workdir for different data.')
     log(f'resuming from the checkpoint at step {start} in {ckpt.directory}')
-  meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points)}
+  meta = new_meta
 
   pseudo = load_pseudo3d(config.train.pseudo3d, train_ds) if config.train.pseudo3d else None
   lcfg = loss_config(config)
@@ -636,7 +666,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         batch['pseudo3d'] = pseudo[idx]
       dstate, m = step_fn(dstate, batch, loop_key)
       if not bool(m['finite']):
-        ckpt.save(step, step_fn.finish(dstate), meta)
+        _save(ckpt, step_fn.finish(dstate), meta)
         m = jax.device_get(m)
         bad = [k for k in LOSS_TERMS + ('total', 'grad_norm') if k in m and not np.isfinite(m[k])]
         raise NonFiniteLossError(
@@ -648,7 +678,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         t_loop = time.time()
       else:
         steps_timed += 1
-      if step % config.train.log_every == 0 or step == num_steps:
+      if (config.train.log_every and step % config.train.log_every == 0) or step == num_steps:
         m = jax.device_get(m)
         elapsed = time.time() - t_loop
         rate = steps_timed / max(elapsed, 1e-9)
@@ -657,14 +687,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         log(f'step {step}/{num_steps} | {rate:.2f} steps/s, {rate * batch_size * train_ds.window_length:,.0f} '
             f'frames/s | ETA {_format_duration((num_steps - step) / max(rate, 1e-9))} | {terms}')
         t_loop, steps_timed = time.time(), 0
-      if step % config.train.checkpoint_every == 0:
-        ckpt.save(step, step_fn.finish(dstate), meta)
+      if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
+        _save(ckpt, step_fn.finish(dstate), meta)
   except KeyboardInterrupt:
-    ckpt.save(step, step_fn.finish(dstate), meta)
-    log(f'interrupted: saved step {step}; rerun the same command to resume')
+    try:
+      saved = _save(ckpt, step_fn.finish(dstate), meta)
+      log(f'interrupted: saved step {saved}; rerun the same command to resume')
+    except RuntimeError:  # Interrupted inside the step call: its input buffers were donated.
+      log(f'interrupted mid-step: resume from the last checkpoint (step {ckpt.latest_step()})')
     raise
   state = step_fn.finish(dstate)
-  ckpt.save(step, state, meta)
+  _save(ckpt, state, meta)
   log(f'training done in {_format_duration(time.time() - t_start)}')
   return evaluate_and_save(config, workdir, model.apply, state.params, eval_ds, log=log)
 

@@ -97,6 +97,14 @@ def test_subjects_split_uses_training_scale(run, loaded):
   wrong = data.cmu17_dataset('006', length=config.data.window, scale=own_scale)
   with pytest.raises(ValueError, match=r"normalised with scale .* trained with"):
     evaluation.build_eval_dataset(config, meta, data=wrong)
+  # With evaluation windows longer than training windows (the default config),
+  # explicitly named subjects are still cut like the run's own eval split.
+  longer = config.copy_and_resolve_references()
+  longer.data.eval_window = 3 * config.data.window
+  own, _, _ = evaluation.build_eval_dataset(longer, meta)
+  named, _, _ = evaluation.build_eval_dataset(longer, meta, subjects='006')
+  assert own.window_length == named.window_length == 3 * config.data.window
+  np.testing.assert_array_equal(named.keypoints, own.keypoints)
   with pytest.raises(ValueError, match=r"unknown subject.*'999'"):
     evaluation.evaluate_run(workdir, subjects='006,999', log=lambda s: None)
   with pytest.raises(ValueError, match='at most one of'):

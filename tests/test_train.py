@@ -148,3 +148,27 @@ def test_nrsfm_protocol_end_to_end(tmp_path):
   assert result['frames'] == 357
   assert np.isfinite(result['overall']['e3d']) and np.isfinite(result['overall']['e3d_akhter'])
   assert os.path.exists(os.path.join(tmp_path, 'eval.json'))
+
+
+def test_pseudo3d_file_must_match_the_training_windows(tmp_path):
+  config = configs.get('tiny')
+  train_ds, _ = train.load_datasets(config)
+  pseudo = np.random.default_rng(0).normal(size=train_ds.keypoints.shape[:-1] + (3,)).astype(np.float32)
+  path = str(tmp_path / 'pseudo.npz')
+  train.save_pseudo3d(path, pseudo, train_ds)
+  np.testing.assert_array_equal(train.load_pseudo3d(path, train_ds), pseudo)
+  other = train.load_datasets(configs.get('tiny'), scale=2 * train_ds.scale)[0]
+  with pytest.raises(ValueError, match='scale'):
+    train.load_pseudo3d(path, other)
+  np.savez(str(tmp_path / 'bare.npz'), pseudo3d=pseudo)
+  with pytest.raises(KeyError, match='save_pseudo3d'):
+    train.load_pseudo3d(str(tmp_path / 'bare.npz'), train_ds)
+  with pytest.raises(FileNotFoundError, match='nope.npz'):
+    train.load_pseudo3d(str(tmp_path / 'nope.npz'), train_ds)
+
+
+def test_unknown_config_keys_are_errors():
+  config = configs.get('tiny')
+  config.model.tcn_dilation = (1, 2)  # Typo for tcn_dilations.
+  with pytest.raises(ValueError, match="tcn_dilation"):
+    train.student_config(config, 17)
