@@ -407,10 +407,16 @@ def create_state(config: ml_collections.ConfigDict, num_points: int, window: int
   return model, TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'key'))
+def _forward(params, keypoints, visibility, mask, *, apply_fn, key):
+  # Module-level jit keyed on the (hashable) model: repeated evaluations reuse the compilation.
+  return apply_fn(params, keypoints, visibility, mask)[key]
+
+
 def predict(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int = 64,
             key: str = 'points') -> np.ndarray:
   """Model outputs for every window: ``[N, L, P, 3]`` in normalised units."""
-  fn = jax.jit(lambda p, kp, vis, m: apply_fn(p, kp, vis, m)[key])
+  fn = functools.partial(_forward, apply_fn=apply_fn, key=key)
   outs = []
   n = dataset.num_windows
   for start in range(0, n, batch_size):

@@ -81,7 +81,7 @@ def center_2d(keypoints: np.ndarray,
     visibility: `[..., P]` weights in [0, 1].
 
   Returns:
-    (centred `[..., P, 2]` with invisible points set to 0 so that their placeholder
+    (centred `[..., P, 2]` with invisible points set to 0 so that their dummy
     coordinates never reach a model, centroid `[..., 2]`, 0 for frames without a visible
     point). Both float32.
   """
