@@ -615,10 +615,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Writes ``config.json``, ``metrics.jsonl`` (loss terms every ``log_every``
   steps), orbax checkpoints under ``checkpoints/``, ``eval.json`` and
-  ``predictions.npz`` (per-sequence camera-frame 3D in data units).
+  ``eval_predictions.npz`` (per-sequence camera-frame 3D in data units).
 
   Returns:
-    :func:`evaluate`'s result (``{}`` for 2D-only data).
+    :func:`score`'s result on the eval split (``{}`` for 2D-only data).
   """
   from nrsfm_jax import checkpoint as ckpt_lib
 
@@ -711,7 +711,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn: Callable, params,
                       dataset: data_lib.WindowDataset, *, log: Callable = print,
                       tag: str = 'eval') -> dict[str, Any]:
-  """Runs :func:`evaluate` (if 3D exists), prints the table, writes ``<tag>.json`` and predictions."""
+  """Scores the model with :func:`score` (if 3D exists), prints the table, writes ``<tag>.json`` and predictions."""
   pred = predict(apply_fn, params, dataset, batch_size=config.train.eval_batch_size) * dataset.scale
   seqs = data_lib.reassemble(dataset, pred)
   np.savez(os.path.join(workdir, f'{tag}_predictions.npz'),
