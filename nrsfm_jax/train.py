@@ -492,7 +492,7 @@ def _frame_metrics(pred: Array, gt: Array) -> dict[str, Array]:
 
 
 def format_metrics(result: dict[str, Any], title: str = '') -> str:
-  """A console table of :func:`evaluate`'s output."""
+  """A console table of :func:`score`'s output."""
   keys = list(result['overall'])
   lines = [title] if title else []
   header = f"{'sequence':<14}" + ''.join(f'{k:>13}' for k in keys)
