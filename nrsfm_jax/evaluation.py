@@ -216,18 +216,17 @@ def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
   output = output or os.path.join(workdir, f'evaluate_{name}.json')
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   pred_path = os.path.splitext(output)[0] + '_predictions.npz'
-  pred = train.predict(model.apply, params, dataset,
-                       batch_size=config.train.eval_batch_size) * dataset.scale
-  seqs = data_lib.reassemble(dataset, pred)
-  np.savez(pred_path, **{f'{seq}/view{view}': v for (seq, view), v in seqs.items()})
+  scored, frames = train.predict_and_score(model.apply, params, dataset,
+                                           batch_size=config.train.eval_batch_size,
+                                           protocol=protocol, predictions_path=pred_path)
   info = {'workdir': os.path.abspath(workdir), 'step': int(meta['step']), 'data': name,
           'protocol': protocol, 'scale': float(meta['scale']), 'output': os.path.abspath(output),
           'predictions': os.path.abspath(pred_path)}
-  if dataset.points3d is None:
-    result = dict(frames=int(sum(len(v) for v in seqs.values())), **info)
+  if scored is None:
+    result = dict(frames=frames, **info)
     log(f'{name}: no ground-truth 3D; {result["frames"]} frames reconstructed into {pred_path}')
   else:
-    result = dict(train.score(pred, dataset, protocol=protocol), **info)
+    result = dict(scored, **info)
     log(train.format_metrics(result, title=f'{name} ({protocol}), step {meta["step"]} of {workdir}:'))
   with open(output, 'w') as f:
     json.dump(result, f, indent=2)

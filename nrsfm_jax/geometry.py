@@ -150,6 +150,14 @@ def rotate(points: Array, rotation: Array) -> Array:
   return jnp.einsum('...pj,...ij->...pi', points, rotation)
 
 
+def root_relative(points: Array, root: int | None = 0) -> Array:
+  """Subtracts joint ``root`` from every joint: ``[..., P, 3] -> [..., P, 3]`` (``None``: unchanged)."""
+  points = jnp.asarray(points)
+  if root is None:
+    return points
+  return points - points[..., root:root + 1, :]
+
+
 def orthographic_project(points: Array) -> Array:
   """Orthographic projection ``Π = [[1,0,0],[0,1,0]]``: ``[..., P, 3] -> [..., P, 2]``."""
   return points[..., :2]

@@ -160,12 +160,6 @@ def smoothness_loss(points: Array, *, mask: Array | None = None, beta: float = 1
   return values * (m1 > 0), m1
 
 
-def _root_relative(points: Array, root: int | None) -> Array:
-  if root is None:
-    return points
-  return points - points[..., root:root + 1, :]
-
-
 def teacher_loss(points: Array, pseudo: Array, *, mask: Array | None = None, root: int | None = 0,
                  kind: str = 'l2', scale: float = 1.0) -> tuple[Array, Array]:
   """Distance to the teacher's pseudo-3D (eq. 16), on root-relative 3D.
@@ -181,7 +175,7 @@ def teacher_loss(points: Array, pseudo: Array, *, mask: Array | None = None, roo
   Returns:
     ``(values [..., P], weights [..., P])``.
   """
-  sq, mask = _sq_dist(_root_relative(points, root), _root_relative(pseudo, root), mask)
+  sq, mask = _sq_dist(geometry.root_relative(points, root), geometry.root_relative(pseudo, root), mask)
   return _zero_masked(robust(sq, kind=kind, scale=scale), mask)
 
 

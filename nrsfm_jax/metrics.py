@@ -20,13 +20,6 @@ from nrsfm_jax import geometry
 Array = jax.Array
 
 
-def _root_centre(points: Array, root: int | None) -> Array:
-  points = jnp.asarray(points)
-  if root is None:
-    return points
-  return points - points[..., root:root + 1, :]
-
-
 def _joint_mean(dist: Array, mask: Array | None) -> Array:
   if mask is None:
     return jnp.mean(dist, -1)
@@ -51,7 +44,7 @@ def flip_resolve(pred: Array, gt: Array, *, root: int | None = 0,
   Returns:
     ``[..., P, 3]`` root-centred, flip-resolved predictions.
   """
-  p, g = _root_centre(pred, root), _root_centre(gt, root)
+  p, g = geometry.root_relative(pred, root), geometry.root_relative(gt, root)
   flipped = geometry.flip_depth(p)
   keep = _joint_mean(_dist(p, g), mask) <= _joint_mean(_dist(flipped, g), mask)
   return jnp.where(keep[..., None, None], p, flipped)
@@ -74,8 +67,8 @@ def mpjpe(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True,
   Returns:
     ``[...]`` per-frame errors, in the units of the inputs.
   """
-  g = _root_centre(gt, root)
-  p = flip_resolve(pred, gt, root=root, mask=mask) if flip else _root_centre(pred, root)
+  g = geometry.root_relative(gt, root)
+  p = flip_resolve(pred, gt, root=root, mask=mask) if flip else geometry.root_relative(pred, root)
   return _joint_mean(_dist(p, g), mask)
 
 
@@ -148,8 +141,8 @@ def accel_error(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = Tr
   Returns:
     ``[..., F − 2]`` per-frame values (centred at frames 1 … F−2).
   """
-  g = _root_centre(gt, root)
-  p = flip_resolve(pred, gt, root=root) if flip else _root_centre(pred, root)
+  g = geometry.root_relative(gt, root)
+  p = flip_resolve(pred, gt, root=root) if flip else geometry.root_relative(pred, root)
 
   def accel(x):
     return x[..., 2:, :, :] - 2.0 * x[..., 1:-1, :, :] + x[..., :-2, :, :]

@@ -106,10 +106,6 @@ def _reduce(values: Array, weights: Array, axis_name: str | None) -> Array:
   return total / jnp.maximum(count, 1e-12)
 
 
-def _root_relative(points: Array) -> Array:
-  return points - points[..., :1, :]
-
-
 def sample_keys(key: Array, batch_size: int, axis_name: str | None) -> Array:
   """One key per example from its position in the *global* batch.
 
@@ -184,7 +180,7 @@ def compute_loss(params, apply_fn: Callable, batch: Batch, key: Array, cfg: Loss
     weights['reproj_init'] = cfg.w_reproj_init
   if cfg.w_smooth:
     terms['smooth'] = reduce(*losses.smoothness_loss(
-        _root_relative(out['points']), mask=mask, beta=cfg.smooth_beta, kind=cfg.smooth_kind,
+        geometry.root_relative(out['points']), mask=mask, beta=cfg.smooth_beta, kind=cfg.smooth_kind,
         scale=cfg.smooth_scale))
     weights['smooth'] = cfg.w_smooth
   if cfg.w_teacher and 'pseudo3d' in batch:
@@ -708,19 +704,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return evaluate_and_save(config, workdir, model.apply, state.params, eval_ds, log=log)
 
 
+def predict_and_score(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int,
+                      protocol: str | None, predictions_path: str) -> tuple[dict[str, Any] | None, int]:
+  """Predicts every window, writes per-sequence 3D (data units) and scores it if 3D exists.
+
+  ``predictions_path`` gets keys ``'<sequence>/view<v>'`` → ``[F, P, 3]``.
+
+  Returns:
+    ``(score(...) or None without ground truth / protocol, number of frames)``.
+  """
+  pred = predict(apply_fn, params, dataset, batch_size=batch_size) * dataset.scale
+  seqs = data_lib.reassemble(dataset, pred)
+  np.savez(predictions_path, **{f'{name}/view{view}': v for (name, view), v in seqs.items()})
+  frames = int(sum(len(v) for v in seqs.values()))
+  if dataset.points3d is None or protocol is None:
+    return None, frames
+  return score(pred, dataset, protocol=protocol), frames
+
+
 def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn: Callable, params,
                       dataset: data_lib.WindowDataset, *, log: Callable = print,
                       tag: str = 'eval') -> dict[str, Any]:
   """Scores the model with :func:`score` (if 3D exists), prints the table, writes ``<tag>.json`` and predictions."""
-  pred = predict(apply_fn, params, dataset, batch_size=config.train.eval_batch_size) * dataset.scale
-  seqs = data_lib.reassemble(dataset, pred)
-  np.savez(os.path.join(workdir, f'{tag}_predictions.npz'),
-           **{f'{name}/view{view}': v for (name, view), v in seqs.items()})
-  if dataset.points3d is None:
-    log(f'no ground-truth 3D: reconstructions written to {workdir}/{tag}_predictions.npz')
-    return {}
   protocol = 'nrsfm' if config.data.name == 'nrsfm' else 'cmu17'
-  result = score(pred, dataset, protocol=protocol)
+  pred_path = os.path.join(workdir, f'{tag}_predictions.npz')
+  result, _ = predict_and_score(apply_fn, params, dataset, batch_size=config.train.eval_batch_size,
+                                protocol=protocol, predictions_path=pred_path)
+  if result is None:
+    log(f'no ground-truth 3D: reconstructions written to {pred_path}')
+    return {}
   with open(os.path.join(workdir, f'{tag}.json'), 'w') as f:
     json.dump(result, f, indent=2)
   log(format_metrics(result, title=f'{tag} ({protocol}) on {len(result["per_sequence"])} sequences:'))

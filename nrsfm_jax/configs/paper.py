@@ -1,18 +1,14 @@
 """The paper's protocol: 243-frame windows, batch 32, SGD (momentum 0.9, weight decay
 5e-4, lr 1e-3, ×0.1 at epochs 60 and 80), 120 epochs, C3DPO-sized lifter."""
 
-from nrsfm_jax.configs import default
+from nrsfm_jax.configs import c3dpo
 
 
 def get_config(arg=None):
-  c = default.get_config(arg)
+  c = c3dpo.get_config(arg)
   c.data.window = 243
   c.data.eval_window = 243
   c.loss.canon_frames = 0
-  c.model.lifter_width = 1024
-  c.model.lifter_blocks = 6
-  c.model.canon_width = 1024
-  c.model.canon_blocks = 6
   c.optim.name = 'sgd'
   c.optim.lr = 1e-3
   c.optim.schedule = 'step'
