@@ -283,3 +283,36 @@ def similarity_align(source: Array, target: Array, *, mask: Array | None = None,
   den = jnp.sum(w[..., None] * s0 * s0, axis=(-2, -1))
   scale = num / jnp.maximum(den, 1e-12)
   return scale[..., None, None] * rotated + mu_t
+
+
+def resolve_flip_by_reference(points: Array, reference: Array, *, mask: Array | None = None) -> Array:
+  """Per frame, ``points`` or its depth flip, whichever a *proper* rotation fits to ``reference`` better.
+
+  The ground-truth-free flip resolution of the teacher's self mode: an
+  orthographic reconstruction and its depth flip project identically, but only
+  one of them has the reference's handedness, so only one is a rotation of it.
+  Both candidates are centred (over ``mask``) and aligned to the centred
+  reference in SO(3); the smaller weighted residual wins.
+
+  Args:
+    points: ``[..., P, 3]`` reconstructions (e.g. camera frame).
+    reference: ``[P, 3]`` or ``[..., P, 3]`` shape with the wanted handedness
+      (e.g. the student's mean shape).
+    mask: optional ``[..., P]`` weights.
+
+  Returns:
+    ``[..., P, 3]``: ``points`` with z negated on the frames where the flip fits better.
+  """
+  points = jnp.asarray(points)
+  reference = jnp.broadcast_to(jnp.asarray(reference, points.dtype), points.shape)
+  w = _weights(points, mask)
+  ref = reference - weighted_centroid(reference, w)
+
+  def residual(candidate):
+    c = candidate - weighted_centroid(candidate, w)
+    rot = procrustes_rotation(ref, c, mask=w)
+    return jnp.sum(w * jnp.sum((ref @ jnp.swapaxes(rot, -1, -2) - c) ** 2, -1), -1)
+
+  flipped = flip_depth(points)
+  use_flip = residual(flipped) < residual(points)
+  return jnp.where(use_flip[..., None, None], flipped, points)

@@ -184,3 +184,23 @@ def test_rotation_6d():
   # The first two rows of any rotation map back to it.
   np.testing.assert_allclose(geometry.rotation_6d(rot[:, :2].reshape(50, 6)), rot, atol=1e-5)
   chex.assert_tree_all_finite(jax.grad(lambda v: jnp.sum(geometry.rotation_6d(v)))(x[0]))
+
+
+def test_resolve_flip_by_reference_restores_handedness():
+  rng = np.random.default_rng(3)
+  reference = rng.normal(size=(9, 3)).astype(np.float32)
+  rots = np.stack([np.asarray(geometry.random_rotation(jax.random.PRNGKey(i))) for i in range(6)])
+  frames = np.einsum('fij,pj->fpi', rots, reference) + rng.normal(size=(6, 1, 3)).astype(np.float32)
+  frames += rng.normal(scale=0.01, size=frames.shape).astype(np.float32)
+  flipped = frames.copy()
+  flip = np.array([True, False, True, True, False, False])
+  flipped[flip] = np.asarray(geometry.flip_depth(frames[flip]))
+  out = np.asarray(geometry.resolve_flip_by_reference(flipped, reference))
+  np.testing.assert_allclose(out, frames, atol=1e-6)
+  # A masked-out point cannot decide it: corrupting it changes nothing.
+  mask = np.ones((6, 9), np.float32)
+  mask[:, 4] = 0.0
+  corrupted = flipped.copy()
+  corrupted[:, 4] = 1e3
+  out = np.asarray(geometry.resolve_flip_by_reference(corrupted, reference, mask=mask))
+  np.testing.assert_allclose(out[:, :4], frames[:, :4], atol=1e-6)

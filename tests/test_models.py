@@ -128,3 +128,28 @@ def test_rotation_6d_lifter_starts_at_identity():
   assert angle.max() < 15.0
   with pytest.raises(ValueError, match='rotation parametrisation'):
     Student(_small(rotation='euler')).init(jax.random.PRNGKey(0), kp, vis, mask)
+
+
+@pytest.mark.parametrize('arch', ['frame', 'st'])
+def test_denoiser_shapes_root_and_padding(arch):
+  from nrsfm_jax.models import Denoiser, DenoiserConfig
+  model = Denoiser(DenoiserConfig(num_points=5, width=16, depth=1, num_heads=2, arch=arch))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+  kp = jnp.asarray(rng.normal(size=(2, 6, 5, 2)), jnp.float32)
+  vis = jnp.ones((2, 6, 5))
+  mask = jnp.ones((2, 6)).at[1, 4:].set(0.0)
+  t = jnp.array([3, 900])
+  params = model.init(jax.random.PRNGKey(0), x, t, kp, vis, mask)
+  out = model.apply(params, x, t, kp, vis, mask)
+  assert out.shape == (2, 6, 5, 3)
+  np.testing.assert_array_equal(out[..., 0, :], 0.0)  # Root-relative.
+  # Padded frames of window 1 do not leak into its real frames (temporal attention is masked).
+  x2 = x.at[1, 4:].set(50.0)
+  kp2 = kp.at[1, 4:].set(-50.0)
+  out2 = model.apply(params, x2, t, kp2, vis, mask)
+  np.testing.assert_allclose(out2[1, :4], out[1, :4], atol=1e-5)
+  # The timestep matters.
+  assert not np.allclose(model.apply(params, x, t + 500, kp, vis, mask), out)
+  with pytest.raises(ValueError, match='arch'):
+    Denoiser(DenoiserConfig(num_points=5, width=16, arch='mlp')).init(jax.random.PRNGKey(0), x, t, kp, vis, mask)

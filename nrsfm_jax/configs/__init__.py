@@ -5,13 +5,14 @@
 * ``paper``: the paper's schedule (243-frame windows, SGD, 120 epochs).
 * ``nrsfm``: transductive fit of one nrsfm-mocap sequence (``nrsfm.py:drink``).
 * ``c3dpo``: the C3DPO-sized lifter (1024 wide, 6 blocks) for benchmarks.
+* ``teacher``: the diffusion teacher (``teacher.py:supervised|self|d3dp|nrsfm:<seq>``).
 """
 
 import importlib
 
 import ml_collections
 
-NAMES = ('default', 'tiny', 'paper', 'nrsfm', 'c3dpo')
+NAMES = ('default', 'tiny', 'paper', 'nrsfm', 'c3dpo', 'teacher')
 
 
 def get(name: str, arg: str | None = None) -> ml_collections.ConfigDict:

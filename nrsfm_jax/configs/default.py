@@ -10,13 +10,15 @@ random frames per window; 2000 steps instead of 120 epochs.
 
 import ml_collections
 
-# Ablation rows of the paper's Table II (the teacher row needs pseudo-3D).
-VARIANTS = ('lifter', 'smooth', 'tcn')
+# Ablation rows of the paper's Table II (the teacher row needs train.pseudo3d,
+# from experiments/train_teacher.py).
+VARIANTS = ('lifter', 'smooth', 'tcn', 'teacher')
 
 
 def get_config(arg=None):
   """``arg``: an ablation variant, ``'lifter'`` (C3DPO baseline), ``'smooth'``
-  (+ smoothness) or ``'tcn'`` (+ smoothness + TCN refiner; the default)."""
+  (+ smoothness), ``'tcn'`` (+ smoothness + TCN refiner; the default) or
+  ``'teacher'`` (+ the teacher term λ_t; set ``train.pseudo3d``)."""
   variant = arg or 'tcn'
   if variant not in VARIANTS:
     raise ValueError(f'Unknown variant {variant!r}; expected one of {VARIANTS}.')
@@ -91,9 +93,11 @@ def get_config(arg=None):
   c.train.eval_batch_size = 64
   c.train.pseudo3d = ''           # .npz of cached teacher pseudo-3D for the train windows
 
-  c.model.use_refiner = variant == 'tcn'
+  c.model.use_refiner = variant in ('tcn', 'teacher')
+  if variant == 'teacher':
+    c.loss.w_teacher = 1.0
   if variant == 'lifter':
     c.loss.w_smooth = 0.0
-  if variant != 'tcn':
+  if not c.model.use_refiner:
     c.loss.w_reproj_init = 0.0     # Without the refiner the two reprojections coincide.
   return c

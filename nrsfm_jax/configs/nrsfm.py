@@ -1,16 +1,22 @@
 """Transductive fit of one nrsfm-mocap sequence (BENCHMARKS.md B).
 
 Usage: ``--config=nrsfm_jax/configs/nrsfm.py:drink`` (a bundled name or an .npz
-path). The model sees only ``points3d[..., :2]``; the 3D is used for e3D only.
+path), optionally with an ablation variant of ``default.py``:
+``nrsfm.py:drink:lifter`` (``lifter``, ``smooth``, ``tcn`` (default) or
+``teacher``). The model sees only ``points3d[..., :2]``; the 3D is used for e3D only.
 """
 
 from nrsfm_jax.configs import default
 
 
 def get_config(arg='drink'):
-  c = default.get_config()
+  sequence, variant = arg or 'drink', None
+  head, sep, tail = sequence.rpartition(':')
+  if sep and tail in default.VARIANTS:
+    sequence, variant = head, tail
+  c = default.get_config(variant)
   c.data.name = 'nrsfm'
-  c.data.sequence = arg or 'drink'
+  c.data.sequence = sequence or 'drink'
   c.data.window = 81
   c.model.num_bases = 10
   c.train.batch_size = 8

@@ -1,0 +1,70 @@
+r"""The paper's Table II ablation on both benchmarks, from one command.
+
+  python -m experiments.ablation --workdir=runs/ablation
+  python -m experiments.ablation --workdir=runs/ablation --benchmarks=nrsfm --sequences=pickup,yoga
+  python -m experiments.ablation --workdir=runs/ablation --benchmarks=cmu17 --teacher_mode=self
+
+Rows: lifter only (C3DPO baseline), + smoothness, + smoothness + TCN,
++ smoothness + TCN + diffusion teacher. cmu17 uses ``configs/default.py:<row>``
+and the teacher of ``configs/teacher.py:<teacher_mode>``; nrsfm-mocap uses
+``configs/nrsfm.py:<sequence>:<row>`` and a self-mode teacher
+(``configs/teacher.py:nrsfm:<sequence>``) trained on the tcn row's
+reconstructions. Writes ``results.json``, ``results.md`` (the README tables)
+and ``cmu17.png`` / ``nrsfm_<sequence>.png`` in --workdir. Rerunning resumes;
+finished runs are only re-scored.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from nrsfm_jax import ablation, configs
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
+flags.DEFINE_list('benchmarks', ['cmu17', 'nrsfm'], 'Benchmarks to run: cmu17, nrsfm.')
+flags.DEFINE_list('rows', list(ablation.ROWS), 'Rows to run (the teacher row also runs tcn).')
+flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
+flags.DEFINE_enum('teacher_mode', 'supervised', ['supervised', 'self'], 'cmu17 teacher: 3D of the training '
+                  'subjects (the paper) or the tcn row\'s reconstructions (no 3D).')
+flags.DEFINE_string('plot_sequence', 'pickup', 'nrsfm sequence drawn in nrsfm_<sequence>.png.')
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  bad = set(FLAGS.benchmarks) - {'cmu17', 'nrsfm'}
+  if bad:
+    raise app.UsageError(f'Unknown benchmarks {sorted(bad)}; expected cmu17 and/or nrsfm.')
+  workdir = FLAGS.workdir
+  results_path = os.path.join(workdir, 'results.json')
+  previous = {}
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      previous = json.load(f)
+  cmu17 = previous.get('cmu17')
+  nrsfm = previous.get('nrsfm') or {}
+  if 'cmu17' in FLAGS.benchmarks:
+    cdir = os.path.join(workdir, 'cmu17')
+    cmu17 = ablation.run_cmu17(cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode)
+    print(ablation.cmu17_table(cmu17))
+    ablation.plot_rows(cdir, configs.get('default'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'))
+  if 'nrsfm' in FLAGS.benchmarks:
+    ndir = os.path.join(workdir, 'nrsfm')
+    nrsfm.update(ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows))
+    print(ablation.nrsfm_table(nrsfm))
+    if FLAGS.plot_sequence in FLAGS.sequences:
+      seq = FLAGS.plot_sequence
+      ablation.plot_rows(os.path.join(ndir, seq), configs.get('nrsfm', seq), FLAGS.rows,
+                         os.path.join(workdir, f'nrsfm_{seq}.png'), protocol='nrsfm')
+  command = 'python -m experiments.ablation ' + ' '.join(sys.argv[1:])
+  commands = [c for c in previous.get('commands', []) if c != command] + [command]
+  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands)
+  print(f'wrote {json_path}, {md_path} and the plots in {workdir}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,269 @@
+"""The paper's Table II ablation on both benchmarks (BENCHMARKS.md A and B), as library functions.
+
+Rows: ``lifter`` (C3DPO baseline), ``smooth`` (+ smoothness), ``tcn``
+(+ smoothness + TCN) and ``teacher`` (+ smoothness + TCN + diffusion teacher).
+
+* cmu17: every row trains on the development split's training subjects and is
+  scored on the validation subject; the teacher row first trains the teacher
+  (``supervised`` on the training subjects' 3D by default, or ``self`` on the
+  ``tcn`` row's reconstructions) and caches its pseudo-3D.
+* nrsfm-mocap: per sequence, transductive; the teacher row's teacher is
+  trained in self mode on the ``tcn`` row's reconstructions of that sequence
+  (the sequence's 3D is never used for fitting, BENCHMARKS.md B).
+
+Every run lives in its own workdir under the ablation's, and rerunning resumes
+(finished rows are only re-scored). ``experiments/ablation.py`` is the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from nrsfm_jax import configs, metrics, teacher
+from nrsfm_jax import data as data_lib
+from nrsfm_jax import train as train_lib
+
+ROWS = ('lifter', 'smooth', 'tcn', 'teacher')
+TITLES = {'lifter': 'lifter only (C3DPO baseline)', 'smooth': '+ smoothness', 'tcn': '+ smoothness + TCN',
+          'teacher': '+ smoothness + TCN + teacher'}
+# Dai et al.'s published prior-free BMM e3D-akhter (BENCHMARKS.md B) and EM-PND's.
+BMM = {'drink': 0.0266, 'pickup': 0.1731, 'yoga': 0.1150, 'stretch': 0.1034, 'dance': 0.1864}
+PND = {'drink': 0.0048, 'pickup': 0.0195, 'yoga': 0.0171, 'stretch': 0.0224, 'dance': 0.1595}
+NRSFM_SEQUENCES = tuple(BMM)
+
+ConfigFn = Callable[[str], ml_collections.ConfigDict]
+
+
+def _check_rows(rows):
+  bad = [r for r in rows if r not in ROWS]
+  if bad:
+    raise ValueError(f'Unknown ablation rows {bad}; expected a subset of {ROWS}.')
+  # The teacher row builds on the tcn row (self mode) and is compared with it.
+  return [r for r in ROWS if r in rows or (r == 'tcn' and 'teacher' in rows)]
+
+
+def _run_rows(student_config: ConfigFn, teacher_config: Callable[[], ml_collections.ConfigDict],
+              workdir: str, rows, log: Callable[[str], None]) -> dict[str, Any]:
+  results = {}
+  for row in _check_rows(rows):
+    cfg = student_config(row)
+    row_dir = os.path.join(workdir, row)
+    t0 = time.time()
+    if row == 'teacher':
+      tcfg = teacher_config()
+      tcfg.data = ml_collections.ConfigDict(cfg.data.to_dict())
+      if tcfg.teacher.mode == 'self':
+        tcfg.teacher.student_workdir = os.path.join(workdir, 'tcn')
+      log(f'== {os.path.basename(workdir)}: teacher ({tcfg.teacher.mode}) ==')
+      out = teacher.train_teacher(tcfg, os.path.join(workdir, f'teacher_{tcfg.teacher.mode}'), log=log)
+      cfg.train.pseudo3d = out['pseudo3d']
+      results['teacher_eval'] = out['eval']
+    log(f'== {os.path.basename(workdir)}: {row} ({TITLES[row]}) ==')
+    result = train_lib.train_and_evaluate(cfg, row_dir, log=log)
+    results[row] = dict(result, seconds_this_call=round(time.time() - t0, 1))
+  return results
+
+
+def run_cmu17(workdir: str, rows=ROWS, *, teacher_mode: str = 'supervised', student_config: ConfigFn | None = None,
+              teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Trains and scores the rows on the cmu17 development split; ``{row: score()}``."""
+  student_config = student_config or (lambda row: configs.get('default', row))
+  teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
+  return _run_rows(student_config, teacher_config, workdir, rows, log)
+
+
+def run_nrsfm(workdir: str, sequences=NRSFM_SEQUENCES, rows=ROWS, *, student_config: Callable | None = None,
+              teacher_config: Callable | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Transductive fits of every row on every sequence; ``{sequence: {row: score()}}``."""
+  out = {}
+  for seq in sequences:
+    s_cfg = (lambda row, s=seq: student_config(s, row)) if student_config else (
+        lambda row, s=seq: configs.get('nrsfm', f'{s}:{row}'))
+    t_cfg = (lambda s=seq: teacher_config(s)) if teacher_config else (
+        lambda s=seq: configs.get('teacher', f'nrsfm:{s}'))
+    out[seq] = _run_rows(s_cfg, t_cfg, os.path.join(workdir, seq), rows, log)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Tables.
+# ----------------------------------------------------------------------------
+
+
+def cmu17_table(results: dict[str, Any]) -> str:
+  """Markdown: MPJPE, PA-MPJPE, Stress, acceleration error, MPJPE cut vs the lifter row."""
+  base = results.get('lifter', {}).get('overall', {}).get('mpjpe')
+  lines = ['| row | MPJPE | PA-MPJPE | Stress | accel | MPJPE cut vs lifter only |', '|---|---|---|---|---|---|']
+  for row in ROWS:
+    if row not in results:
+      continue
+    o = results[row]['overall']
+    cut = f'{100 * (base - o["mpjpe"]) / base:+.1f}%' if base else 'n/a'
+    lines.append(f'| {TITLES[row]} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
+                 f'{o["accel_error"]:.2f} | {cut} |')
+  return '\n'.join(lines)
+
+
+def teacher_table(teacher_eval: dict[str, Any], metric: str = 'mpjpe') -> str:
+  """Markdown: the teacher's own ``metric`` for each (H, K) and aggregation."""
+  if not teacher_eval:
+    return ''
+  aggs = list(next(iter(teacher_eval.values())))
+  lines = ['| H × K | ' + ' | '.join(aggs) + ' |', '|---|' + '---|' * len(aggs)]
+  for hk, entry in teacher_eval.items():
+    h, k = hk[1:].split('_K')
+    lines.append(f'| {h} × {k} | ' + ' | '.join(f'{entry[a][metric]:.4g}' for a in aggs) + ' |')
+  return '\n'.join(lines)
+
+
+def nrsfm_table(results: dict[str, Any]) -> str:
+  """Markdown: e3D / e3D-akhter per sequence and row, next to BMM and EM-PND's e3D-akhter."""
+  rows = [r for r in ROWS if any(r in v for v in results.values())]
+  lines = ['| sequence | ' + ' | '.join(TITLES[r] for r in rows) + ' | BMM | EM-PND |',
+           '|---|' + '---|' * (len(rows) + 2)]
+  for seq, res in results.items():
+    cells = []
+    for r in rows:
+      if r in res:
+        s = next(iter(res[r]['per_sequence'].values()))
+        best = s['e3d_akhter'] < BMM.get(seq, -1)
+        cells.append(f'{s["e3d"]:.4f} / {"**" if best else ""}{s["e3d_akhter"]:.4f}{"**" if best else ""}')
+      else:
+        cells.append('')
+    lines.append(f'| {seq} | ' + ' | '.join(cells) + f' | {BMM.get(seq, float("nan")):.4f} | '
+                 f'{PND.get(seq, float("nan")):.4f} |')
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------
+# Plots.
+# ----------------------------------------------------------------------------
+
+
+def _predictions(row_dir: str) -> dict[tuple[str, int], np.ndarray]:
+  path = os.path.join(row_dir, 'eval_predictions.npz')
+  with np.load(path) as f:
+    out = {}
+    for k in f.files:
+      name, view = k.rsplit('/view', 1)
+      out[(name, int(view))] = f[k]
+  return out
+
+
+def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, *, sequence: str | None = None,
+              view: int = 0, num_frames: int = 4, protocol: str = 'cmu17') -> str:
+  """Side views (depth z vs height y) of a few frames, truth vs every row, and the per-frame error.
+
+  Args:
+    workdir: the benchmark's ablation directory (one subdirectory per row).
+    config: a row's config (its data gives the evaluation windows).
+    rows: the rows to draw.
+    path: the PNG to write.
+    sequence: the trial/sequence to draw (default: the longest).
+    view: its camera.
+    num_frames: frames drawn, evenly spaced.
+    protocol: ``'cmu17'`` (per-frame MPJPE, skeleton) or ``'nrsfm'`` (per-frame e3D, points).
+
+  Returns:
+    ``path``.
+  """
+  try:
+    from matplotlib.figure import Figure
+  except ImportError as e:  # pragma: no cover
+    raise ImportError("the ablation plots need matplotlib: pip install 'nrsfm_jax[plot]'") from e
+  _, eval_ds = train_lib.load_datasets(config)
+  truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
+  rows = [r for r in rows if os.path.exists(os.path.join(workdir, r, 'eval_predictions.npz'))]
+  preds = {r: _predictions(os.path.join(workdir, r)) for r in rows}
+  if sequence is None:
+    sequence = max((k for k in truths if k[1] == view), key=lambda k: len(truths[k]))[0]
+  gt = truths[(sequence, view)]
+  frames = np.linspace(0, len(gt) - 1, num_frames + 2).astype(int)[1:-1]
+  fig = Figure(figsize=(2.6 * (len(rows) + 1), 2.6 * num_frames + 3.0))
+  grid = fig.add_gridspec(num_frames + 1, len(rows) + 1, height_ratios=[1] * num_frames + [1.1])
+  bones = data_lib.CMU_BONES if protocol == 'cmu17' else ()
+  errors = {}
+  for c, r in enumerate(['truth'] + rows):
+    if r == 'truth':
+      seq = np.asarray(metrics.flip_resolve(gt, gt), np.float32) if protocol == 'cmu17' else gt - gt.mean(1, keepdims=True)
+    else:
+      p = preds[r][(sequence, view)]
+      if protocol == 'cmu17':
+        seq = np.asarray(metrics.flip_resolve(p, gt))
+        errors[r] = np.asarray(metrics.mpjpe(p, gt))
+      else:
+        pc, g = p - p.mean(1, keepdims=True), gt - gt.mean(1, keepdims=True)
+        flipped = pc * np.array([1, 1, -1])
+        err = lambda q: np.linalg.norm(q - g, axis=(1, 2)) / np.linalg.norm(g, axis=(1, 2))
+        use = err(flipped) < err(pc)
+        seq = np.where(use[:, None, None], flipped, pc)
+        errors[r] = np.minimum(err(pc), err(flipped))
+    ref = gt - gt[:, :1] if protocol == 'cmu17' else gt - gt.mean(1, keepdims=True)
+    for i, f in enumerate(frames):
+      ax = fig.add_subplot(grid[i, c])
+      if r != 'truth':
+        ax.scatter(ref[f, :, 2], ref[f, :, 1], s=4, c='0.7')
+        for a, b in bones:
+          ax.plot(ref[f, [a, b], 2], ref[f, [a, b], 1], c='0.7', lw=1)
+      ax.scatter(seq[f, :, 2], seq[f, :, 1], s=5, c='k' if r == 'truth' else 'C3')
+      for a, b in bones:
+        ax.plot(seq[f, [a, b], 2], seq[f, [a, b], 1], c='k' if r == 'truth' else 'C3', lw=1.2)
+      ax.set_aspect('equal')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title('truth' if r == 'truth' else TITLES[r].replace(' + ', '\n+ ', 1), fontsize=8)
+      if c == 0:
+        ax.set_ylabel(f'frame {f}', fontsize=8)
+  ax = fig.add_subplot(grid[num_frames, :])
+  for r, e in errors.items():
+    ax.plot(e, label=f'{TITLES[r]} (mean {e.mean():.3g})', lw=1)
+  ax.set_xlabel('frame')
+  ax.set_ylabel('MPJPE (mm)' if protocol == 'cmu17' else 'e3D')
+  ax.legend(fontsize=7)
+  ax.set_title(f'{sequence}, camera {view}: side view (depth → right, height ↑; grey = truth)', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Everything.
+# ----------------------------------------------------------------------------
+
+
+def write_results(workdir: str, cmu17: dict[str, Any] | None, nrsfm: dict[str, Any] | None,
+                  commands: list[str]) -> tuple[str, str]:
+  """``results.json`` (raw scores) and ``results.md`` (the README tables) in ``workdir``.
+
+  ``commands``: the invocations that produced the results (in order).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  payload = {'commands': commands, 'cmu17': cmu17, 'nrsfm': nrsfm, 'bmm_e3d_akhter': BMM,
+             'em_pnd_e3d_akhter': PND, 'jax_backend': jax.default_backend()}
+  json_path = os.path.join(workdir, 'results.json')
+  with open(json_path, 'w') as f:
+    json.dump(payload, f, indent=2)
+  parts = ['Produced by: ' + '; '.join(f'`{c}`' for c in commands), '']
+  if cmu17:
+    parts += ['### cmu17 development split (train 002, 003, 005; test 006)', '',
+              'MPJPE, PA-MPJPE and Stress in mm; acceleration error in mm/frame²; the last column is the '
+              'MPJPE cut relative to the lifter-only row.', '', cmu17_table(cmu17), '']
+    if cmu17.get('teacher_eval'):
+      parts += ['The teacher on its own (MPJPE, mm, on 006; mean / joint-wise reprojection aggregation):',
+                '', teacher_table(cmu17['teacher_eval']), '']
+  if nrsfm:
+    parts += ['### nrsfm-mocap (transductive; e3D / e3D-akhter, bold where it beats BMM)', '',
+              nrsfm_table(nrsfm), '']
+  md_path = os.path.join(workdir, 'results.md')
+  with open(md_path, 'w') as f:
+    f.write('\n'.join(parts))
+  return json_path, md_path

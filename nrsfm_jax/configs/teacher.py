@@ -1,0 +1,78 @@
+"""Teacher (diffusion denoiser) configs: ``--config=nrsfm_jax/configs/teacher.py:<arg>``.
+
+``arg``: ``supervised`` (default; ground-truth 3D of the training subjects, the
+paper/D3DP protocol), ``self`` (a trained student's reconstructions; set
+``--config.teacher.student_workdir``), ``d3dp`` (supervised at D3DP's size:
+spatial-temporal transformer, depth 8, width 512; a GPU config), or
+``nrsfm:<sequence>`` (self mode on one nrsfm-mocap sequence).
+
+The data section is the student's (``configs/default.py`` / ``nrsfm.py``), so
+the teacher sees the student's training windows. CPU defaults: a per-frame-token
+temporal transformer (``model.arch='frame'``, 256 wide, 2 blocks, 130 ms per
+step of 16 × 81 frames on 2 cores; the per-joint ``'st'`` model of the same
+width took 880 ms), 3000 steps, DDIM with H = 5 hypotheses × K = 5 steps.
+"""
+
+import ml_collections
+
+from nrsfm_jax.configs import default, nrsfm
+
+ARGS = ('supervised', 'self', 'd3dp', 'nrsfm')
+
+
+def get_config(arg=None):
+  arg = arg or 'supervised'
+  kind, _, sequence = arg.partition(':')
+  if kind not in ARGS:
+    raise ValueError(f'Unknown teacher config {arg!r}; expected one of {ARGS} (nrsfm:<sequence>).')
+  student = nrsfm.get_config(sequence or 'drink') if kind == 'nrsfm' else default.get_config()
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = student.data
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.mode = 'self' if kind in ('self', 'nrsfm') else 'supervised'
+  c.teacher.student_workdir = ''   # self mode: the student run whose reconstructions are the targets
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'frame'           # 'frame' (CPU default) | 'st' (per-joint spatial-temporal, D3DP-like)
+  c.model.width = 256
+  c.model.depth = 2
+  c.model.num_heads = 8
+  c.model.mlp_ratio = 2
+  c.model.root = 0
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = 'cosine'  # 'cosine' | 'linear'
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.num_hypotheses = 5   # H, for the pseudo-3D
+  c.diffusion.num_steps = 5        # K DDIM steps
+  c.diffusion.eta = 0.0
+  c.diffusion.aggregation = 'mean'  # 'mean' | 'jpma' (joint-wise reprojection)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.grid = ((1, 1), (1, 5), (5, 1), (5, 5), (10, 5))  # (H, K) pairs scored on the eval split
+
+  c.optim = ml_collections.ConfigDict(default.get_config().optim.to_dict())
+  c.optim.lr = 5e-4
+  c.optim.grad_clip = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16
+  c.train.num_steps = 3000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 500
+  c.train.max_checkpoints = 2
+  c.train.eval_batch_size = 32
+
+  if kind == 'nrsfm':
+    c.train.batch_size = 8
+    c.train.num_steps = 1000
+    c.eval.grid = ((1, 5), (5, 5))
+  if kind == 'd3dp':
+    c.model.arch = 'st'
+    c.model.width = 512
+    c.model.depth = 8
+    c.model.num_heads = 8
+    c.train.num_steps = 20000
+  return c

@@ -1,0 +1,124 @@
+"""The teacher's denoiser: a small spatial-temporal transformer (D3DP / MixSTE style).
+
+Every joint of every frame is a token built from its noisy 3D, its observed 2D
+and its visibility, plus a joint embedding, a sinusoidal frame-position
+embedding and the diffusion-timestep embedding. Blocks alternate attention
+across the joints of one frame (spatial) and across the frames of one joint
+(temporal); padded frames are masked out of temporal attention. The output is
+the clean root-relative 3D (x0 parametrisation). The module knows nothing about
+the noise schedule (STYLE.md 7).
+
+Sizes: the CPU default (width 64, 2 spatial+temporal pairs) trains in minutes;
+D3DP's size is ``width=512, depth=8`` (``configs/teacher.py:d3dp``).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from nrsfm_jax import geometry
+
+Array = jax.Array
+
+
+@flax.struct.dataclass(frozen=True)
+class DenoiserConfig:
+  """Static hyperparameters of :class:`Denoiser`.
+
+  Attributes:
+    num_points: P.
+    width: token width C.
+    depth: number of (spatial, temporal) block pairs.
+    num_heads: attention heads.
+    mlp_ratio: hidden width of each block's MLP, in units of C.
+    arch: ``'st'``: per-joint tokens, alternating spatial and temporal attention
+      (MixSTE/D3DP); ``'frame'``: one token per frame (all joints concatenated),
+      temporal attention only (``depth`` blocks; cheaper on a CPU).
+    root: joint whose 3D is 0 in the output (root-relative), or -1 for none.
+  """
+  num_points: int = flax.struct.field(pytree_node=False, default=17)
+  width: int = flax.struct.field(pytree_node=False, default=64)
+  depth: int = flax.struct.field(pytree_node=False, default=2)
+  num_heads: int = flax.struct.field(pytree_node=False, default=4)
+  mlp_ratio: int = flax.struct.field(pytree_node=False, default=2)
+  arch: str = flax.struct.field(pytree_node=False, default='st')
+  root: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def sinusoidal_embedding(positions: Array, dim: int, max_period: float = 10000.0) -> Array:
+  """Transformer sinusoids: ``[...] -> [..., dim]`` (dim even)."""
+  half = dim // 2
+  freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(positions, jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], -1)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm transformer block over the second-to-last axis: ``[N, S, C] -> [N, S, C]``."""
+  num_heads: int
+  mlp_ratio: int
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    c = x.shape[-1]
+    h = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=c, out_features=c)(
+        h, h, mask=mask)
+    h = nn.LayerNorm()(x)
+    h = nn.Dense(self.mlp_ratio * c)(h)
+    return x + nn.Dense(c)(nn.gelu(h))
+
+
+class Denoiser(nn.Module):
+  """``(x_t, t, keypoints, visibility, mask) -> x0_hat`` (see module docstring)."""
+  config: DenoiserConfig
+
+  @nn.compact
+  def __call__(self, x_t: Array, t: Array, keypoints: Array, visibility: Array, mask: Array) -> Array:
+    """Predicts the clean root-relative 3D.
+
+    Args:
+      x_t: ``[B, T, P, 3]`` noisy root-relative camera-frame 3D (normalised units).
+      t: int ``[B]`` diffusion timesteps.
+      keypoints: ``[B, T, P, 2]`` normalised, centred 2D.
+      visibility: ``[B, T, P]``.
+      mask: ``[B, T]`` 1 on real frames.
+
+    Returns:
+      ``[B, T, P, 3]`` x0 estimate (root joint at the origin).
+    """
+    c = self.config
+    b, length, p, _ = x_t.shape
+    vis = visibility[..., None]
+    tokens = jnp.concatenate([x_t, keypoints * vis, vis], -1)
+    temb = sinusoidal_embedding(t, c.width)
+    temb = nn.Dense(c.width)(nn.gelu(nn.Dense(c.width)(temb)))
+    key_mask = (mask > 0)
+    if c.arch == 'frame':
+      x = nn.Dense(c.width, name='embed')(tokens.reshape(b, length, p * 6))
+      x = x + sinusoidal_embedding(jnp.arange(length), c.width)[None] + temb[:, None, :]
+      frame_mask = jnp.broadcast_to(key_mask[:, None, None, :], (b, 1, length, length))
+      for i in range(c.depth):
+        x = Block(c.num_heads, c.mlp_ratio, name=f'temporal_{i}')(x, frame_mask)
+      out = nn.Dense(p * 3, name='head')(nn.LayerNorm()(x)).reshape(b, length, p, 3)
+      return geometry.root_relative(out, c.root if c.root >= 0 else None)
+    if c.arch != 'st':
+      raise ValueError(f"Unknown denoiser arch {c.arch!r}; expected 'st' or 'frame'.")
+    x = nn.Dense(c.width, name='embed')(tokens)
+    x = x + self.param('joint_embedding', nn.initializers.normal(0.02), (p, c.width))
+    x = x + sinusoidal_embedding(jnp.arange(length), c.width)[:, None, :]
+    x = x + temb[:, None, None, :]
+    # Temporal attention: frame s may attend to frame s' only if s' is real.
+    temporal_mask = jnp.broadcast_to(key_mask[:, None, None, None, :], (b, p, 1, length, length))
+    temporal_mask = temporal_mask.reshape(b * p, 1, length, length)
+    for i in range(c.depth):
+      x = Block(c.num_heads, c.mlp_ratio, name=f'spatial_{i}')(x.reshape(b * length, p, c.width))
+      x = x.reshape(b, length, p, c.width).transpose(0, 2, 1, 3).reshape(b * p, length, c.width)
+      x = Block(c.num_heads, c.mlp_ratio, name=f'temporal_{i}')(x, temporal_mask)
+      x = x.reshape(b, p, length, c.width).transpose(0, 2, 1, 3)
+    x = nn.LayerNorm()(x)
+    out = nn.Dense(3, name='head')(x)
+    return geometry.root_relative(out, c.root if c.root >= 0 else None)

@@ -1,0 +1,397 @@
+"""The diffusion teacher (eqs. 14–16): training, multi-hypothesis inference, cached pseudo-3D.
+
+Two ways to train it (``config.teacher.mode``, see ``configs/teacher.py``):
+
+* ``'supervised'``: on the ground-truth 3D of the training windows (D3DP's and
+  the paper's protocol);
+* ``'self'``: on a trained student's reconstructions of the same windows,
+  depth-flip-resolved against the student's own mean shape
+  (:func:`geometry.resolve_flip_by_reference`), so no 3D is used anywhere.
+
+Targets are root-relative camera-frame 3D in *normalised* units (data units
+divided by the training 2D scale), the frame and units of the student's output.
+The teacher's pseudo-3D for the student's training windows is computed once
+and cached under ``<teacher workdir>/pseudo3d/<key>.npz``, the key hashing the
+teacher's parameters, the windows and the sampling settings
+(:func:`generate_pseudo3d`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from nrsfm_jax import data as data_lib
+from nrsfm_jax import diffusion, geometry, losses
+from nrsfm_jax import train as train_lib
+from nrsfm_jax.models import Denoiser, DenoiserConfig, Student
+
+Array = jax.Array
+
+MODES = ('supervised', 'self')
+
+
+def denoiser_config(config: ml_collections.ConfigDict, num_points: int) -> DenoiserConfig:
+  """The :class:`DenoiserConfig` of ``config.model`` (unknown keys are errors)."""
+  return train_lib._from_config(DenoiserConfig, config.model, num_points=num_points)
+
+
+def schedule_of(config: ml_collections.ConfigDict) -> diffusion.Schedule:
+  return diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+
+
+# ----------------------------------------------------------------------------
+# Targets.
+# ----------------------------------------------------------------------------
+
+
+def supervised_targets(dataset: data_lib.WindowDataset) -> np.ndarray:
+  """Ground-truth targets: root-relative ``points3d / scale``, ``[N, L, P, 3]`` float32."""
+  if dataset.points3d is None:
+    raise ValueError("teacher.mode='supervised' needs ground-truth 3D; these windows have none "
+                     "(use teacher.mode='self').")
+  return np.asarray(geometry.root_relative(dataset.points3d / dataset.scale), np.float32)
+
+
+def self_targets(student_workdir: str, dataset: data_lib.WindowDataset, *,
+                 log: Callable[[str], None] = print) -> np.ndarray:
+  """A trained student's flip-resolved, root-relative reconstructions of ``dataset``: ``[N, L, P, 3]``.
+
+  Raises:
+    ValueError: the student was trained at another 2D scale (other data).
+  """
+  from nrsfm_jax import evaluation
+
+  if not student_workdir:
+    raise ValueError("teacher.mode='self' needs teacher.student_workdir (a workdir of experiments/train.py).")
+  _, model, params, meta = evaluation.load_run(student_workdir)
+  if not np.isclose(float(meta['scale']), dataset.scale, rtol=1e-6):
+    raise ValueError(f'{student_workdir} was trained at 2D scale {meta["scale"]:.6g}, these windows have '
+                     f'{dataset.scale:.6g}: the teacher must use the student\'s data config.')
+  points = train_lib.predict(model.apply, params, dataset)
+  reference = model.apply(params, method=Student.mean_shape)
+  resolved = jax.jit(geometry.resolve_flip_by_reference)(points, reference, mask=dataset.visibility)
+  flipped = float(np.mean(np.any(np.asarray(resolved) != points, axis=(-1, -2))[dataset.mask > 0]))
+  log(f'self targets: {student_workdir} (step {meta["step"]}); {100 * flipped:.1f}% of frames '
+      'depth-flipped to the mean shape\'s handedness')
+  return np.asarray(geometry.root_relative(resolved), np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Loss, step, sampling.
+# ----------------------------------------------------------------------------
+
+
+def teacher_loss(params, apply_fn: Callable, schedule: diffusion.Schedule, batch: dict[str, Array],
+                 key: Array) -> tuple[Array, dict[str, Array]]:
+  """x0 objective on one batch: noise ``target`` at a random t, predict it back (masked MPJPE)."""
+  x0 = batch['target']
+  t_key, n_key = jax.random.split(key)
+  t = diffusion.sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
+  x_t = diffusion.q_sample(schedule, x0, t, jax.random.normal(n_key, x0.shape))
+  pred = apply_fn(params, x_t, t, batch['keypoints'], batch['visibility'], batch['mask'])
+  weights = jnp.broadcast_to(batch['mask'][..., None], x0.shape[:-1])
+  loss = losses.masked_mean(*diffusion.x0_loss(pred, x0, mask=weights))
+  return loss, {'loss': loss}
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def teacher_step(state: train_lib.TrainState, batch: dict[str, Array], key: Array,
+                 schedule: diffusion.Schedule) -> tuple[train_lib.TrainState, dict[str, Array]]:
+  """One jitted optimisation step (noise from ``fold_in(key, step)``); non-finite steps are skipped."""
+  step_key = jax.random.fold_in(key, state.step)
+  (_, m), grads = jax.value_and_grad(teacher_loss, has_aux=True)(state.params, state.apply_fn, schedule,
+                                                                  batch, step_key)
+  new_state = state.apply_gradients(grads=grads)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(m['loss']) & jnp.isfinite(grad_norm)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  return new_state, dict(m, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'num_hypotheses', 'num_steps', 'eta'))
+def sample(params, keypoints: Array, visibility: Array, mask: Array, key: Array, schedule: diffusion.Schedule,
+           *, apply_fn: Callable, num_hypotheses: int, num_steps: int, eta: float = 0.0) -> Array:
+  """H DDIM hypotheses for a batch of windows: ``[H, B, T, P, 3]`` (normalised, root-relative).
+
+  Args:
+    params: denoiser variables.
+    keypoints: ``[B, T, P, 2]``; visibility ``[B, T, P]``; mask ``[B, T]``.
+    key: sampling key.
+    schedule: noise schedule.
+    apply_fn: ``Denoiser.apply`` (static).
+    num_hypotheses / num_steps / eta: H, K and DDIM's η.
+  """
+  h = num_hypotheses
+  tile = lambda x: jnp.tile(x, (h,) + (1,) * (x.ndim - 1))
+  cond = (tile(keypoints), tile(visibility), tile(mask))
+  denoise = lambda x, t: apply_fn(params, x, t, *cond)
+  shape = keypoints.shape[:-1] + (3,)
+  return diffusion.sample_hypotheses(denoise, schedule, key, shape, num_hypotheses=h, num_steps=num_steps,
+                                     eta=eta)
+
+
+def predict(apply_fn: Callable, params, schedule: diffusion.Schedule, dataset: data_lib.WindowDataset, *,
+            num_hypotheses: int, num_steps: int, eta: float = 0.0, seed: int = 0, batch_size: int = 64,
+            aggregations: tuple[str, ...] = ('mean', 'jpma'),
+            log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+  """Aggregated teacher 3D for every window: ``{aggregation: [N, L, P, 3]}`` (normalised units).
+
+  Window i's hypotheses use ``fold_in(PRNGKey(seed), i)``-derived keys, so the
+  result does not depend on ``batch_size``.
+  """
+  outs = {a: [] for a in aggregations}
+  n = dataset.num_windows
+  base = jax.random.PRNGKey(seed)
+  t0 = time.time()
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    idx_full = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
+    b = dataset.take(idx_full)
+    hyps = jax.vmap(lambda i, kp, vis, m: sample(
+        params, kp[None], vis[None], m[None], jax.random.fold_in(base, i), schedule, apply_fn=apply_fn,
+        num_hypotheses=num_hypotheses, num_steps=num_steps, eta=eta)[:, 0], out_axes=1)(
+            jnp.asarray(idx_full), b['keypoints'], b['visibility'], b['mask'])
+    for a in aggregations:
+      outs[a].append(np.asarray(_aggregate(hyps, b['keypoints'], b['visibility'], method=a))[:len(idx)])
+    if log is not None and time.time() - t0 > 10 and start + batch_size < n:
+      log(f'  sampled {start + len(idx)}/{n} windows ({time.time() - t0:.0f} s)')
+      t0 = time.time()
+  return {a: np.concatenate(v, 0) for a, v in outs.items()}
+
+
+_aggregate = jax.jit(diffusion.aggregate, static_argnames='method')
+
+
+# ----------------------------------------------------------------------------
+# Training loop.
+# ----------------------------------------------------------------------------
+
+
+def create_state(config: ml_collections.ConfigDict, num_points: int, window: int, key: Array,
+                 tx: optax.GradientTransformation) -> tuple[Denoiser, train_lib.TrainState]:
+  model = Denoiser(denoiser_config(config, num_points))
+  dummy = (jnp.zeros((1, window, num_points, 3)), jnp.zeros((1,), jnp.int32),
+           jnp.zeros((1, window, num_points, 2)), jnp.ones((1, window, num_points)), jnp.ones((1, window)))
+  params = jax.jit(model.init)(key, *dummy)
+  return model, train_lib.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def _datasets(config: ml_collections.ConfigDict):
+  """Training windows (the student's, from ``config.data``) and evaluation windows of the same length."""
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg.data.eval_window = 0
+  return train_lib.load_datasets(cfg)
+
+
+def load_teacher(workdir: str, step: int | None = None):
+  """``(config, model, params, meta)`` of a teacher trained by :func:`train_teacher`."""
+  from nrsfm_jax import checkpoint as ckpt_lib
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} is missing: {workdir} is not a workdir of experiments/train_teacher.py.')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f'No checkpoints directory at {ckpt_dir}.')
+  params, meta = ckpt_lib.Checkpointer(ckpt_dir).restore_params(step)
+  model = Denoiser(denoiser_config(config, int(meta['num_points'])))
+  return config, model, params, meta
+
+
+def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Trains the denoiser in ``workdir`` (resuming), evaluates it, and caches pseudo-3D for the windows.
+
+  Writes ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``teacher_eval.json``
+  (the teacher's own scores on the eval split for each aggregation and each
+  (H, K) of ``config.eval``) and ``pseudo3d/<key>.npz``.
+
+  Returns:
+    ``{'eval': {...}, 'pseudo3d': path}``.
+  """
+  from nrsfm_jax import checkpoint as ckpt_lib
+
+  mode = config.teacher.mode
+  if mode not in MODES:
+    raise ValueError(f'Unknown teacher.mode {mode!r}; expected one of {MODES}.')
+  os.makedirs(workdir, exist_ok=True)
+  train_lib._check_config(workdir, config, log)
+  t_start = time.time()
+  train_ds, eval_ds = _datasets(config)
+  if mode == 'supervised':
+    targets = supervised_targets(train_ds)
+  else:
+    targets = self_targets(config.teacher.student_workdir, train_ds, log=log)
+  batch_size = config.train.batch_size
+  num_steps = config.train.num_steps
+  log(f'teacher ({mode}): {train_ds.num_windows} windows of {train_ds.window_length} frames, '
+      f'{eval_ds.num_windows} eval windows; {num_steps} steps of {batch_size}')
+
+  tx = train_lib.make_optimizer(config, num_steps, data_lib.steps_per_epoch(train_ds.num_windows, batch_size))
+  init_key, loop_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  model, state = create_state(config, train_ds.num_points, train_ds.window_length, init_key, tx)
+  schedule = schedule_of(config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
+  state, old_meta = ckpt.restore(state)
+  meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points),
+          'mode': mode}
+  if old_meta is not None:
+    if not np.isclose(float(old_meta['scale']), meta['scale'], rtol=1e-6) or old_meta.get('mode') != mode:
+      raise ValueError(f'{ckpt.directory} holds a {old_meta.get("mode")} teacher at 2D scale '
+                       f'{old_meta["scale"]}; this config is {mode} at {meta["scale"]:.6g}: use another --workdir.')
+    log(f'resuming from step {int(state.step)}')
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log(f'denoiser: {config.model.arch}, {n_params:,} parameters; {config.diffusion.schedule} schedule, '
+      f'T={schedule.num_timesteps}')
+
+  writer = train_lib.MetricWriter(workdir)
+  step = int(state.step)
+  t_loop, timed = time.time(), 0
+  try:
+    while step < num_steps:
+      idx = data_lib.batch_indices(train_ds.num_windows, batch_size, seed=config.seed, step=step)
+      full = train_ds.take(idx)
+      batch = {k: full[k] for k in ('keypoints', 'visibility', 'mask')}
+      batch['target'] = targets[idx]
+      state, m = teacher_step(state, batch, loop_key, schedule)
+      if not bool(m['finite']):
+        train_lib._save(ckpt, state, meta)
+        raise train_lib.NonFiniteLossError(f'non-finite teacher loss or gradient at step {step}; '
+                                           f'the last good state is saved in {ckpt.directory}.')
+      step += 1
+      timed += 1
+      if step % config.train.log_every == 0 or step == num_steps:
+        m = jax.device_get(m)
+        rate = timed / max(time.time() - t_loop, 1e-9)
+        writer.write(step, {k: v for k, v in m.items() if k != 'finite'})
+        log(f'step {step}/{num_steps} | {rate:.2f} steps/s | ETA '
+            f'{train_lib._format_duration((num_steps - step) / max(rate, 1e-9))} | loss={float(m["loss"]):.4g} '
+            f'(MPJPE, normalised units)')
+        t_loop, timed = time.time(), 0
+      if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
+        train_lib._save(ckpt, state, meta)
+  except KeyboardInterrupt:
+    saved = train_lib._save(ckpt, state, meta)
+    log(f'interrupted: saved step {saved}; rerun the same command to resume')
+    raise
+  trained = step > int(old_meta['step']) if old_meta is not None else True
+  train_lib._save(ckpt, state, meta)
+  log(f'teacher training done in {train_lib._format_duration(time.time() - t_start)}')
+  eval_path = os.path.join(workdir, 'teacher_eval.json')
+  if not trained and os.path.exists(eval_path):
+    # A finished run: sampling the whole grid again would give the same numbers.
+    with open(eval_path) as f:
+      result = json.load(f)
+    log(f'teacher already trained; its scores are in {eval_path}')
+  else:
+    result = evaluate_teacher(config, model.apply, state.params, eval_ds, log=log)
+    with open(eval_path, 'w') as f:
+      json.dump(result, f, indent=2)
+  path = generate_pseudo3d(workdir, config, log=log)
+  return {'eval': result, 'pseudo3d': path}
+
+
+def evaluate_teacher(config: ml_collections.ConfigDict, apply_fn: Callable, params,
+                     dataset: data_lib.WindowDataset, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The teacher's own scores on ``dataset`` for every (H, K) in ``config.eval.grid`` and aggregation.
+
+  Returns:
+    ``{'H<h>_K<k>': {aggregation: score()-overall}}`` (empty without 3D).
+  """
+  if dataset.points3d is None:
+    return {}
+  protocol = 'nrsfm' if config.data.name == 'nrsfm' else 'cmu17'
+  schedule = schedule_of(config)
+  result = {}
+  for h, k in [tuple(int(v) for v in hk) for hk in config.eval.grid]:
+    t0 = time.time()
+    preds = predict(apply_fn, params, schedule, dataset, num_hypotheses=h, num_steps=k,
+                    eta=config.diffusion.eta, seed=config.seed, batch_size=config.train.eval_batch_size)
+    entry = {a: train_lib.score(p * dataset.scale, dataset, protocol=protocol)['overall']
+             for a, p in preds.items()}
+    result[f'H{h}_K{k}'] = entry
+    text = '; '.join(f'{a}: ' + ' '.join(f'{m}={v:.4g}' for m, v in s.items()) for a, s in entry.items())
+    log(f'teacher H={h} K={k} ({time.time() - t0:.0f} s): {text}')
+  return result
+
+
+# ----------------------------------------------------------------------------
+# Cached pseudo-3D.
+# ----------------------------------------------------------------------------
+
+
+def _digest(*arrays) -> str:
+  h = hashlib.sha1()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str(a.shape).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def pseudo3d_key(params, dataset: data_lib.WindowDataset, settings: dict[str, Any]) -> str:
+  """Cache key: teacher parameters × training windows × sampling settings (16 hex digits)."""
+  leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
+  data_key = _digest(dataset.keypoints, dataset.visibility, dataset.mask) + repr(
+      (dataset.names, float(dataset.scale)))
+  text = json.dumps({'params': _digest(*leaves), 'data': data_key, **settings}, sort_keys=True)
+  return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.ConfigDict | None = None, *,
+                      log: Callable[[str], None] = print) -> str:
+  """Pseudo-3D for the student's training windows, computed once and cached.
+
+  Args:
+    teacher_workdir: a workdir of :func:`train_teacher`.
+    student_config: the student's config (its ``data`` gives the windows);
+      default: the teacher's own config (same data section).
+    log: progress printer.
+
+  Returns:
+    The path of the ``.npz`` (see ``train.save_pseudo3d``) to pass as the
+    student's ``train.pseudo3d``.
+  """
+  tcfg, model, params, meta = load_teacher(teacher_workdir)
+  scfg = student_config if student_config is not None else tcfg
+  train_ds, _ = train_lib.load_datasets(scfg)
+  if not np.isclose(float(meta['scale']), train_ds.scale, rtol=1e-6):
+    raise ValueError(f'The teacher in {teacher_workdir} was trained at 2D scale {meta["scale"]:.6g}; the '
+                     f'student\'s training windows have {train_ds.scale:.6g}: different data.')
+  d = tcfg.diffusion
+  settings = {'H': int(d.num_hypotheses), 'K': int(d.num_steps), 'eta': float(d.eta),
+              'aggregation': d.aggregation, 'seed': int(tcfg.seed), 'schedule': d.schedule,
+              'T': int(d.num_timesteps), 'step': int(meta['step'])}
+  key = pseudo3d_key(params, train_ds, settings)
+  path = os.path.join(os.path.abspath(teacher_workdir), 'pseudo3d', f'{key}.npz')
+  if os.path.exists(path):
+    log(f'pseudo-3D: cached at {path}')
+    return path
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  t0 = time.time()
+  log(f'pseudo-3D: sampling {train_ds.num_windows} windows with H={settings["H"]}, K={settings["K"]}, '
+      f'{settings["aggregation"]} aggregation')
+  pred = predict(model.apply, params, schedule_of(tcfg), train_ds, num_hypotheses=settings['H'],
+                 num_steps=settings['K'], eta=settings['eta'], seed=settings['seed'],
+                 batch_size=tcfg.train.eval_batch_size, aggregations=(d.aggregation,), log=log)[d.aggregation]
+  tmp = path + '.tmp.npz'
+  train_lib.save_pseudo3d(tmp, pred, train_ds)
+  os.replace(tmp, path)
+  with open(os.path.join(os.path.dirname(path), f'{key}.json'), 'w') as f:
+    json.dump(dict(settings, teacher_workdir=os.path.abspath(teacher_workdir), windows=train_ds.num_windows,
+                   window=train_ds.window_length, scale=train_ds.scale), f, indent=2)
+  log(f'pseudo-3D: wrote {path} in {time.time() - t0:.0f} s')
+  return path

@@ -1,0 +1,118 @@
+"""The diffusion teacher end to end on tiny settings: supervised and self modes, cache, student use."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from nrsfm_jax import configs, teacher, train
+
+
+def _tiny_teacher(mode='supervised'):
+  c = configs.get('teacher', mode)
+  c.data = configs.get('tiny').data
+  c.model.width = 32
+  c.model.num_heads = 2
+  c.model.depth = 1
+  c.diffusion.num_hypotheses = 2
+  c.diffusion.num_steps = 2
+  c.eval.grid = ((1, 1), (2, 2))
+  c.train.batch_size = 4
+  c.train.num_steps = 6
+  c.train.log_every = 3
+  c.train.checkpoint_every = 3
+  c.train.eval_batch_size = 16
+  c.optim.warmup_steps = 2
+  return c
+
+
+@pytest.fixture(scope='module')
+def supervised_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('teacher_sup'))
+  lines = []
+  out = teacher.train_teacher(_tiny_teacher(), workdir, log=lines.append)
+  return workdir, out, lines
+
+
+def test_supervised_teacher_scores_and_caches_pseudo3d(supervised_run):
+  workdir, out, lines = supervised_run
+  with open(os.path.join(workdir, 'teacher_eval.json')) as f:
+    result = json.load(f)
+  assert set(result) == {'H1_K1', 'H2_K2'}
+  for entry in result.values():
+    assert set(entry) == {'mean', 'jpma'}
+    assert all(np.isfinite(v) for s in entry.values() for v in s.values())
+  # One hypothesis: both aggregations are the same sample.
+  assert result['H1_K1']['mean'] == result['H1_K1']['jpma']
+  assert os.path.exists(out['pseudo3d']) and any('ETA' in line for line in lines)
+  # The cache is hit for the same teacher and windows; it fits the student's windows.
+  again = []
+  assert teacher.generate_pseudo3d(workdir, log=again.append) == out['pseudo3d']
+  assert any('cached' in line for line in again)
+  student = configs.get('tiny', 'teacher')
+  train_ds, _ = train.load_datasets(student)
+  pseudo = train.load_pseudo3d(out['pseudo3d'], train_ds)
+  assert pseudo.shape == train_ds.points3d.shape and np.all(np.isfinite(pseudo))
+  np.testing.assert_allclose(pseudo[..., 0, :], 0.0, atol=1e-6)  # Root-relative.
+
+
+def test_student_trains_with_the_teacher_term(supervised_run, tmp_path):
+  _, out, _ = supervised_run
+  config = configs.get('tiny', 'teacher')
+  config.train.pseudo3d = out['pseudo3d']
+  train.train_and_evaluate(config, str(tmp_path), log=lambda s: None)
+  with open(tmp_path / 'metrics.jsonl') as f:
+    rows = [json.loads(line) for line in f]
+  assert all('teacher' in r and np.isfinite(r['teacher']) for r in rows)
+
+
+def test_teacher_predictions_do_not_depend_on_batch_size(supervised_run):
+  workdir, _, _ = supervised_run
+  config, model, params, _ = teacher.load_teacher(workdir)
+  _, eval_ds = teacher._datasets(config)
+  kw = dict(num_hypotheses=2, num_steps=2, seed=3)
+  a = teacher.predict(model.apply, params, teacher.schedule_of(config), eval_ds, batch_size=3, **kw)
+  b = teacher.predict(model.apply, params, teacher.schedule_of(config), eval_ds, batch_size=8, **kw)
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+def _fast(c):
+  c.eval.grid = ()
+  c.diffusion.num_hypotheses = 1
+  c.diffusion.num_steps = 1
+  return c
+
+
+def test_resumed_teacher_matches_uninterrupted(tmp_path):
+  c = _fast(_tiny_teacher())
+  full = teacher.train_teacher(c, str(tmp_path / 'full'), log=lambda s: None)
+  half = _fast(_tiny_teacher())
+  half.train.num_steps = 3
+  teacher.train_teacher(half, str(tmp_path / 'split'), log=lambda s: None)
+  resumed = teacher.train_teacher(c, str(tmp_path / 'split'), log=lambda s: None)
+  a = teacher.load_teacher(str(tmp_path / 'full'))[2]
+  b = teacher.load_teacher(str(tmp_path / 'split'))[2]
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  np.testing.assert_array_equal(np.load(full['pseudo3d'])['pseudo3d'], np.load(resumed['pseudo3d'])['pseudo3d'])
+
+
+def test_self_mode_uses_the_student_and_checks_its_data(tmp_path):
+  student = configs.get('tiny')
+  student_dir = str(tmp_path / 'student')
+  train.train_and_evaluate(student, student_dir, log=lambda s: None)
+  c = _fast(_tiny_teacher('self'))
+  c.teacher.student_workdir = student_dir
+  lines = []
+  out = teacher.train_teacher(c, str(tmp_path / 'teacher'), log=lines.append)
+  assert any('self targets' in line for line in lines) and os.path.exists(out['pseudo3d'])
+  other = _tiny_teacher('self')
+  other.teacher.student_workdir = student_dir
+  other.data.train_subjects = '003'
+  with pytest.raises(ValueError, match='scale'):
+    teacher.train_teacher(other, str(tmp_path / 'other'), log=lambda s: None)
+  missing = _tiny_teacher('self')
+  with pytest.raises(ValueError, match='student_workdir'):
+    teacher.train_teacher(missing, str(tmp_path / 'missing'), log=lambda s: None)
