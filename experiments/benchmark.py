@@ -10,6 +10,10 @@ Cases:
 * ``c3dpo_b1024``: C3DPO's Human3.6M model (1024 wide, 6 blocks, Ψ with 4
   rotations on every frame, no TCN/smoothness), 1024 single frames per step,
   comparable with the official PyTorch code's samples/s.
+* ``teacher_frame`` / ``teacher_st``: the teacher's denoiser step
+  (``configs/teacher.py``) with per-frame tokens (the CPU default) and with
+  per-joint spatial-temporal tokens at the same width, plus its H × K DDIM
+  sampling throughput (pseudo-3D generation).
 """
 
 import json
@@ -39,6 +43,17 @@ def cases(quick: bool):
           ('c3dpo_b1024', c3dpo, 1024, 1)]
 
 
+def teacher_cases(quick: bool):
+  frame = configs.get('teacher')
+  st = configs.get('teacher')
+  st.model.arch = 'st'
+  st.model.width = 64
+  st.model.num_heads = 4
+  batch, window = (4, 27) if quick else (frame.train.batch_size, frame.data.window)
+  # 'st' at the CPU default's 256 width does not fit a reasonable step time; 64 wide is shown.
+  return [('teacher_frame', frame, batch, window), ('teacher_st64', st, batch, window)]
+
+
 def main(argv):
   del argv
   repeats = 3 if FLAGS.quick else FLAGS.repeats
@@ -57,6 +72,15 @@ def main(argv):
     print(f'{name:<12}{batch:>7}{window:>7}{r["params"]:>11,}{r["compile_s"]:>10.1f}{r["step_s"] * 1e3:>9.1f}'
           f'{r["windows_per_s"]:>11.1f}{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}'
           f'{100 * r["fraction_of_matmul_peak"]:>7.1f}%{r["inference_frames_per_s"]:>12,.0f}')
+  print(f'{"case":<14}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
+        f'{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"H×K sample fr/s":>17}')
+  for name, config, batch, window in teacher_cases(FLAGS.quick):
+    r = profiling.benchmark_teacher_step(config, batch_size=batch, window=window, repeats=repeats)
+    r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
+    results['cases'][name] = r
+    print(f'{name:<14}{batch:>7}{window:>7}{r["params"]:>11,}{r["compile_s"]:>10.1f}{r["step_s"] * 1e3:>9.1f}'
+          f'{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}{100 * r["fraction_of_matmul_peak"]:>7.1f}%'
+          f'{r["sample_frames_per_s"]:>17,.0f}')
   results['peak_rss_mib'] = profiling.peak_rss_mib()
   print(f'peak RSS {results["peak_rss_mib"]:.0f} MiB')
   with open(FLAGS.output, 'w') as f:

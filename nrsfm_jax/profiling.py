@@ -107,3 +107,57 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, batch_size: int, 
     jax.block_until_ready(fwd(*args))
     result['inference_frames_per_s'] = frames / _time(fwd, *args, repeats=repeats)
   return result
+
+
+def benchmark_teacher_step(config: ml_collections.ConfigDict, *, batch_size: int, window: int,
+                           num_points: int = 17, repeats: int = 10) -> dict[str, Any]:
+  """Times the teacher's jitted train step and its H×K DDIM sampling on random data.
+
+  Args:
+    config: teacher config (``configs/teacher.py``: model, diffusion, optim).
+    batch_size / window / num_points: the batch shape.
+    repeats: timed calls.
+
+  Returns:
+    Compile time, step time, frames/s, XLA FLOPs and GFLOP/s of the step, the
+    parameter count and ``sample_frames_per_s`` (pseudo-3D generation with
+    ``config.diffusion``'s H and K).
+  """
+  from nrsfm_jax import teacher
+
+  tx = train.make_optimizer(config, 1000, 100)
+  model, state = teacher.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
+  schedule = teacher.schedule_of(config)
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  batch = {
+      'keypoints': jax.random.normal(keys[0], (batch_size, window, num_points, 2)),
+      'visibility': jnp.ones((batch_size, window, num_points)),
+      'mask': jnp.ones((batch_size, window)),
+      'target': jax.random.normal(keys[1], (batch_size, window, num_points, 3)),
+  }
+  t = time.perf_counter()
+  compiled = teacher.teacher_step.lower(state, batch, keys[2], schedule).compile()
+  compile_s = time.perf_counter() - t
+  flops = _flops(compiled)
+  state, _ = compiled(state, batch, keys[2], schedule)  # Warm-up.
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch, keys[2], schedule)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+  frames = batch_size * window
+  d = config.diffusion
+  sample = functools.partial(teacher.sample, apply_fn=model.apply, num_hypotheses=int(d.num_hypotheses),
+                             num_steps=int(d.num_steps), eta=float(d.eta))
+  args = (state.params, batch['keypoints'], batch['visibility'], batch['mask'], keys[2], schedule)
+  jax.block_until_ready(sample(*args))
+  return {
+      'batch_size': batch_size, 'window': window, 'frames_per_step': frames,
+      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'compile_s': compile_s, 'step_s': step_s, 'windows_per_s': batch_size / step_s,
+      'frames_per_s': frames / step_s, 'flops_per_step': flops, 'gflops': flops / step_s / 1e9,
+      'hypotheses': int(d.num_hypotheses), 'ddim_steps': int(d.num_steps),
+      'sample_frames_per_s': frames / _time(sample, *args, repeats=max(1, repeats // 3)),
+  }

@@ -58,16 +58,6 @@ def test_supervised_teacher_scores_and_caches_pseudo3d(supervised_run):
   np.testing.assert_allclose(pseudo[..., 0, :], 0.0, atol=1e-6)  # Root-relative.
 
 
-def test_student_trains_with_the_teacher_term(supervised_run, tmp_path):
-  _, out, _ = supervised_run
-  config = configs.get('tiny', 'teacher')
-  config.train.pseudo3d = out['pseudo3d']
-  train.train_and_evaluate(config, str(tmp_path), log=lambda s: None)
-  with open(tmp_path / 'metrics.jsonl') as f:
-    rows = [json.loads(line) for line in f]
-  assert all('teacher' in r and np.isfinite(r['teacher']) for r in rows)
-
-
 def test_teacher_predictions_do_not_depend_on_batch_size(supervised_run):
   workdir, _, _ = supervised_run
   config, model, params, _ = teacher.load_teacher(workdir)
@@ -99,20 +89,41 @@ def test_resumed_teacher_matches_uninterrupted(tmp_path):
   np.testing.assert_array_equal(np.load(full['pseudo3d'])['pseudo3d'], np.load(resumed['pseudo3d'])['pseudo3d'])
 
 
-def test_self_mode_uses_the_student_and_checks_its_data(tmp_path):
-  student = configs.get('tiny')
-  student_dir = str(tmp_path / 'student')
-  train.train_and_evaluate(student, student_dir, log=lambda s: None)
-  c = _fast(_tiny_teacher('self'))
-  c.teacher.student_workdir = student_dir
+def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
+  """All the rows on tiny settings: the self teacher learns from the tcn row, the student uses it."""
+  from nrsfm_jax import ablation
+  workdir = str(tmp_path / 'cmu17')
   lines = []
-  out = teacher.train_teacher(c, str(tmp_path / 'teacher'), log=lines.append)
-  assert any('self targets' in line for line in lines) and os.path.exists(out['pseudo3d'])
-  other = _tiny_teacher('self')
-  other.teacher.student_workdir = student_dir
+  results = ablation.run_cmu17(workdir, ['lifter', 'teacher'], student_config=lambda row: configs.get('tiny', row),
+                               teacher_config=lambda: _fast(_tiny_teacher('self')), log=lines.append)
+  assert set(results) == {'lifter', 'tcn', 'teacher', 'teacher_eval'}  # tcn comes with the teacher row.
+  assert any('self targets' in line and os.path.join(workdir, 'tcn') in line for line in lines)
+  with open(os.path.join(workdir, 'teacher', 'config.json')) as f:
+    assert json.load(f)['train']['pseudo3d'].startswith(os.path.join(workdir, 'teacher_self'))
+  with open(os.path.join(workdir, 'teacher', 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert all('teacher' in r and np.isfinite(r['teacher']) for r in rows)
+  table = ablation.cmu17_table(results)
+  assert '+0.0%' in table and ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
+  png = ablation.plot_rows(workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'))
+  assert os.path.getsize(png) > 10_000
+  _, md_path = ablation.write_results(str(tmp_path), results, None, ['cmd'])
+  with open(md_path) as f:
+    assert table in f.read()
+  with pytest.raises(ValueError, match='rows'):
+    ablation.run_cmu17(workdir, ['nope'])
+  # Self mode refuses a student trained on other data, and needs a student at all.
+  other = _fast(_tiny_teacher('self'))
+  other.teacher.student_workdir = os.path.join(workdir, 'tcn')
   other.data.train_subjects = '003'
   with pytest.raises(ValueError, match='scale'):
     teacher.train_teacher(other, str(tmp_path / 'other'), log=lambda s: None)
-  missing = _tiny_teacher('self')
   with pytest.raises(ValueError, match='student_workdir'):
-    teacher.train_teacher(missing, str(tmp_path / 'missing'), log=lambda s: None)
+    teacher.train_teacher(_fast(_tiny_teacher('self')), str(tmp_path / 'missing'), log=lambda s: None)
+
+
+def test_nrsfm_table_marks_rows_that_beat_bmm():
+  from nrsfm_jax import ablation
+  entry = lambda e3d, akhter: {'per_sequence': {'drink': {'e3d': e3d, 'e3d_akhter': akhter}}}
+  table = ablation.nrsfm_table({'drink': {'tcn': entry(0.5, 0.6), 'teacher': entry(0.01, 0.02)}})
+  assert '0.5000 / 0.6000' in table and '0.0100 / **0.0200**' in table and '0.0266' in table
