@@ -47,22 +47,30 @@ def main(argv):
       previous = json.load(f)
   cmu17 = previous.get('cmu17')
   nrsfm = previous.get('nrsfm') or {}
+  diagnostics = previous.get('diagnostics') or {}
   if 'cmu17' in FLAGS.benchmarks:
     cdir = os.path.join(workdir, 'cmu17')
     cmu17 = ablation.run_cmu17(cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode)
     print(ablation.cmu17_table(cmu17))
+    diagnostics['cmu17'] = {r: ablation.depth_diagnostics(os.path.join(cdir, r), configs.get('default', r))
+                            for r in ablation.ROWS if r in cmu17}
     ablation.plot_rows(cdir, configs.get('default'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'))
   if 'nrsfm' in FLAGS.benchmarks:
     ndir = os.path.join(workdir, 'nrsfm')
     nrsfm.update(ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows))
     print(ablation.nrsfm_table(nrsfm))
+    for seq in FLAGS.sequences:
+      diagnostics[f'nrsfm/{seq}'] = {
+          r: ablation.depth_diagnostics(os.path.join(ndir, seq, r), configs.get('nrsfm', f'{seq}:{r}'))
+          for r in ablation.ROWS if r in nrsfm[seq]}
     if FLAGS.plot_sequence in FLAGS.sequences:
       seq = FLAGS.plot_sequence
       ablation.plot_rows(os.path.join(ndir, seq), configs.get('nrsfm', seq), FLAGS.rows,
                          os.path.join(workdir, f'nrsfm_{seq}.png'), protocol='nrsfm')
   command = 'python -m experiments.ablation ' + ' '.join(sys.argv[1:])
   commands = [c for c in previous.get('commands', []) if c != command] + [command]
-  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands)
+  print(ablation.diagnostics_table(diagnostics))
+  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands, diagnostics)
   print(f'wrote {json_path}, {md_path} and the plots in {workdir}')
 
 

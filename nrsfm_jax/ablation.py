@@ -49,6 +49,23 @@ def _check_rows(rows):
   return [r for r in ROWS if r in rows or (r == 'tcn' and 'teacher' in rows)]
 
 
+def _check_same_pseudo3d(row_dir: str, path: str) -> None:
+  """Refuses to resume a teacher row whose student was trained on other pseudo-3D."""
+  config_path = os.path.join(row_dir, 'config.json')
+  if not os.path.exists(config_path):
+    return
+  with open(config_path) as f:
+    saved = json.load(f).get('train', {}).get('pseudo3d', '')
+  if not saved or saved == path:
+    return
+  if os.path.exists(saved):
+    with np.load(saved) as a, np.load(path) as b:
+      if np.array_equal(a['pseudo3d'], b['pseudo3d']):
+        return  # Same labels under another cache key.
+  raise ValueError(f'{row_dir} holds a student trained on the pseudo-3D {saved}, not on {path} (another '
+                   'teacher or teacher mode): use another --workdir.')
+
+
 def _run_rows(student_config: ConfigFn, teacher_config: Callable[[], ml_collections.ConfigDict],
               workdir: str, rows, log: Callable[[str], None]) -> dict[str, Any]:
   results = {}
@@ -65,6 +82,7 @@ def _run_rows(student_config: ConfigFn, teacher_config: Callable[[], ml_collecti
       out = teacher.train_teacher(tcfg, os.path.join(workdir, f'teacher_{tcfg.teacher.mode}'), log=log)
       cfg.train.pseudo3d = out['pseudo3d']
       results['teacher_eval'] = out['eval']
+      _check_same_pseudo3d(row_dir, out['pseudo3d'])
     log(f'== {os.path.basename(workdir)}: {row} ({TITLES[row]}) ==')
     result = train_lib.train_and_evaluate(cfg, row_dir, log=log)
     results[row] = dict(result, seconds_this_call=round(time.time() - t0, 1))
@@ -140,6 +158,36 @@ def nrsfm_table(results: dict[str, Any]) -> str:
         cells.append('')
     lines.append(f'| {seq} | ' + ' | '.join(cells) + f' | {BMM.get(seq, float("nan")):.4f} | '
                  f'{PND.get(seq, float("nan")):.4f} |')
+  return '\n'.join(lines)
+
+
+def depth_diagnostics(row_dir: str, config: ml_collections.ConfigDict) -> dict[str, float]:
+  """How a row's reconstructions err: depth spread vs the truth's, and the 2D fit.
+
+  Per frame, after centring both on their mean point: the std of the predicted
+  depths over the points divided by the truth's (1 = right relief; > 1 depth
+  inflated, < 1 flattened; median over frames), and the mean x, y distance to
+  the truth (= the observed 2D fit) divided by the truth's mean point radius.
+  """
+  _, eval_ds = train_lib.load_datasets(config)
+  truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
+  preds = _predictions(row_dir)
+  ratios, fits = [], []
+  for key, g in truths.items():
+    g = g - g.mean(1, keepdims=True)
+    p = preds[key] - preds[key].mean(1, keepdims=True)
+    ratios.append(p[..., 2].std(1) / np.maximum(g[..., 2].std(1), 1e-9))
+    fits.append(np.linalg.norm(p[..., :2] - g[..., :2], axis=-1).mean(1) / np.linalg.norm(g, axis=-1).mean(1))
+  return {'depth_spread_ratio': float(np.median(np.concatenate(ratios))),
+          'relative_2d_error': float(np.mean(np.concatenate(fits)))}
+
+
+def diagnostics_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str:
+  """Markdown of ``{benchmark/sequence: {row: depth_diagnostics()}}``."""
+  lines = ['| data | row | depth spread / truth (median) | 2D error / mean radius |', '|---|---|---|---|']
+  for name, rows in diagnostics.items():
+    for row, d in rows.items():
+      lines.append(f'| {name} | {TITLES[row]} | {d["depth_spread_ratio"]:.2f} | {d["relative_2d_error"]:.3f} |')
   return '\n'.join(lines)
 
 
@@ -241,14 +289,14 @@ def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, 
 
 
 def write_results(workdir: str, cmu17: dict[str, Any] | None, nrsfm: dict[str, Any] | None,
-                  commands: list[str]) -> tuple[str, str]:
+                  commands: list[str], diagnostics: dict[str, Any] | None = None) -> tuple[str, str]:
   """``results.json`` (raw scores) and ``results.md`` (the README tables) in ``workdir``.
 
   ``commands``: the invocations that produced the results (in order).
   """
   os.makedirs(workdir, exist_ok=True)
   payload = {'commands': commands, 'cmu17': cmu17, 'nrsfm': nrsfm, 'bmm_e3d_akhter': BMM,
-             'em_pnd_e3d_akhter': PND, 'jax_backend': jax.default_backend()}
+             'em_pnd_e3d_akhter': PND, 'diagnostics': diagnostics, 'jax_backend': jax.default_backend()}
   json_path = os.path.join(workdir, 'results.json')
   with open(json_path, 'w') as f:
     json.dump(payload, f, indent=2)
@@ -263,6 +311,8 @@ def write_results(workdir: str, cmu17: dict[str, Any] | None, nrsfm: dict[str, A
   if nrsfm:
     parts += ['### nrsfm-mocap (transductive; e3D / e3D-akhter, bold where it beats BMM)', '',
               nrsfm_table(nrsfm), '']
+  if diagnostics:
+    parts += ['### Diagnostics: depth relief and 2D fit of each row', '', diagnostics_table(diagnostics), '']
   md_path = os.path.join(workdir, 'results.md')
   with open(md_path, 'w') as f:
     f.write('\n'.join(parts))

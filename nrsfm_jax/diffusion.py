@@ -87,7 +87,11 @@ def make_schedule(kind: str = 'cosine', num_timesteps: int = 1000) -> Schedule:
 
 
 def _bcast(values: Array, t: Array, like: Array) -> Array:
-  """``values[t]`` shaped ``[B, 1, ..., 1]`` to broadcast against ``like [B, ...]``."""
+  """``values[t]`` shaped ``[B, 1, ..., 1]`` to broadcast against ``like [B, ...]``.
+
+  ``t`` is clipped to ``[0, T)``: DDIM's final ``t_prev = -1`` reads entry 0,
+  which :func:`ddim_step` then replaces.
+  """
   v = jnp.take(values, jnp.clip(t, 0, values.shape[0] - 1))
   return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
 
@@ -119,11 +123,12 @@ def x0_loss(pred: Array, x0: Array, *, mask: Array | None = None, root: int | No
   Args:
     pred: ``[..., P, 3]`` the denoiser's x0 estimate.
     x0: ``[..., P, 3]`` the clean data.
-    mask: ``[..., P]`` weights (window padding × target validity), or None.
+    mask: ``[..., P]`` weights (e.g. the window padding mask), or None.
     root: root joint subtracted from both (None: no centring).
 
   Returns:
-    ``(values [..., P], weights [..., P])``; masked entries are exactly 0 in value and gradient.
+    ``(values [..., P], weights [..., P])``, unweighted values (reduce with
+    ``losses.masked_mean``); masked entries are exactly 0 in value and gradient.
   """
   diff = geometry.root_relative(pred, root) - geometry.root_relative(x0, root)
   weights = jnp.ones(diff.shape[:-1], diff.dtype) if mask is None else jnp.broadcast_to(mask, diff.shape[:-1])
@@ -132,7 +137,7 @@ def x0_loss(pred: Array, x0: Array, *, mask: Array | None = None, root: int | No
   # sqrt with a finite gradient at 0 (exact zeros appear on masked and root entries).
   safe = jnp.where(sq > 0, sq, 1.0)
   values = jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
-  return values * weights, weights
+  return jnp.where(weights > 0, values, 0.0), weights
 
 
 def predict_noise(schedule: Schedule, x_t: Array, t: Array, x0: Array) -> Array:
@@ -172,7 +177,7 @@ def ddim_step(schedule: Schedule, x_t: Array, t: Array, t_prev: Array, x0: Array
 
   ``x_prev = √ᾱ_prev x0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z`` with
   ``σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)``; η = 0 is deterministic,
-  η = 1 matches DDPM's variance.
+  and η = 1 with adjacent timesteps (``t_prev = t − 1``) is DDPM's posterior variance.
 
   Args:
     schedule: the noise schedule.
@@ -197,7 +202,12 @@ def ddim_step(schedule: Schedule, x_t: Array, t: Array, t_prev: Array, x0: Array
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """The K timesteps DDIM visits, from ``T − 1`` down to 0 (evenly spaced), int32 ``[K]``."""
+  """The K timesteps DDIM visits, from ``T − 1`` down to 0 (evenly spaced), int32 ``[K]``.
+
+  Like the DDIM paper's code, the last call is at ``t = 0`` (K = 5, T = 1000:
+  999, 749, 500, 250, 0); D3DP instead spaces K calls over ``[T − 1, 0)`` and
+  jumps to x0 after the last, which spends the final call at a higher noise level.
+  """
   if not 1 <= num_steps <= num_timesteps:
     raise ValueError(f'num_steps must be in [1, {num_timesteps}], got {num_steps}')
   return np.round(np.linspace(num_timesteps - 1, 0, num_steps)).astype(np.int32)

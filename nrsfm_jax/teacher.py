@@ -217,7 +217,9 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
 
   Writes ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``teacher_eval.json``
   (the teacher's own scores on the eval split for each aggregation and each
-  (H, K) of ``config.eval``) and ``pseudo3d/<key>.npz``.
+  (H, K) of ``config.eval``; reused on a rerun only if
+  ``teacher_eval.provenance.json`` shows the same parameters and settings) and
+  ``pseudo3d/<key>.npz``.
 
   Returns:
     ``{'eval': {...}, 'pseudo3d': path}``.
@@ -247,11 +249,17 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
   state, old_meta = ckpt.restore(state)
   meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points),
-          'mode': mode}
+          'mode': mode, 'targets': _digest(targets)}
   if old_meta is not None:
-    if not np.isclose(float(old_meta['scale']), meta['scale'], rtol=1e-6) or old_meta.get('mode') != mode:
-      raise ValueError(f'{ckpt.directory} holds a {old_meta.get("mode")} teacher at 2D scale '
-                       f'{old_meta["scale"]}; this config is {mode} at {meta["scale"]:.6g}: use another --workdir.')
+    same = (np.isclose(float(old_meta['scale']), meta['scale'], rtol=1e-6) and old_meta.get('mode') == mode
+            and int(old_meta.get('seed', meta['seed'])) == meta['seed'])
+    if not same:
+      raise ValueError(f'{ckpt.directory} holds a {old_meta.get("mode")} teacher (seed {old_meta.get("seed")}, '
+                       f'2D scale {old_meta["scale"]}); this config is {mode} (seed {meta["seed"]}, scale '
+                       f'{meta["scale"]:.6g}): use another --workdir.')
+    if old_meta.get('targets', meta['targets']) != meta['targets']:
+      raise ValueError(f'{ckpt.directory} holds a teacher trained on other targets (in self mode: the student '
+                       f'in {config.teacher.student_workdir} changed since): use another --workdir.')
     log(f'resuming from step {int(state.step)}')
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log(f'denoiser: {config.model.arch}, {n_params:,} parameters; {config.diffusion.schedule} schedule, '
@@ -273,7 +281,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
                                            f'the last good state is saved in {ckpt.directory}.')
       step += 1
       timed += 1
-      if step % config.train.log_every == 0 or step == num_steps:
+      if (config.train.log_every and step % config.train.log_every == 0) or step == num_steps:
         m = jax.device_get(m)
         rate = timed / max(time.time() - t_loop, 1e-9)
         writer.write(step, {k: v for k, v in m.items() if k != 'finite'})
@@ -284,22 +292,31 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
       if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
         train_lib._save(ckpt, state, meta)
   except KeyboardInterrupt:
-    saved = train_lib._save(ckpt, state, meta)
-    log(f'interrupted: saved step {saved}; rerun the same command to resume')
+    try:
+      saved = train_lib._save(ckpt, state, meta)
+      log(f'interrupted: saved step {saved}; rerun the same command to resume')
+    except RuntimeError:  # Interrupted inside the step call: its input buffers were donated.
+      log(f'interrupted mid-step: resume from the last checkpoint (step {ckpt.latest_step()})')
     raise
-  trained = step > int(old_meta['step']) if old_meta is not None else True
   train_lib._save(ckpt, state, meta)
   log(f'teacher training done in {train_lib._format_duration(time.time() - t_start)}')
   eval_path = os.path.join(workdir, 'teacher_eval.json')
-  if not trained and os.path.exists(eval_path):
-    # A finished run: sampling the whole grid again would give the same numbers.
-    with open(eval_path) as f:
-      result = json.load(f)
-    log(f'teacher already trained; its scores are in {eval_path}')
-  else:
+  # The scores depend on the parameters and on every sampling / data / model setting.
+  provenance = {'step': int(state.step), 'params': _digest(*[np.asarray(x) for x in jax.tree.leaves(state.params)]),
+                'config': {k: config[k].to_dict() if hasattr(config[k], 'to_dict') else config[k]
+                           for k in ('seed', 'data', 'model', 'diffusion', 'eval')}}
+  provenance_path = os.path.join(workdir, 'teacher_eval.provenance.json')
+  result = None
+  if os.path.exists(eval_path) and os.path.exists(provenance_path):
+    with open(provenance_path) as f:
+      if json.load(f) == json.loads(json.dumps(provenance)):
+        with open(eval_path) as g:
+          result = json.load(g)
+        log(f'teacher already scored with these settings: {eval_path}')
+  if result is None:
     result = evaluate_teacher(config, model.apply, state.params, eval_ds, log=log)
-    with open(eval_path, 'w') as f:
-      json.dump(result, f, indent=2)
+    _write_json(eval_path, result)
+    _write_json(provenance_path, provenance)
   path = generate_pseudo3d(workdir, config, log=log)
   return {'eval': result, 'pseudo3d': path}
 
@@ -331,6 +348,14 @@ def evaluate_teacher(config: ml_collections.ConfigDict, apply_fn: Callable, para
 # ----------------------------------------------------------------------------
 # Cached pseudo-3D.
 # ----------------------------------------------------------------------------
+
+
+def _write_json(path: str, payload: Any) -> None:
+  """Writes JSON atomically (a killed process leaves the old file or none, never half of one)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)
 
 
 def _digest(*arrays) -> str:
@@ -374,7 +399,9 @@ def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.Confi
   d = tcfg.diffusion
   settings = {'H': int(d.num_hypotheses), 'K': int(d.num_steps), 'eta': float(d.eta),
               'aggregation': d.aggregation, 'seed': int(tcfg.seed), 'schedule': d.schedule,
-              'T': int(d.num_timesteps), 'step': int(meta['step'])}
+              'T': int(d.num_timesteps), 'step': int(meta['step']),
+              # Settings that change the output without changing the parameters' shapes.
+              'model': tcfg.model.to_dict()}
   key = pseudo3d_key(params, train_ds, settings)
   path = os.path.join(os.path.abspath(teacher_workdir), 'pseudo3d', f'{key}.npz')
   if os.path.exists(path):
@@ -390,8 +417,8 @@ def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.Confi
   tmp = path + '.tmp.npz'
   train_lib.save_pseudo3d(tmp, pred, train_ds)
   os.replace(tmp, path)
-  with open(os.path.join(os.path.dirname(path), f'{key}.json'), 'w') as f:
-    json.dump(dict(settings, teacher_workdir=os.path.abspath(teacher_workdir), windows=train_ds.num_windows,
-                   window=train_ds.window_length, scale=train_ds.scale), f, indent=2)
+  _write_json(os.path.join(os.path.dirname(path), f'{key}.json'),
+              dict(settings, teacher_workdir=os.path.abspath(teacher_workdir), windows=train_ds.num_windows,
+                   window=train_ds.window_length, scale=train_ds.scale))
   log(f'pseudo-3D: wrote {path} in {time.time() - t0:.0f} s')
   return path

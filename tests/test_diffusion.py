@@ -85,14 +85,40 @@ def test_ddpm_with_an_oracle_denoiser_returns_x0():
   np.testing.assert_array_equal(np.asarray(out), np.asarray(x0))
 
 
-def test_ddpm_step_mean_is_the_posterior_mean():
+def test_ddpm_step_mean_matches_the_epsilon_form():
+  """x0-form posterior mean == DDPM's (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t with the implied ε̂."""
   s = diffusion.cosine_schedule(100)
-  x0, xt = jnp.ones((1, 3)), jnp.full((1, 3), 0.5)
-  t = jnp.array([40])
-  ab, ab_prev, beta = (float(v[40]) for v in (s.alphas_cumprod, s.alphas_cumprod_prev, s.betas))
-  expected = (np.sqrt(ab_prev) * beta * 1.0 + np.sqrt(1 - beta) * (1 - ab_prev) * 0.5) / (1 - ab)
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+  xt = jax.random.normal(jax.random.PRNGKey(1), (3, 4))
+  t = jnp.array([1, 40, 99])
+  eps = diffusion.predict_noise(s, xt, t, x0)
+  beta = s.betas[t][:, None]
+  ab = s.alphas_cumprod[t][:, None]
+  expected = (xt - beta / jnp.sqrt(1 - ab) * eps) / jnp.sqrt(1 - beta)
   out = diffusion.ddpm_step(s, xt, t, x0, jnp.zeros_like(xt))
-  np.testing.assert_allclose(out, expected, rtol=1e-5)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ddpm_step_with_the_true_x0_samples_the_previous_marginal():
+  """x_t ~ q(x_t|x0), one step with the true x0 → x_{t−1} ~ q(x_{t−1}|x0) = N(√ᾱ_{t−1} x0, 1 − ᾱ_{t−1})."""
+  s = diffusion.cosine_schedule(1000)
+  n = 200_000
+  x0 = jnp.full((n, 1), 1.5)
+  for t in (10, 300, 800):
+    tb = jnp.full((n,), t)
+    xt = diffusion.q_sample(s, x0, tb, jax.random.normal(jax.random.PRNGKey(t), x0.shape))
+    prev = np.asarray(diffusion.ddpm_step(s, xt, tb, x0, jax.random.normal(jax.random.PRNGKey(t + 1), x0.shape)))
+    ab_prev = float(s.alphas_cumprod[t - 1])
+    assert abs(prev.mean() - 1.5 * np.sqrt(ab_prev)) < 5 * np.sqrt((1 - ab_prev) / n)
+    np.testing.assert_allclose(prev.var(), 1 - ab_prev, rtol=0.02)
+
+
+def test_ddim_at_eta_one_on_adjacent_steps_has_ddpm_variance():
+  s = diffusion.cosine_schedule(1000)
+  t = jnp.array([1, 50, 500, 999])
+  zeros = jnp.zeros((4, 1))
+  sigma = diffusion.ddim_step(s, zeros, t, t - 1, zeros, jnp.ones((4, 1)), eta=1.0)[:, 0]
+  np.testing.assert_allclose(sigma ** 2, s.posterior_variance[t], rtol=1e-3)  # float32 at t = 1
 
 
 def test_ddim_step_inverts_q_sample_for_the_true_x0():

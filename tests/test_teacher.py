@@ -70,6 +70,7 @@ def test_teacher_predictions_do_not_depend_on_batch_size(supervised_run):
 
 
 def _fast(c):
+  c.optim.schedule = 'constant'  # So a shorter run is a true prefix of a longer one (resume test).
   c.eval.grid = ()
   c.diffusion.num_hypotheses = 1
   c.diffusion.num_steps = 1
@@ -107,9 +108,12 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   assert '+0.0%' in table and ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
   png = ablation.plot_rows(workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'))
   assert os.path.getsize(png) > 10_000
-  _, md_path = ablation.write_results(str(tmp_path), results, None, ['cmd'])
+  diag = {'cmu17': {'lifter': ablation.depth_diagnostics(os.path.join(workdir, 'lifter'), configs.get('tiny'))}}
+  assert diag['cmu17']['lifter']['depth_spread_ratio'] > 0 and diag['cmu17']['lifter']['relative_2d_error'] > 0
+  _, md_path = ablation.write_results(str(tmp_path), results, None, ['cmd'], diag)
   with open(md_path) as f:
-    assert table in f.read()
+    text = f.read()
+  assert table in text and ablation.diagnostics_table(diag) in text
   with pytest.raises(ValueError, match='rows'):
     ablation.run_cmu17(workdir, ['nope'])
   # Self mode refuses a student trained on other data, and needs a student at all.

@@ -23,7 +23,7 @@ ARGS = ('supervised', 'self', 'd3dp', 'nrsfm')
 def get_config(arg=None):
   arg = arg or 'supervised'
   kind, _, sequence = arg.partition(':')
-  if kind not in ARGS:
+  if kind not in ARGS or (sequence and kind != 'nrsfm'):
     raise ValueError(f'Unknown teacher config {arg!r}; expected one of {ARGS} (nrsfm:<sequence>).')
   student = nrsfm.get_config(sequence or 'drink') if kind == 'nrsfm' else default.get_config()
   c = ml_collections.ConfigDict()
