@@ -69,6 +69,13 @@ def test_teacher_predictions_do_not_depend_on_batch_size(supervised_run):
     np.testing.assert_allclose(a[k], b[k], atol=1e-5)
 
 
+def _tiny_student(row):
+  c = configs.get('tiny', row)
+  # One device: the data-parallel step has its own tests, and 4 fake devices on 2 cores are slow.
+  c.train.parallel = 'none'
+  return c
+
+
 def _fast(c):
   c.optim.schedule = 'constant'  # So a shorter run is a true prefix of a longer one (resume test).
   c.eval.grid = ()
@@ -95,7 +102,7 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   from nrsfm_jax import ablation
   workdir = str(tmp_path / 'cmu17')
   lines = []
-  results = ablation.run_cmu17(workdir, ['lifter', 'teacher'], student_config=lambda row: configs.get('tiny', row),
+  results = ablation.run_cmu17(workdir, ['lifter', 'teacher'], student_config=_tiny_student,
                                teacher_config=lambda: _fast(_tiny_teacher('self')), log=lines.append)
   assert set(results) == {'lifter', 'tcn', 'teacher', 'teacher_eval'}  # tcn comes with the teacher row.
   assert any('self targets' in line and os.path.join(workdir, 'tcn') in line for line in lines)
