@@ -8,9 +8,10 @@ spatial-temporal transformer, depth 8, width 512; a GPU config), or
 
 The data section is the student's (``configs/default.py`` / ``nrsfm.py``), so
 the teacher sees the student's training windows. CPU defaults: a per-frame-token
-temporal transformer (``model.arch='frame'``, 256 wide, 2 blocks, 130 ms per
-step of 16 × 81 frames on 2 cores; the per-joint ``'st'`` model of the same
-width took 880 ms), 3000 steps, DDIM with H = 5 hypotheses × K = 5 steps.
+temporal transformer (``model.arch='frame'``, 256 wide, 2 blocks, 180 ms per
+step of 16 × 81 frames on 2 cores; the per-joint ``'st'`` model took 1164 ms at
+width 64, see ``experiments/benchmark.py``), 3000 steps, DDIM with H = 5
+hypotheses × K = 5 steps.
 """
 
 import ml_collections
