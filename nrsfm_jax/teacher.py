@@ -154,18 +154,17 @@ def predict(apply_fn: Callable, params, schedule: diffusion.Schedule, dataset: d
   n = dataset.num_windows
   base = jax.random.PRNGKey(seed)
   t0 = time.time()
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    idx_full = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
-    b = dataset.take(idx_full)
+  done = 0
+  for count, b in train_lib.padded_batches(dataset, batch_size):
     hyps = jax.vmap(lambda i, kp, vis, m: sample(
         params, kp[None], vis[None], m[None], jax.random.fold_in(base, i), schedule, apply_fn=apply_fn,
         num_hypotheses=num_hypotheses, num_steps=num_steps, eta=eta)[:, 0], out_axes=1)(
-            jnp.asarray(idx_full), b['keypoints'], b['visibility'], b['mask'])
+            jnp.asarray(b['index']), b['keypoints'], b['visibility'], b['mask'])
     for a in aggregations:
-      outs[a].append(np.asarray(_aggregate(hyps, b['keypoints'], b['visibility'], method=a))[:len(idx)])
-    if log is not None and time.time() - t0 > 10 and start + batch_size < n:
-      log(f'  sampled {start + len(idx)}/{n} windows ({time.time() - t0:.0f} s)')
+      outs[a].append(np.asarray(_aggregate(hyps, b['keypoints'], b['visibility'], method=a))[:count])
+    done += count
+    if log is not None and time.time() - t0 > 10 and done < n:
+      log(f'  sampled {done}/{n} windows ({time.time() - t0:.0f} s)')
       t0 = time.time()
   return {a: np.concatenate(v, 0) for a, v in outs.items()}
 

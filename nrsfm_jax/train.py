@@ -414,14 +414,22 @@ def predict(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batc
   """Model outputs for every window: ``[N, L, P, 3]`` in normalised units."""
   fn = functools.partial(_forward, apply_fn=apply_fn, key=key)
   outs = []
+  for count, b in padded_batches(dataset, batch_size):
+    outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:count])
+  return np.concatenate(outs, 0)
+
+
+def padded_batches(dataset: data_lib.WindowDataset, batch_size: int):
+  """Every window once, in order, as fixed-size batches (one compilation).
+
+  Yields:
+    ``(count, batch)``: ``dataset.take`` of ``batch_size`` indices whose first
+    ``count`` are new windows; the last batch repeats its final window as padding.
+  """
   n = dataset.num_windows
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
-    pad = batch_size - len(idx)
-    idx_full = np.concatenate([idx, np.repeat(idx[-1:], pad)]) if pad else idx
-    b = dataset.take(idx_full)
-    outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:len(idx)])
-  return np.concatenate(outs, 0)
+    yield len(idx), dataset.take(np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))]))
 
 
 def score(pred: np.ndarray, dataset: data_lib.WindowDataset, *, protocol: str = 'cmu17') -> dict[str, Any]:
