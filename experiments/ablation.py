@@ -3,13 +3,15 @@ r"""The paper's Table II ablation on both benchmarks, from one command.
   python -m experiments.ablation --workdir=runs/ablation
   python -m experiments.ablation --workdir=runs/ablation --benchmarks=nrsfm --sequences=pickup,yoga
   python -m experiments.ablation --workdir=runs/ablation --benchmarks=cmu17 --teacher_mode=self
+  python -m experiments.ablation --workdir=runs/loso --benchmarks=cmu17 --cross_subject --nodev_split
 
 Rows: lifter only (C3DPO baseline), + smoothness, + smoothness + TCN,
 + smoothness + TCN + diffusion teacher. cmu17 uses ``configs/default.py:<row>``
 and the teacher of ``configs/teacher.py:<teacher_mode>``; nrsfm-mocap uses
 ``configs/nrsfm.py:<sequence>:<row>`` and a self-mode teacher
 (``configs/teacher.py:nrsfm:<sequence>``) trained on the tcn row's
-reconstructions. Writes ``results.json``, ``results.md`` (the README tables)
+reconstructions. ``--cross_subject`` adds leave-one-subject-out folds on cmu17
+(per-fold numbers, the depth-0 reference and the mean; BENCHMARKS.md A). Writes ``results.json``, ``results.md`` (the README tables)
 and ``cmu17.png`` / ``nrsfm_<sequence>.png`` in --workdir. Rerunning resumes;
 finished runs are only re-scored.
 """
@@ -29,6 +31,10 @@ flags.DEFINE_list('rows', list(ablation.ROWS), 'Rows to run (the teacher row als
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
 flags.DEFINE_enum('teacher_mode', 'supervised', ['supervised', 'self'], 'cmu17 teacher: 3D of the training '
                   'subjects (the paper) or the tcn row\'s reconstructions (no 3D).')
+flags.DEFINE_bool('cross_subject', False, 'cmu17: also run every row on every leave-one-subject-out fold '
+                  '(train on the other subjects, test on one) and report per-fold numbers and the mean.')
+flags.DEFINE_list('subjects', [], 'Subjects for --cross_subject (default: every subject in the data).')
+flags.DEFINE_bool('dev_split', True, 'cmu17: run the development split (train 002, 003, 005; test 006).')
 flags.DEFINE_string('plot_sequence', 'pickup', 'nrsfm sequence drawn in nrsfm_<sequence>.png.')
 
 
@@ -48,7 +54,12 @@ def main(argv):
   cmu17 = previous.get('cmu17')
   nrsfm = previous.get('nrsfm') or {}
   diagnostics = previous.get('diagnostics') or {}
-  if 'cmu17' in FLAGS.benchmarks:
+  cross = previous.get('cmu17_cross_subject')
+  if 'cmu17' in FLAGS.benchmarks and FLAGS.cross_subject:
+    cross = ablation.run_cmu17_cross_subject(os.path.join(workdir, 'cmu17_cross_subject'), FLAGS.rows,
+                                             FLAGS.subjects or None, teacher_mode=FLAGS.teacher_mode)
+    print(ablation.cross_subject_table(cross))
+  if 'cmu17' in FLAGS.benchmarks and FLAGS.dev_split:
     cdir = os.path.join(workdir, 'cmu17')
     cmu17 = ablation.run_cmu17(cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode)
     print(ablation.cmu17_table(cmu17))
@@ -70,7 +81,7 @@ def main(argv):
   command = 'python -m experiments.ablation ' + ' '.join(sys.argv[1:])
   commands = [c for c in previous.get('commands', []) if c != command] + [command]
   print(ablation.diagnostics_table(diagnostics))
-  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands, diagnostics)
+  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands, diagnostics, cross)
   print(f'wrote {json_path}, {md_path} and the plots in {workdir}')
 
 

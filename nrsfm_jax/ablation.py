@@ -98,6 +98,94 @@ def run_cmu17(workdir: str, rows=ROWS, *, teacher_mode: str = 'supervised', stud
   return _run_rows(student_config, teacher_config, workdir, rows, log)
 
 
+def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:
+  """The depth-0 reference on ``dataset`` (BENCHMARKS.md A): the truth's x, y with every depth set to 0.
+
+  A lifter that does not beat this has learned no depth at all.
+  """
+  pred = np.array(dataset.points3d, copy=True)
+  pred[..., 2] = 0.0
+  return train_lib.score(pred, dataset, protocol='cmu17')
+
+
+def cross_subject_folds(subjects) -> list[tuple[str, list[str]]]:
+  """Leave-one-subject-out folds: ``[(held_out, training_subjects), ...]`` in ``subjects``' order."""
+  subjects = [str(s) for s in subjects]
+  if len(subjects) < 2 or len(set(subjects)) != len(subjects):
+    raise ValueError(f'cross-subject folds need at least two distinct subjects, got {subjects}')
+  return [(s, [t for t in subjects if t != s]) for s in subjects]
+
+
+def run_cmu17_cross_subject(workdir: str, rows=ROWS, subjects=None, *, teacher_mode: str = 'supervised',
+                            student_config: ConfigFn | None = None,
+                            teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
+                            log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Every row on every leave-one-subject-out fold of cmu17 (BENCHMARKS.md A, "cross-subject mean").
+
+  Fold ``s`` trains on the other subjects and tests on every frame of ``s``;
+  it lives in ``<workdir>/fold_<s>/<row>`` and resumes like :func:`run_cmu17`.
+
+  Args:
+    workdir: the ablation's cmu17 cross-subject directory.
+    rows: rows to run.
+    subjects: the subjects to fold over (default: every subject in the data).
+    teacher_mode, student_config, teacher_config, log: as :func:`run_cmu17`.
+
+  Returns:
+    ``{'folds': {s: {row: score(), 'depth0': score()}}, 'mean': {row: {metric: mean over folds}}}``;
+    the mean is the unweighted mean of the folds' overall metrics (each
+    subject counts once, however many frames it has).
+  """
+  student_config = student_config or (lambda row: configs.get('default', row))
+  teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
+  if subjects is None:
+    base = student_config(ROWS[0]).data
+    subjects = data_lib.list_subjects(base.path or None)
+  folds = {}
+  for held_out, train_subjects in cross_subject_folds(subjects):
+
+    def fold_config(row, held_out=held_out, train_subjects=train_subjects):
+      cfg = student_config(row)
+      cfg.data.train_subjects = ','.join(train_subjects)
+      cfg.data.val_subjects = held_out
+      return cfg
+
+    log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
+    result = _run_rows(fold_config, teacher_config, os.path.join(workdir, f'fold_{held_out}'), rows, log)
+    _, eval_ds = train_lib.load_datasets(fold_config(ROWS[0]))
+    result['depth0'] = depth_zero_score(eval_ds)
+    folds[held_out] = result
+  return {'folds': folds, 'mean': fold_means(folds)}
+
+
+def fold_means(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+  """``{row: {metric: mean over the folds that have the row}}`` of the folds' overall scores."""
+  means = {}
+  for row in ROWS + ('depth0',):
+    scores = [f[row]['overall'] for f in folds.values() if row in f]
+    if scores:
+      means[row] = {k: float(np.mean([o[k] for o in scores])) for k in scores[0]}
+      means[row]['folds'] = len(scores)
+  return means
+
+
+def cross_subject_table(results: dict[str, Any]) -> str:
+  """Markdown: per-fold MPJPE of every row and the depth-0 reference, then the fold means of all metrics."""
+  folds = results['folds']
+  names = list(folds)
+  head = '| row | ' + ' | '.join(f'MPJPE {s}' for s in names) + ' | mean MPJPE | mean PA-MPJPE | mean Stress | mean accel |'
+  lines = [head, '|---' * (len(names) + 5) + '|']
+  titles = dict(TITLES, depth0='depth 0 (reference)')
+  for row in ('depth0',) + ROWS:
+    if row not in results['mean']:
+      continue
+    cells = [f'{folds[s][row]["overall"]["mpjpe"]:.1f}' if row in folds[s] else '–' for s in names]
+    m = results['mean'][row]
+    lines.append(f'| {titles[row]} | ' + ' | '.join(cells) + f' | {m["mpjpe"]:.1f} | {m["pa_mpjpe"]:.1f} | '
+                 f'{m["stress"]:.1f} | {m["accel_error"]:.2f} |')
+  return '\n'.join(lines)
+
+
 def run_nrsfm(workdir: str, sequences=NRSFM_SEQUENCES, rows=ROWS, *, student_config: Callable | None = None,
               teacher_config: Callable | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Transductive fits of every row on every sequence; ``{sequence: {row: score()}}``."""
@@ -289,13 +377,16 @@ def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, 
 
 
 def write_results(workdir: str, cmu17: dict[str, Any] | None, nrsfm: dict[str, Any] | None,
-                  commands: list[str], diagnostics: dict[str, Any] | None = None) -> tuple[str, str]:
+                  commands: list[str], diagnostics: dict[str, Any] | None = None,
+                  cross_subject: dict[str, Any] | None = None) -> tuple[str, str]:
   """``results.json`` (raw scores) and ``results.md`` (the README tables) in ``workdir``.
 
-  ``commands``: the invocations that produced the results (in order).
+  ``commands``: the invocations that produced the results (in order);
+  ``cross_subject``: :func:`run_cmu17_cross_subject`'s result, if run.
   """
   os.makedirs(workdir, exist_ok=True)
-  payload = {'commands': commands, 'cmu17': cmu17, 'nrsfm': nrsfm, 'bmm_e3d_akhter': BMM,
+  payload = {'commands': commands, 'cmu17': cmu17, 'cmu17_cross_subject': cross_subject, 'nrsfm': nrsfm,
+             'bmm_e3d_akhter': BMM,
              'em_pnd_e3d_akhter': PND, 'diagnostics': diagnostics, 'jax_backend': jax.default_backend()}
   json_path = os.path.join(workdir, 'results.json')
   with open(json_path, 'w') as f:
@@ -308,6 +399,11 @@ def write_results(workdir: str, cmu17: dict[str, Any] | None, nrsfm: dict[str, A
     if cmu17.get('teacher_eval'):
       parts += ['The teacher on its own (MPJPE, mm, on 006; mean / joint-wise reprojection aggregation):',
                 '', teacher_table(cmu17['teacher_eval']), '']
+  if cross_subject:
+    parts += ['### cmu17 cross-subject (leave one subject out; train on the others, test on it)', '',
+              'MPJPE per held-out subject, then the unweighted mean over folds of each metric (mm; '
+              'acceleration error in mm/frame²). Defaults are chosen on these means.', '',
+              cross_subject_table(cross_subject), '']
   if nrsfm:
     parts += ['### nrsfm-mocap (transductive; e3D / e3D-akhter, bold where it beats BMM)', '',
               nrsfm_table(nrsfm), '']

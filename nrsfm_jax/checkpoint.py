@@ -139,7 +139,9 @@ def load_exported(path: str) -> tuple[Callable, Any]:
     ``(apply_fn, params)`` where the jitted ``apply_fn(params, keypoints, visibility=None)``
     maps raw 2D keypoints ``[..., T, P, 2]`` (data units; NaN = missing) of
     one window of any length ``T`` to camera-frame 3D ``[..., T, P, 3]`` in the
-    same units (x/y centred on the visible points per frame).
+    same units (x/y centred on the visible points per frame; with the default
+    ``model.observed_xy`` a visible point's x, y are its observed 2D and only
+    its depth comes from the model).
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'No exported parameters at {path}.')
@@ -172,7 +174,7 @@ def load_exported(path: str) -> tuple[Callable, Any]:
     # The same visibility-weighted centring and training scale as data.center_2d / build_dataset.
     centroid = geometry.weighted_centroid(keypoints, visibility)
     kp = jnp.where(visibility[..., None] > 0, (keypoints - centroid) / scale, 0.0)
-    out = model.apply(params, kp, visibility * mask[..., None], mask)['points'] * scale
+    out = model.apply(params, kp, visibility * mask[..., None], mask)['reconstruction'] * scale
     return out[0] if squeeze else out
 
   return jax.jit(apply_fn), params

@@ -145,6 +145,19 @@ def rotation_6d(x: Array) -> Array:
   return jnp.stack([r1, r2, r3], -2)
 
 
+def rotation_z(angle: Array) -> Array:
+  """Rotation by ``angle`` (radians) about the camera's optical axis z: ``[...] -> [..., 3, 3]``.
+
+  Its top-left 2×2 block is the in-plane image rotation; C3DPO's z-augmentation
+  and z-equivariance use these.
+  """
+  angle = jnp.asarray(angle)
+  c, s = jnp.cos(angle), jnp.sin(angle)
+  zero, one = jnp.zeros_like(angle), jnp.ones_like(angle)
+  rows = [jnp.stack([c, -s, zero], -1), jnp.stack([s, c, zero], -1), jnp.stack([zero, zero, one], -1)]
+  return jnp.stack(rows, -2)
+
+
 def rotate(points: Array, rotation: Array) -> Array:
   """Applies ``R`` to every point: ``[..., P, 3] x [..., 3, 3] -> [..., P, 3]``."""
   return jnp.einsum('...pj,...ij->...pi', points, rotation)

@@ -71,6 +71,8 @@ class LossConfig:
   canon_on: str = flax.struct.field(pytree_node=False, default='shape')
   canon_frames: int = flax.struct.field(pytree_node=False, default=0)
   w_proc: float = flax.struct.field(pytree_node=False, default=0.0)
+  z_aug_deg: float = flax.struct.field(pytree_node=False, default=0.0)
+  z_equivariance_deg: float = flax.struct.field(pytree_node=False, default=0.0)
 
 
 def _from_config(cls, config: ml_collections.ConfigDict, **overrides):
@@ -119,19 +121,25 @@ def sample_keys(key: Array, batch_size: int, axis_name: str | None) -> Array:
 
 
 def canonical_term(apply_fn: Callable, params, shapes: Array, mask: Array, keys: Array,
-                   cfg: LossConfig) -> tuple[Array, Array]:
-  """Eq. 18 with ``n_rot`` random rotations per frame, ``jax.vmap``-ed over rotations.
+                   cfg: LossConfig, axis_name: str | None = None) -> tuple[tuple[Array, Array], Any]:
+  """Eq. 18 with ``n_rot`` random rotations per frame.
+
+  The ``n_rot`` rotated copies go through Ψ as one batch (the same as a
+  ``jax.vmap`` over the rotation axis for LayerNorm; with BatchNorm they share
+  one set of batch statistics, as in C3DPO).
 
   Args:
     apply_fn: the Student's ``apply``.
-    params: its variables.
+    params: its variables (with ``batch_stats`` when the model uses BatchNorm).
     shapes: ``[B, T, P, 3]`` canonical shapes ``X``.
     mask: ``[B, T]`` frame mask.
     keys: ``[B]`` per-example keys.
     cfg: loss config (``n_rot``, ``canon_frames``, penalty).
+    axis_name: data-parallel axis (BatchNorm statistics), or None.
 
   Returns:
-    ``(values, weights)`` of shape ``[n_rot, B, T', P]``.
+    ``((values, weights) [n_rot, B, T', P], batch_stats)``; ``batch_stats`` is
+    the updated collection with BatchNorm, else None.
   """
   num_frames = shapes.shape[1]
   if cfg.canon_frames and cfg.canon_frames < num_frames:
@@ -142,13 +150,35 @@ def canonical_term(apply_fn: Callable, params, shapes: Array, mask: Array, keys:
   rot_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
   rots = jax.vmap(lambda k: geometry.random_rotation(k, (cfg.n_rot, shapes.shape[1])))(rot_keys)
   rots = jnp.moveaxis(rots, 1, 0)  # [n_rot, B, T', 3, 3]
+  rotated = geometry.rotate(shapes[None], rots)
+  masks = jnp.broadcast_to(mask, rotated.shape[:-2])
+  rec, stats = _apply(apply_fn, params, rotated, method=Student.canonicalize, axis_name=axis_name, mask=masks)
+  values = losses.canonical_loss(jnp.broadcast_to(shapes, rotated.shape), rec, mask=masks[..., None],
+                                 kind=cfg.canon_kind, scale=cfg.canon_scale)
+  return values, stats
 
-  def one_rotation(rot):
-    rec = apply_fn(params, geometry.rotate(shapes, rot), method=Student.canonicalize)
-    return losses.canonical_loss(shapes, rec, mask=mask[..., None], kind=cfg.canon_kind,
-                                 scale=cfg.canon_scale)
 
-  return jax.vmap(one_rotation)(rots)
+def _apply(apply_fn: Callable, variables, *args, axis_name: str | None = None, **kwargs):
+  """Training-mode apply: ``(output, updated batch_stats)`` with BatchNorm, ``(output, None)`` without."""
+  if 'batch_stats' not in variables:
+    return apply_fn(variables, *args, **kwargs), None
+  out, updates = apply_fn(variables, *args, train=True, axis_name=axis_name, mutable=['batch_stats'], **kwargs)
+  return out, updates['batch_stats']
+
+
+def inplane_angles(keys: Array, cfg: LossConfig) -> dict[str, Array]:
+  """C3DPO's training-time in-plane rotations, one per example: ``{'z_aug': [B], 'z_eq': [B]}``.
+
+  Angles are uniform in ``±z_aug_deg`` and ``±z_equivariance_deg``; a zero
+  setting leaves its entry out (see :meth:`Student.__call__`).
+  """
+  out = {}
+  for name, deg, salt in (('z_aug', cfg.z_aug_deg, 3), ('z_eq', cfg.z_equivariance_deg, 4)):
+    if deg:
+      limit = float(np.deg2rad(deg))
+      out[name] = jax.vmap(lambda k, s=salt, a=limit: jax.random.uniform(
+          jax.random.fold_in(k, s), (), minval=-a, maxval=a))(keys)
+  return out
 
 
 def compute_loss(params, apply_fn: Callable, batch: Batch, key: Array, cfg: LossConfig,
@@ -165,10 +195,15 @@ def compute_loss(params, apply_fn: Callable, batch: Batch, key: Array, cfg: Loss
     axis_name: data-parallel axis, or None.
 
   Returns:
-    ``(total, metrics)``; metrics hold every term (unweighted) and ``total``.
+    ``(total, (metrics, batch_stats))``; metrics hold every term (unweighted)
+    and ``total``; ``batch_stats`` is the BatchNorm running-average collection
+    after this batch (None for a LayerNorm model).
   """
   kp, vis, mask = batch['keypoints'], batch['visibility'], batch['mask']
-  out = apply_fn(params, kp, vis, mask)
+  keys = sample_keys(key, kp.shape[0], axis_name)
+  out, stats = _apply(apply_fn, params, kp, vis, mask, axis_name=axis_name, **inplane_angles(keys, cfg))
+  if stats is not None:
+    params = {**params, 'batch_stats': stats}
   reduce = functools.partial(_reduce, axis_name=axis_name)
   terms = {}
   terms['reproj'] = reduce(*losses.reprojection_loss(out['points'], kp, mask=vis, kind=cfg.reproj_kind,
@@ -189,18 +224,19 @@ def compute_loss(params, apply_fn: Callable, batch: Batch, key: Array, cfg: Loss
         scale=cfg.teacher_scale))
     weights['teacher'] = cfg.w_teacher
   if cfg.w_canon:
-    keys = sample_keys(key, kp.shape[0], axis_name)
     # On the final canonical shape S_t (= X_t without the refiner): Ψ must be
     # able to canonicalize what the student outputs, which keeps the TCN's ΔS
     # from trading 3D plausibility for 2D fit.
-    terms['canon'] = reduce(*canonical_term(apply_fn, params, out[cfg.canon_on], mask, keys, cfg))
+    canon, canon_stats = canonical_term(apply_fn, params, out[cfg.canon_on], mask, keys, cfg, axis_name)
+    stats = canon_stats if canon_stats is not None else stats
+    terms['canon'] = reduce(*canon)
     weights['canon'] = cfg.w_canon
   if cfg.w_proc:
     reference = apply_fn(params, method=Student.mean_shape)
     terms['proc'] = reduce(*losses.procrustes_loss(out['shape'], reference, mask=mask[..., None]))
     weights['proc'] = cfg.w_proc
   total = sum(weights[k] * v for k, v in terms.items())
-  return total, dict(terms, total=total)
+  return total, (dict(terms, total=total), stats)
 
 
 def train_step(state: TrainState, batch: Batch, key: Array, *, loss_config: LossConfig,
@@ -227,11 +263,15 @@ def train_step(state: TrainState, batch: Batch, key: Array, *, loss_config: Loss
   if axis_name is not None:
     params = jax.lax.pcast(params, axis_name, to='varying')
   grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
-  (_, metrics_), grads = grad_fn(params, state.apply_fn, batch, step_key, loss_config, axis_name)
+  (_, (metrics_, stats)), grads = grad_fn(params, state.apply_fn, batch, step_key, loss_config, axis_name)
   if axis_name is not None:
     grads = jax.lax.psum(grads, axis_name)
     metrics_ = jax.lax.psum(metrics_, axis_name)
+    if stats is not None:  # Already equal on every device (synced statistics); make them replicated.
+      stats = jax.lax.pmean(stats, axis_name)
   new_state = state.apply_gradients(grads=grads)
+  if stats is not None:  # Running averages are not trained: overwrite whatever the optimiser did.
+    new_state = new_state.replace(params={**new_state.params, 'batch_stats': stats})
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics_['total']) & jnp.isfinite(grad_norm)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -410,8 +450,13 @@ def _forward(params, keypoints, visibility, mask, *, apply_fn, key):
 
 
 def predict(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int = 64,
-            key: str = 'points') -> np.ndarray:
-  """Model outputs for every window: ``[N, L, P, 3]`` in normalised units."""
+            key: str = 'reconstruction') -> np.ndarray:
+  """Model output ``key`` for every window: ``[N, L, P, 3]`` in normalised units.
+
+  The default, ``'reconstruction'``, is the test-time 3D: camera-frame points
+  whose visible x, y are the observed 2D when ``model.observed_xy`` (C3DPO's
+  evaluation), the model's own reprojection otherwise.
+  """
   fn = functools.partial(_forward, apply_fn=apply_fn, key=key)
   outs = []
   for count, b in padded_batches(dataset, batch_size):

@@ -155,7 +155,7 @@ def test_export_matches_original_model(run, loaded, tmp_path):
   scale = meta['scale']
   centred, _ = data.center_2d(raw, visibility)
   ref = jax.jit(model.apply)(params, jnp.asarray(centred / scale)[None], jnp.asarray(visibility)[None],
-                             jnp.ones((1, len(raw))))['points'][0] * scale
+                             jnp.ones((1, len(raw))))['reconstruction'][0] * scale
   assert got.shape == (len(raw), 17, 3)
   np.testing.assert_allclose(got / scale, np.asarray(ref) / scale, atol=1e-5)
 

@@ -153,3 +153,33 @@ def test_denoiser_shapes_root_and_padding(arch):
   assert not np.allclose(model.apply(params, x, t + 500, kp, vis, mask), out)
   with pytest.raises(ValueError, match='arch'):
     Denoiser(DenoiserConfig(num_points=5, width=16, arch='mlp')).init(jax.random.PRNGKey(0), x, t, kp, vis, mask)
+
+
+def test_z_augmentation_is_undone_on_the_camera():
+  # Feeding 2D rotated by θ in-plane with z_aug = -θ gives the lifter exactly the
+  # original input, so the outputs are the original ones rotated by R_z(θ).
+  kp, vis, mask = _inputs(3)
+  model = Student(_small(use_refiner=False))
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  theta = jnp.asarray([0.3, -0.2])
+  r = geometry.rotation_z(theta)[:, None]
+  kp_rot = jnp.einsum('btpj,btij->btpi', kp, r[..., :2, :2])
+  base = model.apply(params, kp, vis, mask)
+  aug = model.apply(params, kp_rot, vis, mask, z_aug=-theta)
+  chex.assert_trees_all_close(aug['alpha'], base['alpha'], atol=1e-5)
+  chex.assert_trees_all_close(aug['points'], geometry.rotate(base['points'], r), atol=1e-5)
+  zero = model.apply(params, kp, vis, mask, z_aug=jnp.zeros(B), z_eq=jnp.zeros(B))
+  chex.assert_trees_all_close(zero['points'], base['points'], atol=1e-6)
+
+
+def test_z_equivariance_takes_the_shape_from_the_rotated_input():
+  kp, vis, mask = _inputs(4)
+  model = Student(_small(use_refiner=False))
+  params = model.init(jax.random.PRNGKey(1), kp, vis, mask, method=Student.init_all)
+  theta = jnp.asarray([0.5, 1.0])
+  kp_rot = jnp.einsum('btpj,btij->btpi', kp, geometry.rotation_z(theta)[:, None, :2, :2])
+  eq = model.apply(params, kp, vis, mask, z_eq=theta)
+  base, rotated = model.apply(params, kp, vis, mask), model.apply(params, kp_rot, vis, mask)
+  chex.assert_trees_all_close(eq['alpha'], rotated['alpha'], atol=1e-5)
+  chex.assert_trees_all_close(eq['rotation'], base['rotation'], atol=1e-6)
+  assert not np.allclose(eq['alpha'], base['alpha'], atol=1e-4)

@@ -52,6 +52,8 @@ def get_config(arg=None):
   c.model.tcn_causal = True
   c.model.tcn_use_2d = True
   c.model.mlp_width = 256
+  c.model.norm = 'layer'            # lifter/Ψ normalisation: 'layer' | 'batch' (C3DPO)
+  c.model.observed_xy = True        # test-time x, y = the observed 2D; depth from the model (C3DPO)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.reproj_kind = 'pseudo_huber'
@@ -71,6 +73,8 @@ def get_config(arg=None):
   c.loss.canon_on = 'shape'        # 'shape' (refined S_t) | 'shape_init' (lifter's X_t)
   c.loss.canon_frames = 32        # frames per window sampled for Ψ (0 = all)
   c.loss.w_proc = 0.0             # λ_p (eq. 17; off as in eq. 19)
+  c.loss.z_aug_deg = 0.0          # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
+  c.loss.z_equivariance_deg = 0.0  # C3DPO z-equivariance: shape from a further-rotated input (deg)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'           # 'adam' | 'sgd'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,35 +11,61 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-class ResidualBottleneck(nn.Module):
-  """C3DPO's residual bottleneck block with LayerNorm in place of BatchNorm.
+def _norm(kind: str, train: bool, axis_name: str | None, mask: Array | None) -> Callable[[Array], Array]:
+  """LayerNorm, or BatchNorm over every leading axis (synced over ``axis_name``)."""
+  if kind == 'layer':
+    return nn.LayerNorm()
+  if kind == 'batch':
+    bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name)
+    return lambda x: bn(x, mask=None if mask is None else jnp.broadcast_to(mask[..., None] > 0, x.shape))
+  raise ValueError(f"Unknown norm {kind!r}; expected 'layer' or 'batch'.")
 
-  ``y = ReLU(x + LN(W₃ ReLU(LN(W₂ ReLU(LN(W₁ x))))))`` with inner width
-  ``width // ratio``. LayerNorm keeps each example independent, so the
-  data-parallel step needs no cross-device batch statistics.
+
+class ResidualBottleneck(nn.Module):
+  """C3DPO's residual bottleneck block.
+
+  ``y = ReLU(x + N(W₃ ReLU(N(W₂ ReLU(N(W₁ x))))))`` with inner width
+  ``width // ratio`` and ``N`` LayerNorm (default: each example independent)
+  or C3DPO's BatchNorm (``norm='batch'``: statistics over the batch, synced
+  over ``axis_name`` in the data-parallel step, running averages at test time).
   """
   ratio: int = 4
+  norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, *, train: bool = False, axis_name: str | None = None,
+               mask: Array | None = None) -> Array:
     width = x.shape[-1]
     inner = max(width // self.ratio, 1)
-    h = nn.relu(nn.LayerNorm()(nn.Dense(inner)(x)))
-    h = nn.relu(nn.LayerNorm()(nn.Dense(inner)(h)))
-    h = nn.LayerNorm()(nn.Dense(width)(h))
+    norm = lambda: _norm(self.norm, train, axis_name, mask)
+    h = nn.relu(norm()(nn.Dense(inner)(x)))
+    h = nn.relu(norm()(nn.Dense(inner)(h)))
+    h = norm()(nn.Dense(width)(h))
     return nn.relu(x + h)
 
 
 class MLPTrunk(nn.Module):
-  """``Dense(width) → ReLU → num_blocks × ResidualBottleneck``: ``[..., D] -> [..., width]``."""
+  """``Dense(width) → N → ReLU → num_blocks × ResidualBottleneck``: ``[..., D] -> [..., width]``.
+
+  With ``norm='layer'`` the first layer has no normalisation (as before BatchNorm
+  was an option); with ``'batch'`` it is C3DPO's conv-BN-ReLU.
+
+  ``mask``: optional ``[...]`` weights of the leading axes; BatchNorm's
+  statistics use only the examples where it is positive (padding excluded).
+  """
   width: int = 256
   num_blocks: int = 3
+  norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    x = nn.relu(nn.Dense(self.width)(x))
+  def __call__(self, x: Array, *, train: bool = False, axis_name: str | None = None,
+               mask: Array | None = None) -> Array:
+    x = nn.Dense(self.width)(x)
+    if self.norm == 'batch':
+      x = _norm(self.norm, train, axis_name, mask)(x)
+    x = nn.relu(x)
     for _ in range(self.num_blocks):
-      x = ResidualBottleneck()(x)
+      x = ResidualBottleneck(norm=self.norm)(x, train=train, axis_name=axis_name, mask=mask)
     return x
 
 
@@ -77,21 +105,26 @@ class Lifter(nn.Module):
   num_bases: int = 10
   init_std: float = 0.01
   rotation: str = 'so3'
+  norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, keypoints: Array, visibility: Array) -> tuple[Array, Array]:
+  def __call__(self, keypoints: Array, visibility: Array, *, train: bool = False,
+               axis_name: str | None = None, mask: Array | None = None) -> tuple[Array, Array]:
     """Predicts coefficients and rotation vectors.
 
     Args:
       keypoints: ``[..., P, 2]`` normalised 2D.
       visibility: ``[..., P]``.
+      train, axis_name, mask: BatchNorm's mode, data-parallel axis and
+        ``[...]`` frame weights (ignored with LayerNorm).
 
     Returns:
       ``alpha [..., K]`` and the rotation parameters: ``omega [..., 3]`` (rotation
       vectors, ``R = so3_exp(ω)``) or, with ``rotation='6d'``, ``[..., 6]``
       (``R = rotation_6d(·)``, identity at initialisation).
     """
-    h = MLPTrunk(self.width, self.num_blocks)(lifter_input(keypoints, visibility))
+    h = MLPTrunk(self.width, self.num_blocks, self.norm)(lifter_input(keypoints, visibility), train=train,
+                                                         axis_name=axis_name, mask=mask)
     # Small heads (C3DPO: std 0.01): shapes start near 0 and rotations near I,
     # so basis and cameras grow together instead of fitting 2D with shape alone.
     init = nn.initializers.normal(self.init_std)
@@ -112,8 +145,11 @@ class Canonicalizer(nn.Module):
   num_blocks: int = 3
   num_bases: int = 10
   init_std: float = 0.01
+  norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, shape: Array) -> Array:
-    h = MLPTrunk(self.width, self.num_blocks)(shape.reshape(*shape.shape[:-2], -1))
+  def __call__(self, shape: Array, *, train: bool = False, axis_name: str | None = None,
+               mask: Array | None = None) -> Array:
+    h = MLPTrunk(self.width, self.num_blocks, self.norm)(shape.reshape(*shape.shape[:-2], -1), train=train,
+                                                         axis_name=axis_name, mask=mask)
     return nn.Dense(self.num_bases, name='alpha', kernel_init=nn.initializers.normal(self.init_std))(h)

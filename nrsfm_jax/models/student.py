@@ -28,6 +28,17 @@ class StudentConfig:
     use_refiner: run the TCN (eqs. 8–11); off gives the C3DPO baseline.
     tcn_channels, tcn_kernel, tcn_dilations, tcn_causal, tcn_use_2d, mlp_width:
       the refiner (paper: 4 layers of 128 channels, causal).
+    norm: the lifter's and Ψ's normalisation, ``'layer'`` or C3DPO's
+      ``'batch'`` (batch statistics in training, synced over the data-parallel
+      axis; running averages in the ``batch_stats`` collection at test time).
+      Padded frames are left out of the statistics; flax averages the devices'
+      statistics with equal weight, so a data-parallel step equals the
+      single-device one when every device holds as many real frames (always
+      so for frame batches, ``data.window = 1``).
+    observed_xy: the ``reconstruction`` output keeps the observed x, y of every
+      visible point and takes only the depth from the model (C3DPO's
+      ``replace_keypoints_with_input``; orthographic 2D *is* the camera-frame
+      x, y up to translation). False: the model's own reprojection.
   """
   num_points: int = flax.struct.field(pytree_node=False, default=17)
   num_bases: int = flax.struct.field(pytree_node=False, default=10)
@@ -43,6 +54,8 @@ class StudentConfig:
   tcn_causal: bool = flax.struct.field(pytree_node=False, default=True)
   tcn_use_2d: bool = flax.struct.field(pytree_node=False, default=True)
   mlp_width: int = flax.struct.field(pytree_node=False, default=256)
+  norm: str = flax.struct.field(pytree_node=False, default='layer')
+  observed_xy: bool = flax.struct.field(pytree_node=False, default=True)
 
   @property
   def receptive_field(self) -> int:
@@ -59,35 +72,65 @@ def center_on_visible(points: Array, visibility: Array) -> Array:
   return points - jnp.concatenate([centroid_xy, jnp.zeros_like(centroid_xy[..., :1])], -1)
 
 
+def _rotate_2d(keypoints: Array, rotation: Array) -> Array:
+  """Rotates 2D points by the in-plane block of ``rotation``: ``[..., P, 2] x [..., 3, 3] -> [..., P, 2]``."""
+  return jnp.einsum('...pj,...ij->...pi', keypoints, rotation[..., :2, :2])
+
+
 class Student(nn.Module):
   """Lifter → shape basis → (TCN refiner) → camera-frame 3D, plus Ψ for eq. 18."""
   config: StudentConfig
 
   def setup(self):
     c = self.config
-    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation)
+    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation, norm=c.norm)
     self.basis = ShapeBasis(c.num_points, c.num_bases)
-    self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases)
+    self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, norm=c.norm)
     if c.use_refiner:
       self.refiner = TemporalRefiner(c.tcn_channels, c.tcn_kernel, tuple(c.tcn_dilations),
                                      c.tcn_causal, c.mlp_width, c.tcn_use_2d)
 
-  def __call__(self, keypoints: Array, visibility: Array, mask: Array) -> dict[str, Array]:
+  def __call__(self, keypoints: Array, visibility: Array, mask: Array, *,
+               z_aug: Array | None = None, z_eq: Array | None = None, train: bool = False,
+               axis_name: str | None = None) -> dict[str, Array]:
     """Reconstructs a batch of windows.
 
     Args:
       keypoints: ``[B, T, P, 2]`` normalised, centred 2D.
       visibility: ``[B, T, P]`` (0 on missing points and padded frames).
       mask: ``[B, T]`` 1 on real frames.
+      z_aug: optional ``[B]`` in-plane angles (radians; training only, C3DPO's
+        z-augmentation): the lifter sees the 2D rotated by ``R_z(z_aug)`` and
+        the predicted camera is rotated back, ``R_t ← R_z(z_aug)ᵀ R_t``, so the
+        outputs stay in the input's camera frame.
+      z_eq: optional ``[B]`` in-plane angles (C3DPO's z-equivariance): the shape
+        coefficients come from a second lifter pass on the input rotated
+        further by ``R_z(z_eq)``, the camera from the first pass. The shape
+        must then be the same for every in-plane rotation of the 2D, which an
+        in-plane rotation of the camera cannot fake.
+      train: BatchNorm uses batch statistics and updates its running averages
+        (apply with ``mutable=['batch_stats']``); no effect with LayerNorm.
+      axis_name: the data-parallel axis BatchNorm syncs its statistics over.
 
     Returns:
       A dict with ``alpha [B,T,K]``, ``rotation [B,T,3,3]``, ``shape_init [B,T,P,3]``
       (lifter's canonical ``X_t``), ``shape [B,T,P,3]`` (refined canonical
       ``S_t``), ``points_init`` and ``points [B,T,P,3]`` (camera frame ``R_t X_t``
-      and ``R_t S_t``, x/y centred on the visible points).
+      and ``R_t S_t``, x/y centred on the visible points) and
+      ``reconstruction [B,T,P,3]``, the test-time output: ``points`` with the
+      observed 2D as x, y of the visible points (see ``observed_xy``).
     """
-    alpha, omega = self.lifter(keypoints, visibility)
+    lifter_in = keypoints
+    if z_aug is not None:
+      r_aug = geometry.rotation_z(z_aug)[:, None]  # [B, 1, 3, 3]
+      lifter_in = _rotate_2d(keypoints, r_aug)
+    bn = dict(train=train, axis_name=axis_name, mask=mask)
+    alpha, omega = self.lifter(lifter_in, visibility, **bn)
+    if z_eq is not None:
+      alpha, _ = self.lifter(_rotate_2d(lifter_in, geometry.rotation_z(z_eq)[:, None]), visibility, **bn)
     rotation = geometry.so3_exp(omega) if self.config.rotation == 'so3' else geometry.rotation_6d(omega)
+    if z_aug is not None:
+      rotation = jnp.swapaxes(r_aug, -1, -2) @ rotation
     shape_init = self.basis(alpha)
     if self.config.use_refiner:
       shape = shape_init + self.refiner(shape_init, keypoints, visibility, mask)
@@ -95,12 +138,21 @@ class Student(nn.Module):
       shape = shape_init
     points_init = center_on_visible(geometry.rotate(shape_init, rotation), visibility)
     points = center_on_visible(geometry.rotate(shape, rotation), visibility)
+    if self.config.observed_xy:
+      xy = jnp.where(visibility[..., None] > 0, keypoints, points[..., :2])
+      reconstruction = jnp.concatenate([xy, points[..., 2:]], -1)
+    else:
+      reconstruction = points
     return dict(alpha=alpha, rotation=rotation, shape_init=shape_init, shape=shape,
-                points_init=points_init, points=points)
+                points_init=points_init, points=points, reconstruction=reconstruction)
 
-  def canonicalize(self, rotated_shape: Array) -> Array:
-    """Ψ then the shared basis: ``[..., P, 3] -> [..., P, 3]`` (eq. 18's ``Ψ(R X)``)."""
-    return self.basis(self.canonicalizer(rotated_shape))
+  def canonicalize(self, rotated_shape: Array, *, train: bool = False, axis_name: str | None = None,
+                   mask: Array | None = None) -> Array:
+    """Ψ then the shared basis: ``[..., P, 3] -> [..., P, 3]`` (eq. 18's ``Ψ(R X)``).
+
+    ``train``, ``axis_name``, ``mask`` (``[...]``): as in :meth:`__call__`, for BatchNorm.
+    """
+    return self.basis(self.canonicalizer(rotated_shape, train=train, axis_name=axis_name, mask=mask))
 
   def init_all(self, keypoints: Array, visibility: Array, mask: Array) -> dict[str, Array]:
     """Runs every submodule once (use as ``init``'s method so Ψ gets parameters too)."""

@@ -1,0 +1,61 @@
+"""Tests for nrsfm_jax.ablation's cross-subject (leave-one-subject-out) protocol."""
+
+import os
+
+import numpy as np
+import pytest
+
+from nrsfm_jax import ablation, configs, data
+
+
+def test_cross_subject_folds_leave_each_subject_out_once():
+  folds = ablation.cross_subject_folds(['002', '003', '005', '006'])
+  assert [s for s, _ in folds] == ['002', '003', '005', '006']
+  for held_out, train in folds:
+    assert held_out not in train and sorted(train + [held_out]) == ['002', '003', '005', '006']
+  with pytest.raises(ValueError, match='two distinct'):
+    ablation.cross_subject_folds(['002'])
+  with pytest.raises(ValueError, match='two distinct'):
+    ablation.cross_subject_folds(['002', '002'])
+
+
+def test_depth_zero_reference_is_the_benchmarks_number():
+  ds = data.cmu17_dataset('006', length=243)
+  overall = ablation.depth_zero_score(ds)['overall']
+  np.testing.assert_allclose([overall['mpjpe'], overall['stress']], [129.3, 48.6], atol=0.05)
+
+
+def _tiny_lifter(row):
+  c = configs.get('tiny', row)
+  c.train.num_steps = 2
+  c.train.parallel = 'none'
+  return c
+
+
+def test_cross_subject_run_reports_every_fold_and_the_mean(tmp_path):
+  lines = []
+  result = ablation.run_cmu17_cross_subject(str(tmp_path), ['lifter'], ['002', '003'],
+                                            student_config=_tiny_lifter, log=lines.append)
+  assert set(result['folds']) == {'002', '003'}
+  for held_out, fold in result['folds'].items():
+    assert set(fold) == {'lifter', 'depth0'}
+    # Each fold tests on every frame of its held-out subject only.
+    assert {name[:3] for name in fold['lifter']['per_sequence']} == {held_out}
+    assert fold['lifter']['frames'] == fold['depth0']['frames']
+    with open(os.path.join(tmp_path, f'fold_{held_out}', 'lifter', 'config.json')) as f:
+      text = f.read()
+    assert f'"val_subjects": "{held_out}"' in text
+  mean = result['mean']['lifter']
+  folds = [result['folds'][s]['lifter']['overall']['mpjpe'] for s in ('002', '003')]
+  np.testing.assert_allclose(mean['mpjpe'], np.mean(folds))
+  assert mean['folds'] == 2 and result['mean']['depth0']['folds'] == 2
+  table = ablation.cross_subject_table(result)
+  assert 'MPJPE 002 | MPJPE 003 | mean MPJPE' in table and 'depth 0 (reference)' in table
+  assert f'{mean["mpjpe"]:.1f}' in table and '+ smoothness' not in table
+  _, md_path = ablation.write_results(str(tmp_path), None, None, ['cmd'], cross_subject=result)
+  with open(md_path) as f:
+    assert table in f.read()
+  # Rerunning resumes: the finished folds are only re-scored.
+  again = ablation.run_cmu17_cross_subject(str(tmp_path), ['lifter'], ['002', '003'],
+                                           student_config=_tiny_lifter, log=lines.append)
+  np.testing.assert_allclose(again['mean']['lifter']['mpjpe'], mean['mpjpe'], rtol=1e-5)
