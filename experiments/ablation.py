@@ -16,6 +16,7 @@ and ``cmu17.png`` / ``nrsfm_<sequence>.png`` in --workdir. Rerunning resumes;
 finished runs are only re-scored.
 """
 
+import ast
 import json
 import os
 import sys
@@ -35,7 +36,43 @@ flags.DEFINE_bool('cross_subject', False, 'cmu17: also run every row on every le
                   '(train on the other subjects, test on one) and report per-fold numbers and the mean.')
 flags.DEFINE_list('subjects', [], 'Subjects for --cross_subject (default: every subject in the data).')
 flags.DEFINE_bool('dev_split', True, 'cmu17: run the development split (train 002, 003, 005; test 006).')
+flags.DEFINE_multi_string('override', [], 'cmu17: a config override applied to every student row, as '
+                          '``a.b=value`` (value parsed as a Python literal, else kept as a string); repeatable.')
 flags.DEFINE_string('plot_sequence', 'pickup', 'nrsfm sequence drawn in nrsfm_<sequence>.png.')
+
+
+def _parse_value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def student_config_fn(overrides):
+  """``row -> configs.get('default', row)`` with ``a.b=value`` overrides applied (errors name the key)."""
+  parsed = []
+  for item in overrides:
+    if '=' not in item:
+      raise app.UsageError(f'--override {item!r}: expected a.b=value')
+    key, value = item.split('=', 1)
+    parsed.append((key.strip(), _parse_value(value.strip())))
+
+  def make(row):
+    cfg = configs.get('default', row)
+    for key, value in parsed:
+      node, *path = key.split('.')
+      parent = cfg
+      for part in [node] + path[:-1]:
+        if part not in parent:
+          raise app.UsageError(f'--override {key}: no config key {part!r}')
+        parent = parent[part]
+      leaf = path[-1] if path else node
+      if leaf not in parent:
+        raise app.UsageError(f'--override {key}: no config key {leaf!r}')
+      parent[leaf] = value
+    return cfg
+
+  return make
 
 
 def main(argv):
@@ -55,17 +92,19 @@ def main(argv):
   nrsfm = previous.get('nrsfm') or {}
   diagnostics = previous.get('diagnostics') or {}
   cross = previous.get('cmu17_cross_subject')
+  student_config = student_config_fn(FLAGS.override)
   if 'cmu17' in FLAGS.benchmarks and FLAGS.cross_subject:
     cross = ablation.run_cmu17_cross_subject(os.path.join(workdir, 'cmu17_cross_subject'), FLAGS.rows,
-                                             FLAGS.subjects or None, teacher_mode=FLAGS.teacher_mode)
+                                             FLAGS.subjects or None, teacher_mode=FLAGS.teacher_mode,
+                                             student_config=student_config)
     print(ablation.cross_subject_table(cross))
   if 'cmu17' in FLAGS.benchmarks and FLAGS.dev_split:
     cdir = os.path.join(workdir, 'cmu17')
-    cmu17 = ablation.run_cmu17(cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode)
+    cmu17 = ablation.run_cmu17(cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode, student_config=student_config)
     print(ablation.cmu17_table(cmu17))
-    diagnostics['cmu17'] = {r: ablation.depth_diagnostics(os.path.join(cdir, r), configs.get('default', r))
+    diagnostics['cmu17'] = {r: ablation.depth_diagnostics(os.path.join(cdir, r), student_config(r))
                             for r in ablation.ROWS if r in cmu17}
-    ablation.plot_rows(cdir, configs.get('default'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'))
+    ablation.plot_rows(cdir, student_config('tcn'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'))
   if 'nrsfm' in FLAGS.benchmarks:
     ndir = os.path.join(workdir, 'nrsfm')
     nrsfm.update(ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows))

@@ -59,3 +59,16 @@ def test_cross_subject_run_reports_every_fold_and_the_mean(tmp_path):
   again = ablation.run_cmu17_cross_subject(str(tmp_path), ['lifter'], ['002', '003'],
                                            student_config=_tiny_lifter, log=lines.append)
   np.testing.assert_allclose(again['mean']['lifter']['mpjpe'], mean['mpjpe'], rtol=1e-5)
+
+
+def test_override_flag_changes_every_row_and_names_bad_keys():
+  from absl import app
+  from experiments import ablation as script
+  make = script.student_config_fn(['model.norm=batch', 'train.num_steps=7', 'loss.z_aug_deg=22.5'])
+  for row in ablation.ROWS:
+    cfg = make(row)
+    assert (cfg.model.norm, cfg.train.num_steps, cfg.loss.z_aug_deg) == ('batch', 7, 22.5)
+  with pytest.raises(app.UsageError, match="no config key 'nope'"):
+    script.student_config_fn(['model.nope=1'])('lifter')
+  with pytest.raises(app.UsageError, match='a.b=value'):
+    script.student_config_fn(['model.norm'])

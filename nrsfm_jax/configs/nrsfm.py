@@ -21,4 +21,8 @@ def get_config(arg='drink'):
   c.model.num_bases = 10
   c.train.batch_size = 8
   c.train.num_steps = 2000
+  # Every row, the lifter's included, fits 8 windows of 81 frames per step here
+  # (default.py's lifter row trains on frame batches across subjects).
+  c.optim.warmup_steps = 50
+  c.loss.canon_frames = 32
   return c
