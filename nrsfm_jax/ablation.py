@@ -98,16 +98,6 @@ def run_cmu17(workdir: str, rows=ROWS, *, teacher_mode: str = 'supervised', stud
   return _run_rows(student_config, teacher_config, workdir, rows, log)
 
 
-def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:
-  """The depth-0 reference on ``dataset`` (BENCHMARKS.md A): the truth's x, y with every depth set to 0.
-
-  A lifter that does not beat this has learned no depth at all.
-  """
-  pred = np.array(dataset.points3d, copy=True)
-  pred[..., 2] = 0.0
-  return train_lib.score(pred, dataset, protocol='cmu17')
-
-
 def cross_subject_folds(subjects) -> list[tuple[str, list[str]]]:
   """Leave-one-subject-out folds: ``[(held_out, training_subjects), ...]`` in ``subjects``' order."""
   subjects = [str(s) for s in subjects]
@@ -153,7 +143,7 @@ def run_cmu17_cross_subject(workdir: str, rows=ROWS, subjects=None, *, teacher_m
     log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
     result = _run_rows(fold_config, teacher_config, os.path.join(workdir, f'fold_{held_out}'), rows, log)
     _, eval_ds = train_lib.load_datasets(fold_config(ROWS[0]))
-    result['depth0'] = depth_zero_score(eval_ds)
+    result['depth0'] = train_lib.depth_zero_score(eval_ds)
     folds[held_out] = result
   return {'folds': folds, 'mean': fold_means(folds)}
 

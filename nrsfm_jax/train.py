@@ -789,4 +789,37 @@ def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn:
   with open(os.path.join(workdir, f'{tag}.json'), 'w') as f:
     json.dump(result, f, indent=2)
   log(format_metrics(result, title=f'{tag} ({protocol}) on {len(result["per_sequence"])} sequences:'))
+  if protocol == 'cmu17':
+    log(format_references(result, depth_zero_score(dataset), config))
   return result
+
+
+# BENCHMARKS.md A: the official C3DPO code, 25 minutes on a 2-core CPU, train 002/003/005, test 006.
+C3DPO_REFERENCE = {'mpjpe': 78.9, 'pa_mpjpe': 60.9, 'stress': 31.6, 'accel_error': 5.6}
+DEV_SPLIT = ('002,003,005', '006')
+
+
+def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:
+  """The depth-0 reference on ``dataset`` (BENCHMARKS.md A): the truth's x, y with every depth 0.
+
+  A lifter that does not beat it has learned no usable depth.
+  """
+  pred = np.array(dataset.points3d, copy=True)
+  pred[..., 2] = 0.0
+  return score(pred, dataset, protocol='cmu17')
+
+
+def format_references(result: dict[str, Any], depth0: dict[str, Any],
+                      config: ml_collections.ConfigDict | None = None) -> str:
+  """A console table: this run's overall cmu17 metrics beside depth 0 (and official C3DPO on the dev split)."""
+  keys = ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error')
+  rows = [('this run', result['overall']), ('depth 0', depth0['overall'])]
+  d = config.data if config is not None else None
+  if d is not None and d.name == 'cmu17' and (
+      ','.join(_subjects(d.train_subjects)), ','.join(_subjects(d.val_subjects))) == DEV_SPLIT:
+    rows.append(('official C3DPO', C3DPO_REFERENCE))
+  lines = ['references on the same frames:', f"{'':<16}" + ''.join(f'{k:>13}' for k in keys)]
+  lines += [f'{name:<16}' + ''.join(f'{vals[k]:13.2f}' for k in keys) for name, vals in rows]
+  verdict = 'beats' if result['overall']['mpjpe'] < depth0['overall']['mpjpe'] else 'does NOT beat'
+  lines.append(f'MPJPE {verdict} depth 0.')
+  return '\n'.join(lines)

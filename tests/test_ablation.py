@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from nrsfm_jax import ablation, configs, data
+from nrsfm_jax import ablation, configs, data, train
 
 
 def test_cross_subject_folds_leave_each_subject_out_once():
@@ -21,8 +21,14 @@ def test_cross_subject_folds_leave_each_subject_out_once():
 
 def test_depth_zero_reference_is_the_benchmarks_number():
   ds = data.cmu17_dataset('006', length=243)
-  overall = ablation.depth_zero_score(ds)['overall']
-  np.testing.assert_allclose([overall['mpjpe'], overall['stress']], [129.3, 48.6], atol=0.05)
+  depth0 = train.depth_zero_score(ds)
+  np.testing.assert_allclose([depth0['overall']['mpjpe'], depth0['overall']['stress']], [129.3, 48.6], atol=0.05)
+  config = configs.get('default')
+  text = train.format_references({'overall': dict(depth0['overall'], mpjpe=80.0)}, depth0, config)
+  assert 'official C3DPO' in text and '78.90' in text and 'MPJPE beats depth 0.' in text
+  config.data.val_subjects = '002'
+  text = train.format_references(depth0, depth0, config)
+  assert 'official C3DPO' not in text and 'does NOT beat' in text
 
 
 def _tiny_lifter(row):
