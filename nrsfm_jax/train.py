@@ -778,7 +778,11 @@ def predict_and_score(apply_fn: Callable, params, dataset: data_lib.WindowDatase
 def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn: Callable, params,
                       dataset: data_lib.WindowDataset, *, log: Callable = print,
                       tag: str = 'eval') -> dict[str, Any]:
-  """Scores the model with :func:`score` (if 3D exists), prints the table, writes ``<tag>.json`` and predictions."""
+  """Scores the model with :func:`score` (if 3D exists), prints the table, writes ``<tag>.json`` and predictions.
+
+  For cmu17 the result also holds ``'depth0'``: :func:`depth_zero_score` on
+  the same frames, printed beside the run's.
+  """
   protocol = 'nrsfm' if config.data.name == 'nrsfm' else 'cmu17'
   pred_path = os.path.join(workdir, f'{tag}_predictions.npz')
   result, _ = predict_and_score(apply_fn, params, dataset, batch_size=config.train.eval_batch_size,
@@ -786,11 +790,15 @@ def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn:
   if result is None:
     log(f'no ground-truth 3D: reconstructions written to {pred_path}')
     return {}
+  if protocol == 'cmu17':
+    # The depth-0 reference on the same frames, kept with the score (the
+    # cross-subject ablation reads it from there instead of recomputing it).
+    result['depth0'] = depth_zero_score(dataset)
   with open(os.path.join(workdir, f'{tag}.json'), 'w') as f:
     json.dump(result, f, indent=2)
   log(format_metrics(result, title=f'{tag} ({protocol}) on {len(result["per_sequence"])} sequences:'))
   if protocol == 'cmu17':
-    log(format_references(result, depth_zero_score(dataset), config))
+    log(format_references(result, result['depth0'], config))
   return result
 
 
