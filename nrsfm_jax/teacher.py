@@ -211,7 +211,7 @@ def load_teacher(workdir: str, step: int | None = None):
 
 
 def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, evaluate: bool = True) -> dict[str, Any]:
   """Trains the denoiser in ``workdir`` (resuming), evaluates it, and caches pseudo-3D for the windows.
 
   Writes ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``teacher_eval.json``
@@ -221,7 +221,8 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
   ``pseudo3d/<key>.npz``.
 
   Returns:
-    ``{'eval': {...}, 'pseudo3d': path}``.
+    ``{'eval': {...}, 'pseudo3d': path}``; ``{}`` with ``evaluate=False``,
+    which stops after training (no scores, no pseudo-3D).
   """
   from nrsfm_jax import checkpoint as ckpt_lib
 
@@ -299,6 +300,8 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
     raise
   train_lib._save(ckpt, state, meta)
   log(f'teacher training done in {train_lib._format_duration(time.time() - t_start)}')
+  if not evaluate:
+    return {}
   eval_path = os.path.join(workdir, 'teacher_eval.json')
   # The scores depend on the parameters and on every sampling / data / model setting.
   provenance = {'step': int(state.step), 'params': _digest(*[np.asarray(x) for x in jax.tree.leaves(state.params)]),

@@ -659,7 +659,7 @@ def _save(ckpt, state, meta) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+                       log: Callable[[str], None] = print, evaluate: bool = True) -> dict[str, Any]:
   """Trains the student from ``config`` in ``workdir`` (resuming if it holds a checkpoint), then evaluates.
 
   Writes ``config.json``, ``metrics.jsonl`` (loss terms every ``log_every``
@@ -667,7 +667,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ``eval_predictions.npz`` (per-sequence camera-frame 3D in data units).
 
   Returns:
-    :func:`score`'s result on the eval split (``{}`` for 2D-only data).
+    :func:`score`'s result on the eval split (``{}`` for 2D-only data, or
+    with ``evaluate=False``, which stops after training).
   """
   from nrsfm_jax import checkpoint as ckpt_lib
 
@@ -754,6 +755,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = step_fn.finish(dstate)
   _save(ckpt, state, meta)
   log(f'training done in {_format_duration(time.time() - t_start)}')
+  if not evaluate:
+    return {}
   return evaluate_and_save(config, workdir, model.apply, state.params, eval_ds, log=log)
 
 
