@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags, logging
 
-from nrsfm_jax import ablation, configs
+from nrsfm_jax import ablation, configs, plotting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
@@ -104,7 +104,8 @@ def main(argv):
     print(ablation.cmu17_table(cmu17))
     diagnostics['cmu17'] = {r: ablation.depth_diagnostics(os.path.join(cdir, r), student_config(r))
                             for r in ablation.ROWS if r in cmu17}
-    ablation.plot_rows(cdir, student_config('tcn'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'))
+    plotting.plot_rows(cdir, student_config('tcn'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'),
+                       titles=ablation.TITLES)
   if 'nrsfm' in FLAGS.benchmarks:
     ndir = os.path.join(workdir, 'nrsfm')
     nrsfm.update(ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows))
@@ -115,8 +116,8 @@ def main(argv):
           for r in ablation.ROWS if r in nrsfm[seq]}
     if FLAGS.plot_sequence in FLAGS.sequences:
       seq = FLAGS.plot_sequence
-      ablation.plot_rows(os.path.join(ndir, seq), configs.get('nrsfm', seq), FLAGS.rows,
-                         os.path.join(workdir, f'nrsfm_{seq}.png'), protocol='nrsfm')
+      plotting.plot_rows(os.path.join(ndir, seq), configs.get('nrsfm', seq), FLAGS.rows,
+                         os.path.join(workdir, f'nrsfm_{seq}.png'), titles=ablation.TITLES, protocol='nrsfm')
   command = 'python -m experiments.ablation ' + ' '.join(sys.argv[1:])
   commands = [c for c in previous.get('commands', []) if c != command] + [command]
   print(ablation.diagnostics_table(diagnostics))

@@ -34,9 +34,9 @@ def cases(quick: bool):
   default = configs.get('default')
   c3dpo = configs.get('c3dpo')
   c3dpo.model.use_refiner = False
-  c3dpo.loss.w_smooth = 0.0
-  c3dpo.loss.w_reproj_init = 0.0
-  c3dpo.loss.canon_frames = 0
+  c3dpo.loss.terms.smooth.weight = 0.0
+  c3dpo.loss.terms.reproj_init.weight = 0.0
+  c3dpo.loss.terms.canon.frames = 0
   if quick:
     return [('default', default, 4, 81), ('c3dpo_b128', c3dpo, 128, 1)]
   return [('default', default, default.train.batch_size, default.data.window),

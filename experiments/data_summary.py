@@ -6,7 +6,8 @@ Usage:
 
 from absl import app, flags
 
-from nrsfm_jax.data import format_summary, plot_bundled, summarize_bundled
+from nrsfm_jax.data import format_summary, summarize_bundled
+from nrsfm_jax.plotting import plot_bundled
 
 _PLOT_DIR = flags.DEFINE_string(
     'plot_dir', 'data_summary', 'Folder for one PNG per dataset; empty to skip plotting.')

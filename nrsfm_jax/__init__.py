@@ -1,22 +1,48 @@
 """nrsfm_jax: non-rigid structure from motion in JAX/Flax.
 
-Pure math (no Flax, IO or config): :mod:`geometry`, :mod:`losses`, :mod:`metrics`,
-:mod:`diffusion`.
-Data (numpy): :mod:`data`. Models (Flax): :mod:`models`. Training and
-evaluation: :mod:`train`, :mod:`teacher` (diffusion teacher), :mod:`evaluation`,
-:mod:`ablation`, :mod:`checkpoint`; configs in :mod:`configs`.
+Layers, each importing only the ones before it:
+
+* pure math (no Flax, IO or config): :mod:`geometry`, :mod:`losses`,
+  :mod:`metrics`, :mod:`diffusion`;
+* data (numpy): :mod:`data` (loaders, windows, the dataset registry
+  ``data.make_dataset``, the pseudo-3D sidecar);
+* models (Flax): :mod:`models` (``models.from_config``);
+* objective: :mod:`objective` (loss-term registry, ``train_step`` for jit /
+  pmap / shard_map), :mod:`optim`;
+* loop and runs: :mod:`loop` (the loop both trainers share),
+  :mod:`checkpoint`, :mod:`runs` (``load_run``);
+* trainers and evaluation: :mod:`train` (student), :mod:`teacher`
+  (diffusion teacher), :mod:`scoring`, :mod:`evaluation`, :mod:`ablation`,
+  :mod:`plotting`; configs in :mod:`configs`.
+
+The package is lazy: ``import nrsfm_jax.geometry`` loads no orbax, and a name
+below is imported on first use.
 """
 
-from nrsfm_jax import ablation, configs, data, diffusion, geometry, losses, metrics, models, teacher
-from nrsfm_jax.checkpoint import Checkpointer, export_params, load_exported
-from nrsfm_jax.evaluation import evaluate_run, load_run
-from nrsfm_jax.models import Student, StudentConfig
-from nrsfm_jax.train import LossConfig, TrainState, make_step, train_and_evaluate, train_step
+import importlib
 
 __version__ = '0.1.0'
 
-__all__ = [
-    'Checkpointer', 'LossConfig', 'Student', 'StudentConfig', 'TrainState', 'ablation', 'configs',
-    'data', 'diffusion', 'evaluate_run', 'export_params', 'geometry', 'load_exported', 'load_run',
-    'losses', 'make_step', 'metrics', 'models', 'teacher', 'train_and_evaluate', 'train_step',
-]
+_SUBMODULES = ('ablation', 'checkpoint', 'configs', 'data', 'diffusion', 'evaluation', 'geometry', 'loop',
+               'losses', 'metrics', 'models', 'objective', 'optim', 'plotting', 'profiling', 'runs', 'scoring',
+               'teacher', 'train')
+_NAMES = {
+    'Checkpointer': 'checkpoint', 'export_params': 'checkpoint', 'load_exported': 'checkpoint',
+    'evaluate_run': 'evaluation', 'load_run': 'runs', 'Student': 'models', 'StudentConfig': 'models',
+    'LossConfig': 'objective', 'TrainState': 'objective', 'make_step': 'objective', 'train_step': 'objective',
+    'train_and_evaluate': 'train',
+}
+
+__all__ = sorted(_SUBMODULES + tuple(_NAMES))
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f'nrsfm_jax.{name}')
+  if name in _NAMES:
+    return getattr(importlib.import_module(f'nrsfm_jax.{_NAMES[name]}'), name)
+  raise AttributeError(f'module nrsfm_jax has no attribute {name!r}')
+
+
+def __dir__():
+  return __all__

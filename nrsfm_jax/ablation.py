@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import configs, metrics, teacher
+from nrsfm_jax import configs, scoring, teacher
 from nrsfm_jax import data as data_lib
 from nrsfm_jax import train as train_lib
 
@@ -247,9 +248,9 @@ def depth_diagnostics(row_dir: str, config: ml_collections.ConfigDict) -> dict[s
   inflated, < 1 flattened; median over frames), and the mean x, y distance to
   the truth (= the observed 2D fit) divided by the truth's mean point radius.
   """
-  _, eval_ds = train_lib.load_datasets(config)
+  _, eval_ds = data_lib.make_datasets(config)
   truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
-  preds = _predictions(row_dir)
+  preds = scoring.read_predictions(os.path.join(row_dir, 'eval_predictions.npz'))
   ratios, fits = [], []
   for key, g in truths.items():
     g = g - g.mean(1, keepdims=True)
@@ -272,93 +273,6 @@ def diagnostics_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> st
 # ----------------------------------------------------------------------------
 # Plots.
 # ----------------------------------------------------------------------------
-
-
-def _predictions(row_dir: str) -> dict[tuple[str, int], np.ndarray]:
-  path = os.path.join(row_dir, 'eval_predictions.npz')
-  with np.load(path) as f:
-    out = {}
-    for k in f.files:
-      name, view = k.rsplit('/view', 1)
-      out[(name, int(view))] = f[k]
-  return out
-
-
-def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, *, sequence: str | None = None,
-              view: int = 0, num_frames: int = 4, protocol: str = 'cmu17') -> str:
-  """Side views (depth z vs height y) of a few frames, truth vs every row, and the per-frame error.
-
-  Args:
-    workdir: the benchmark's ablation directory (one subdirectory per row).
-    config: a row's config (its data gives the evaluation windows).
-    rows: the rows to draw.
-    path: the PNG to write.
-    sequence: the trial/sequence to draw (default: the longest).
-    view: its camera.
-    num_frames: frames drawn, evenly spaced.
-    protocol: ``'cmu17'`` (per-frame MPJPE, skeleton) or ``'nrsfm'`` (per-frame e3D, points).
-
-  Returns:
-    ``path``.
-  """
-  try:
-    from matplotlib.figure import Figure
-  except ImportError as e:  # pragma: no cover
-    raise ImportError("the ablation plots need matplotlib: pip install 'nrsfm_jax[plot]'") from e
-  _, eval_ds = train_lib.load_datasets(config)
-  truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
-  rows = [r for r in rows if os.path.exists(os.path.join(workdir, r, 'eval_predictions.npz'))]
-  preds = {r: _predictions(os.path.join(workdir, r)) for r in rows}
-  if sequence is None:
-    sequence = max((k for k in truths if k[1] == view), key=lambda k: len(truths[k]))[0]
-  gt = truths[(sequence, view)]
-  frames = np.linspace(0, len(gt) - 1, num_frames + 2).astype(int)[1:-1]
-  fig = Figure(figsize=(2.6 * (len(rows) + 1), 2.6 * num_frames + 3.0))
-  grid = fig.add_gridspec(num_frames + 1, len(rows) + 1, height_ratios=[1] * num_frames + [1.1])
-  bones = data_lib.CMU_BONES if protocol == 'cmu17' else ()
-  errors = {}
-  for c, r in enumerate(['truth'] + rows):
-    if r == 'truth':
-      seq = np.asarray(metrics.flip_resolve(gt, gt), np.float32) if protocol == 'cmu17' else gt - gt.mean(1, keepdims=True)
-    else:
-      p = preds[r][(sequence, view)]
-      if protocol == 'cmu17':
-        seq = np.asarray(metrics.flip_resolve(p, gt))
-        errors[r] = np.asarray(metrics.mpjpe(p, gt))
-      else:
-        pc, g = p - p.mean(1, keepdims=True), gt - gt.mean(1, keepdims=True)
-        flipped = pc * np.array([1, 1, -1])
-        err = lambda q: np.linalg.norm(q - g, axis=(1, 2)) / np.linalg.norm(g, axis=(1, 2))
-        use = err(flipped) < err(pc)
-        seq = np.where(use[:, None, None], flipped, pc)
-        errors[r] = np.minimum(err(pc), err(flipped))
-    ref = gt - gt[:, :1] if protocol == 'cmu17' else gt - gt.mean(1, keepdims=True)
-    for i, f in enumerate(frames):
-      ax = fig.add_subplot(grid[i, c])
-      if r != 'truth':
-        ax.scatter(ref[f, :, 2], ref[f, :, 1], s=4, c='0.7')
-        for a, b in bones:
-          ax.plot(ref[f, [a, b], 2], ref[f, [a, b], 1], c='0.7', lw=1)
-      ax.scatter(seq[f, :, 2], seq[f, :, 1], s=5, c='k' if r == 'truth' else 'C3')
-      for a, b in bones:
-        ax.plot(seq[f, [a, b], 2], seq[f, [a, b], 1], c='k' if r == 'truth' else 'C3', lw=1.2)
-      ax.set_aspect('equal')
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if i == 0:
-        ax.set_title('truth' if r == 'truth' else TITLES[r].replace(' + ', '\n+ ', 1), fontsize=8)
-      if c == 0:
-        ax.set_ylabel(f'frame {f}', fontsize=8)
-  ax = fig.add_subplot(grid[num_frames, :])
-  for r, e in errors.items():
-    ax.plot(e, label=f'{TITLES[r]} (mean {e.mean():.3g})', lw=1)
-  ax.set_xlabel('frame')
-  ax.set_ylabel('MPJPE (mm)' if protocol == 'cmu17' else 'e3D')
-  ax.legend(fontsize=7)
-  ax.set_title(f'{sequence}, camera {view}: side view (depth → right, height ↑; grey = truth)', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  return path
 
 
 # ----------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.traverse_util
 import jax
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nrsfm_jax import geometry
+from nrsfm_jax import geometry, models
 from nrsfm_jax.models import Student
 
 CONFIG_KEY = '__config__'
@@ -150,8 +151,7 @@ def load_exported(path: str) -> tuple[Callable, Any]:
       raise KeyError(f'{path}: not an nrsfm_jax export (keys {CONFIG_KEY!r}/{META_KEY!r} missing).')
     config = ml_collections.ConfigDict(json.loads(str(f[CONFIG_KEY])))
     meta = json.loads(str(f[META_KEY]))
-  from nrsfm_jax import train  # Local import: train imports this module's users.
-  model = Student(train.student_config(config, meta['num_points']))
+  model = models.from_config('student', config.model, meta['num_points'])
   p = meta['num_points']
   # Shapes only: an eager init would compile every op of the model (tens of seconds on CPU).
   init = jax.eval_shape(functools.partial(model.init, method=Student.init_all), jax.random.PRNGKey(0),

@@ -18,7 +18,8 @@ Samplers are ``lax.scan`` / ``lax.fori_loop`` loops whose noise comes from
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -20,8 +20,8 @@ import csv
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,9 @@ import numpy as np
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import geometry, losses, train
+from nrsfm_jax import geometry, losses, plotting, scoring
 from nrsfm_jax.models import Student
+from nrsfm_jax.runs import load_run
 
 Array = jax.Array
 
@@ -41,59 +42,9 @@ Array = jax.Array
 # ----------------------------------------------------------------------------
 
 
-def load_run(workdir: str, step: int | None = None
-             ) -> tuple[ml_collections.ConfigDict, Student, Any, dict[str, Any]]:
-  """Reloads a trained run from its workdir.
-
-  Args:
-    workdir: a directory written by ``train.train_and_evaluate`` (``config.json``
-      and ``checkpoints/``).
-    step: checkpoint step to restore (default: the latest).
-
-  Returns:
-    ``(config, model, params, meta)``: the saved config, the ``Student`` built
-    from it, its restored variables (``{'params': ...}``) and the checkpoint
-    metadata ``{'seed', 'scale', 'num_points', 'step'}``.
-
-  Raises:
-    FileNotFoundError: no workdir, no ``config.json`` or no checkpoint (the path is named).
-    ValueError: ``step`` is not one of the saved steps (the saved ones are listed).
-  """
-  workdir = os.path.abspath(workdir)
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'No run directory at {workdir}.')
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f'{config_path} is missing: {workdir} is not a workdir written by '
-                            'experiments/train.py.')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  # Checkpointer creates its directory: check first so a typo does not leave an empty one behind.
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f'No checkpoints directory at {ckpt_dir}.')
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir)
-  steps = sorted(ckpt.manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(f'No checkpoint in {ckpt_dir}.')
-  if step is not None and step not in steps:
-    raise ValueError(f'No checkpoint for step {step} in {ckpt_dir}; saved steps: {steps}.')
-  params, meta = ckpt.restore_params(step)
-  for k in ('scale', 'num_points'):
-    if k not in meta:
-      raise KeyError(f'{ckpt_dir}: checkpoint metadata lacks {k!r} (found {sorted(meta)}).')
-  model = Student(train.student_config(config, int(meta['num_points'])))
-  return config, model, params, meta
-
-
 # ----------------------------------------------------------------------------
 # Evaluation on any split or file.
 # ----------------------------------------------------------------------------
-
-
-def _split(text: str | Sequence[str]) -> list[str]:
-  items = text.split(',') if isinstance(text, str) else text
-  return [str(s).strip() for s in items if str(s).strip()]
 
 
 def _stem(path: str) -> str:
@@ -137,21 +88,21 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
     raise ValueError(f'Give at most one of data / sequence / subjects / tracks, got {given}.')
   scale = float(meta['scale'])
   d = config.data
-  # Same windows as the run's own evaluation (train.load_datasets).
-  window = int(d.get('eval_window', 0) or d.window)
+  # Same windows as the run's own evaluation.
+  window = data_lib.window_length(d, 'eval')
   if data is not None:
     if not np.isclose(data.scale, scale, rtol=1e-6):
       raise ValueError(f'data was normalised with scale {data.scale:.6g} but the run was trained with '
                        f"{scale:.6g}: build it with scale=meta['scale'].")
     dataset, what = data, 'data'
-    protocol = protocol or ('nrsfm' if d.name == 'nrsfm' else 'cmu17')
+    protocol = protocol or data_lib.protocol_of(d) or 'cmu17'
     name = 'data'
   elif sequence is not None:
     dataset = data_lib.nrsfm_dataset(sequence, length=window, scale=scale)
     what, protocol = f'nrsfm sequence {str(sequence)!r}', protocol or 'nrsfm'
     name = f'nrsfm_{dataset.names[0]}'
   elif subjects is not None:
-    wanted = _split(subjects)
+    wanted = data_lib.parse_names(subjects)
     if not wanted:
       raise ValueError(f'subjects={subjects!r} names no subject.')
     # config.data.path is a mocap file only for cmu17 runs (a tracks run keeps its tracks there).
@@ -167,11 +118,11 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
   else:
     # The train split is rebuilt too (cheap, numpy only) so the eval split is
     # exactly the one train_and_evaluate scored.
-    dataset = train.load_datasets(config, scale=scale)[1]
+    dataset = data_lib.make_dataset(d, 'eval', scale=scale, seed=config.seed)
     what = f'the run\'s eval split ({d.name})'
-    protocol = protocol or ('nrsfm' if d.name == 'nrsfm' else 'cmu17')
+    protocol = protocol or data_lib.protocol_of(d)
     if d.name == 'cmu17':
-      name = 'cmu17_' + '_'.join(_split(d.val_subjects))
+      name = 'cmu17_' + '_'.join(data_lib.parse_names(d.val_subjects))
     else:
       name = f'{d.name}_{dataset.names[0]}'
   expected = int(meta['num_points'])
@@ -206,7 +157,7 @@ def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
     log: where the console table goes.
 
   Returns:
-    ``train.score``'s ``{'overall', 'per_sequence', 'frames'}`` (no ``overall`` /
+    ``scoring.score``'s ``{'overall', 'per_sequence', 'frames'}`` (no ``overall`` /
     ``per_sequence`` for tracks) plus ``workdir``, ``step``, ``data``,
     ``protocol``, ``scale``, ``output`` and ``predictions`` (paths).
   """
@@ -216,7 +167,7 @@ def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
   output = output or os.path.join(workdir, f'evaluate_{name}.json')
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   pred_path = os.path.splitext(output)[0] + '_predictions.npz'
-  scored, frames = train.predict_and_score(model.apply, params, dataset,
+  scored, frames = scoring.predict_and_score(model.apply, params, dataset,
                                            batch_size=config.train.eval_batch_size,
                                            protocol=protocol, predictions_path=pred_path)
   info = {'workdir': os.path.abspath(workdir), 'step': int(meta['step']), 'data': name,
@@ -227,7 +178,7 @@ def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
     log(f'{name}: no ground-truth 3D; {result["frames"]} frames reconstructed into {pred_path}')
   else:
     result = dict(scored, **info)
-    log(train.format_metrics(result, title=f'{name} ({protocol}), step {meta["step"]} of {workdir}:'))
+    log(scoring.format_metrics(result, title=f'{name} ({protocol}), step {meta["step"]} of {workdir}:'))
   with open(output, 'w') as f:
     json.dump(result, f, indent=2)
   log(f'wrote {output}')
@@ -361,49 +312,11 @@ def canonical_shapes(apply_fn: Callable, params, dataset: data_lib.WindowDataset
       f: getattr(dataset, f)[idx] for f in ('keypoints', 'visibility', 'mask', 'points3d', 'sequence_ids',
                                             'view_ids', 'starts', 'centroids')
       if getattr(dataset, f) is not None})
-  shapes = train.predict(apply_fn, params, subset, batch_size=batch_size, key='shape_init')
+  shapes = scoring.predict(apply_fn, params, subset, batch_size=batch_size, key='shape_init')
   real = shapes[subset.mask > 0]
   if len(real) > num_frames:
     real = real[np.sort(rng.choice(len(real), num_frames, replace=False))]
   return real
-
-
-def _figure_class():
-  try:
-    from matplotlib.figure import Figure
-  except ImportError as e:
-    raise ImportError("the canonical-study plot needs matplotlib: pip install 'nrsfm_jax[plot]' "
-                      '(or pip install matplotlib)') from e
-  return Figure
-
-
-def plot_canonical_study(study: dict[str, np.ndarray], path: str, *, scale: float = 1.0,
-                         units: str = 'data units', title: str = '') -> str:
-  """Mean ± std of ``‖X − Ψ(R X)‖`` per angle bin over the per-rotation values; rotations per bin below."""
-  figure_class = _figure_class()
-  fig = figure_class(figsize=(7, 5.5))
-  ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [3, 1]})
-  ax.scatter(study['angles'], study['per_rotation'] * scale, s=6, c='0.7',
-             label='one rotation (mean over shapes)')
-  ok = study['count'] > 0
-  ax.errorbar(study['bin_centers'][ok], study['mean'][ok] * scale, yerr=study['std'][ok] * scale,
-              fmt='o-', color='tab:blue', capsize=3, label='bin mean ± std (all pairs)')
-  ax.set_ylim(bottom=0)
-  ax.set_ylabel(f'‖X − Ψ(R X)‖, mean joint\ndistance ({units})')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc='lower right')
-  ax.set_title(title or 'canonicalization consistency vs rotation angle', fontsize=9)
-  edges = study['bin_edges']
-  rotations_per_bin = study['count'] // max(study['values'].shape[1], 1)
-  ax_n.bar(edges[:-1], rotations_per_bin, width=np.diff(edges), align='edge', color='0.6',
-           edgecolor='white')
-  ax_n.set_ylabel('rotations')
-  ax_n.set_xlabel('rotation angle of R (degrees)')
-  ax_n.set_xlim(0, 180)
-  ax_n.set_xticks(edges[::max(1, len(edges) // 7)])
-  ax_n.grid(alpha=0.3)
-  fig.savefig(path, dpi=100, bbox_inches='tight')
-  return path
 
 
 def format_canonical_study(study: dict[str, np.ndarray], *, scale: float = 1.0) -> str:
@@ -455,7 +368,7 @@ def run_canonical_study(workdir: str, *, num_rotations: int = 256, num_frames: i
   log(f'wrote {csv_path}')
   png_path = None
   if plot:
-    png_path = plot_canonical_study(
+    png_path = plotting.plot_canonical_study(
         study, os.path.join(output_dir, 'canonical_study.png'), scale=scale,
         title=f'{os.path.basename(os.path.abspath(workdir))}, step {meta["step"]}: {len(shapes)} shapes '
               f'({name}) × {num_rotations} Haar rotations')
@@ -464,5 +377,5 @@ def run_canonical_study(workdir: str, *, num_rotations: int = 256, num_frames: i
 
 
 __all__ = ['build_eval_dataset', 'canonical_errors', 'canonical_shapes', 'canonical_study',
-           'evaluate_run', 'export_run', 'format_canonical_study', 'load_run', 'plot_canonical_study',
+           'evaluate_run', 'export_run', 'format_canonical_study', 'load_run',
            'rotation_angle', 'run_canonical_study']

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import train
+from nrsfm_jax import objective, optim, train
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -69,7 +69,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, batch_size: int, 
     A dict with compile time, step time, windows/s, frames/s, XLA FLOPs per
     step, achieved GFLOP/s, XLA's memory analysis and the parameter count.
   """
-  tx = train.make_optimizer(config, 1000, 100)
+  tx = optim.make_optimizer(config, 1000, 100)
   model, state = train.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
   keys = jax.random.split(jax.random.PRNGKey(1), 3)  # keypoints, visibility, step key
   batch = {
@@ -77,7 +77,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, batch_size: int, 
       'visibility': (jax.random.uniform(keys[1], (batch_size, window, num_points)) > 0.05).astype(jnp.float32),
       'mask': jnp.ones((batch_size, window)),
   }
-  step = jax.jit(functools.partial(train.train_step, loss_config=train.loss_config(config)), donate_argnums=0)
+  step = jax.jit(functools.partial(objective.train_step, loss_config=objective.loss_config(config)), donate_argnums=0)
   t = time.perf_counter()
   compiled = step.lower(state, batch, keys[2]).compile()
   compile_s = time.perf_counter() - t
@@ -125,7 +125,7 @@ def benchmark_teacher_step(config: ml_collections.ConfigDict, *, batch_size: int
   """
   from nrsfm_jax import teacher
 
-  tx = train.make_optimizer(config, 1000, 100)
+  tx = optim.make_optimizer(config, 1000, 100)
   model, state = teacher.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
   schedule = teacher.schedule_of(config)
   keys = jax.random.split(jax.random.PRNGKey(1), 3)

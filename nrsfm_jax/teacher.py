@@ -23,7 +23,8 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,19 +32,14 @@ import ml_collections
 import numpy as np
 import optax
 
+from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import diffusion, geometry, losses
-from nrsfm_jax import train as train_lib
-from nrsfm_jax.models import Denoiser, DenoiserConfig, Student
+from nrsfm_jax import diffusion, geometry, loop, losses, models, objective, optim, runs, scoring
+from nrsfm_jax.models import Denoiser, Student
 
 Array = jax.Array
 
 MODES = ('supervised', 'self')
-
-
-def denoiser_config(config: ml_collections.ConfigDict, num_points: int) -> DenoiserConfig:
-  """The :class:`DenoiserConfig` of ``config.model`` (unknown keys are errors)."""
-  return train_lib._from_config(DenoiserConfig, config.model, num_points=num_points)
 
 
 def schedule_of(config: ml_collections.ConfigDict) -> diffusion.Schedule:
@@ -70,15 +66,13 @@ def self_targets(student_workdir: str, dataset: data_lib.WindowDataset, *,
   Raises:
     ValueError: the student was trained at another 2D scale (other data).
   """
-  from nrsfm_jax import evaluation
-
   if not student_workdir:
     raise ValueError("teacher.mode='self' needs teacher.student_workdir (a workdir of experiments/train.py).")
-  _, model, params, meta = evaluation.load_run(student_workdir)
+  _, model, params, meta = runs.load_run(student_workdir)
   if not np.isclose(float(meta['scale']), dataset.scale, rtol=1e-6):
     raise ValueError(f'{student_workdir} was trained at 2D scale {meta["scale"]:.6g}, these windows have '
                      f'{dataset.scale:.6g}: the teacher must use the student\'s data config.')
-  points = train_lib.predict(model.apply, params, dataset)
+  points = scoring.predict(model.apply, params, dataset)
   reference = model.apply(params, method=Student.mean_shape)
   resolved = jax.jit(geometry.resolve_flip_by_reference)(points, reference, mask=dataset.visibility)
   flipped = float(np.mean(np.any(np.asarray(resolved) != points, axis=(-1, -2))[dataset.mask > 0]))
@@ -106,8 +100,8 @@ def teacher_loss(params, apply_fn: Callable, schedule: diffusion.Schedule, batch
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def teacher_step(state: train_lib.TrainState, batch: dict[str, Array], key: Array,
-                 schedule: diffusion.Schedule) -> tuple[train_lib.TrainState, dict[str, Array]]:
+def teacher_step(state: objective.TrainState, batch: dict[str, Array], key: Array,
+                 schedule: diffusion.Schedule) -> tuple[objective.TrainState, dict[str, Array]]:
   """One jitted optimisation step (noise from ``fold_in(key, step)``); non-finite steps are skipped."""
   step_key = jax.random.fold_in(key, state.step)
   (_, m), grads = jax.value_and_grad(teacher_loss, has_aux=True)(state.params, state.apply_fn, schedule,
@@ -155,7 +149,7 @@ def predict(apply_fn: Callable, params, schedule: diffusion.Schedule, dataset: d
   base = jax.random.PRNGKey(seed)
   t0 = time.time()
   done = 0
-  for count, b in train_lib.padded_batches(dataset, batch_size):
+  for count, b in scoring.padded_batches(dataset, batch_size):
     hyps = jax.vmap(lambda i, kp, vis, m: sample(
         params, kp[None], vis[None], m[None], jax.random.fold_in(base, i), schedule, apply_fn=apply_fn,
         num_hypotheses=num_hypotheses, num_steps=num_steps, eta=eta)[:, 0], out_axes=1)(
@@ -178,35 +172,26 @@ _aggregate = jax.jit(diffusion.aggregate, static_argnames='method')
 
 
 def create_state(config: ml_collections.ConfigDict, num_points: int, window: int, key: Array,
-                 tx: optax.GradientTransformation) -> tuple[Denoiser, train_lib.TrainState]:
-  model = Denoiser(denoiser_config(config, num_points))
+                 tx: optax.GradientTransformation) -> tuple[Denoiser, objective.TrainState]:
+  model = models.from_config('denoiser', config.model, num_points)
   dummy = (jnp.zeros((1, window, num_points, 3)), jnp.zeros((1,), jnp.int32),
            jnp.zeros((1, window, num_points, 2)), jnp.ones((1, window, num_points)), jnp.ones((1, window)))
   params = jax.jit(model.init)(key, *dummy)
-  return model, train_lib.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return model, objective.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
 def _datasets(config: ml_collections.ConfigDict):
   """Training windows (the student's, from ``config.data``) and evaluation windows of the same length."""
-  cfg = ml_collections.ConfigDict(config.to_dict())
-  cfg.data.eval_window = 0
-  return train_lib.load_datasets(cfg)
+  train = data_lib.make_dataset(config.data, 'train', seed=config.seed)
+  length = data_lib.window_length(config.data, 'train')
+  return train, data_lib.make_dataset(config.data, 'eval', scale=train.scale, seed=config.seed, length=length)
 
 
 def load_teacher(workdir: str, step: int | None = None):
-  """``(config, model, params, meta)`` of a teacher trained by :func:`train_teacher`."""
-  from nrsfm_jax import checkpoint as ckpt_lib
-
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} is missing: {workdir} is not a workdir of experiments/train_teacher.py.')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f'No checkpoints directory at {ckpt_dir}.')
-  params, meta = ckpt_lib.Checkpointer(ckpt_dir).restore_params(step)
-  model = Denoiser(denoiser_config(config, int(meta['num_points'])))
+  """``(config, model, params, meta)`` of a teacher trained by :func:`train_teacher` (``runs.load_run``)."""
+  config, model, params, meta = runs.load_run(workdir, step)
+  if not isinstance(model, Denoiser):
+    raise ValueError(f'{workdir} holds a student run, not a teacher (its config has no teacher section).')
   return config, model, params, meta
 
 
@@ -224,13 +209,11 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
     ``{'eval': {...}, 'pseudo3d': path}``; ``{}`` with ``evaluate=False``,
     which stops after training (no scores, no pseudo-3D).
   """
-  from nrsfm_jax import checkpoint as ckpt_lib
-
   mode = config.teacher.mode
   if mode not in MODES:
     raise ValueError(f'Unknown teacher.mode {mode!r}; expected one of {MODES}.')
   os.makedirs(workdir, exist_ok=True)
-  train_lib._check_config(workdir, config, log)
+  loop.save_config(workdir, config, log)
   t_start = time.time()
   train_ds, eval_ds = _datasets(config)
   if mode == 'supervised':
@@ -242,7 +225,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
   log(f'teacher ({mode}): {train_ds.num_windows} windows of {train_ds.window_length} frames, '
       f'{eval_ds.num_windows} eval windows; {num_steps} steps of {batch_size}')
 
-  tx = train_lib.make_optimizer(config, num_steps, data_lib.steps_per_epoch(train_ds.num_windows, batch_size))
+  tx = optim.make_optimizer(config, num_steps, data_lib.steps_per_epoch(train_ds.num_windows, batch_size))
   init_key, loop_key = jax.random.split(jax.random.PRNGKey(config.seed))
   model, state = create_state(config, train_ds.num_points, train_ds.window_length, init_key, tx)
   schedule = schedule_of(config)
@@ -250,56 +233,29 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
   state, old_meta = ckpt.restore(state)
   meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points),
           'mode': mode, 'targets': _digest(targets)}
+  loop.check_resume(ckpt.directory, old_meta, meta, ('scale', 'mode', 'seed'), what='a teacher')
+  if old_meta is not None and old_meta.get('targets', meta['targets']) != meta['targets']:
+    raise ValueError(f'{ckpt.directory} holds a teacher trained on other targets (in self mode: the student '
+                     f'in {config.teacher.student_workdir} changed since): use another --workdir.')
   if old_meta is not None:
-    same = (np.isclose(float(old_meta['scale']), meta['scale'], rtol=1e-6) and old_meta.get('mode') == mode
-            and int(old_meta.get('seed', meta['seed'])) == meta['seed'])
-    if not same:
-      raise ValueError(f'{ckpt.directory} holds a {old_meta.get("mode")} teacher (seed {old_meta.get("seed")}, '
-                       f'2D scale {old_meta["scale"]}); this config is {mode} (seed {meta["seed"]}, scale '
-                       f'{meta["scale"]:.6g}): use another --workdir.')
-    if old_meta.get('targets', meta['targets']) != meta['targets']:
-      raise ValueError(f'{ckpt.directory} holds a teacher trained on other targets (in self mode: the student '
-                       f'in {config.teacher.student_workdir} changed since): use another --workdir.')
     log(f'resuming from step {int(state.step)}')
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log(f'denoiser: {config.model.arch}, {n_params:,} parameters; {config.diffusion.schedule} schedule, '
       f'T={schedule.num_timesteps}')
 
-  writer = train_lib.MetricWriter(workdir)
-  step = int(state.step)
-  t_loop, timed = time.time(), 0
-  try:
-    while step < num_steps:
-      idx = data_lib.batch_indices(train_ds.num_windows, batch_size, seed=config.seed, step=step)
-      full = train_ds.take(idx)
-      batch = {k: full[k] for k in ('keypoints', 'visibility', 'mask')}
-      batch['target'] = targets[idx]
-      state, m = teacher_step(state, batch, loop_key, schedule)
-      if not bool(m['finite']):
-        train_lib._save(ckpt, state, meta)
-        raise train_lib.NonFiniteLossError(f'non-finite teacher loss or gradient at step {step}; '
-                                           f'the last good state is saved in {ckpt.directory}.')
-      step += 1
-      timed += 1
-      if (config.train.log_every and step % config.train.log_every == 0) or step == num_steps:
-        m = jax.device_get(m)
-        rate = timed / max(time.time() - t_loop, 1e-9)
-        writer.write(step, {k: v for k, v in m.items() if k != 'finite'})
-        log(f'step {step}/{num_steps} | {rate:.2f} steps/s | ETA '
-            f'{train_lib._format_duration((num_steps - step) / max(rate, 1e-9))} | loss={float(m["loss"]):.4g} '
-            f'(MPJPE, normalised units)')
-        t_loop, timed = time.time(), 0
-      if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
-        train_lib._save(ckpt, state, meta)
-  except KeyboardInterrupt:
-    try:
-      saved = train_lib._save(ckpt, state, meta)
-      log(f'interrupted: saved step {saved}; rerun the same command to resume')
-    except RuntimeError:  # Interrupted inside the step call: its input buffers were donated.
-      log(f'interrupted mid-step: resume from the last checkpoint (step {ckpt.latest_step()})')
-    raise
-  train_lib._save(ckpt, state, meta)
-  log(f'teacher training done in {train_lib._format_duration(time.time() - t_start)}')
+  def batch_fn(step):
+    idx = data_lib.batch_indices(train_ds.num_windows, batch_size, seed=config.seed, step=step)
+    full = train_ds.take(idx)
+    batch = {k: full[k] for k in ('keypoints', 'visibility', 'mask')}
+    batch['target'] = targets[idx]
+    return batch
+
+  state = loop.run_loop(
+      state, lambda s, b: teacher_step(s, b, loop_key, schedule), batch_fn, num_steps=num_steps, ckpt=ckpt,
+      meta=meta, writer=loop.MetricWriter(workdir), log=log, log_every=config.train.log_every,
+      checkpoint_every=config.train.checkpoint_every,
+      progress=lambda m, rate: f' | loss={float(m["loss"]):.4g} (MPJPE, normalised units)')
+  log(f'teacher training done in {loop.format_duration(time.time() - t_start)}')
   if not evaluate:
     return {}
   eval_path = os.path.join(workdir, 'teacher_eval.json')
@@ -339,7 +295,7 @@ def evaluate_teacher(config: ml_collections.ConfigDict, apply_fn: Callable, para
     t0 = time.time()
     preds = predict(apply_fn, params, schedule, dataset, num_hypotheses=h, num_steps=k,
                     eta=config.diffusion.eta, seed=config.seed, batch_size=config.train.eval_batch_size)
-    entry = {a: train_lib.score(p * dataset.scale, dataset, protocol=protocol)['overall']
+    entry = {a: scoring.score(p * dataset.scale, dataset, protocol=protocol)['overall']
              for a, p in preds.items()}
     result[f'H{h}_K{k}'] = entry
     text = '; '.join(f'{a}: ' + ' '.join(f'{m}={v:.4g}' for m, v in s.items()) for a, s in entry.items())
@@ -389,12 +345,12 @@ def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.Confi
     log: progress printer.
 
   Returns:
-    The path of the ``.npz`` (see ``train.save_pseudo3d``) to pass as the
+    The path of the ``.npz`` (see ``data.save_pseudo3d``) to pass as the
     student's ``train.pseudo3d``.
   """
   tcfg, model, params, meta = load_teacher(teacher_workdir)
   scfg = student_config if student_config is not None else tcfg
-  train_ds, _ = train_lib.load_datasets(scfg)
+  train_ds = data_lib.make_dataset(scfg.data, 'train', seed=scfg.seed)
   if not np.isclose(float(meta['scale']), train_ds.scale, rtol=1e-6):
     raise ValueError(f'The teacher in {teacher_workdir} was trained at 2D scale {meta["scale"]:.6g}; the '
                      f'student\'s training windows have {train_ds.scale:.6g}: different data.')
@@ -417,7 +373,7 @@ def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.Confi
                  num_steps=settings['K'], eta=settings['eta'], seed=settings['seed'],
                  batch_size=tcfg.train.eval_batch_size, aggregations=(d.aggregation,), log=log)[d.aggregation]
   tmp = path + '.tmp.npz'
-  train_lib.save_pseudo3d(tmp, pred, train_ds)
+  data_lib.save_pseudo3d(tmp, pred, train_ds)
   os.replace(tmp, path)
   _write_json(os.path.join(os.path.dirname(path), f'{key}.json'),
               dict(settings, teacher_workdir=os.path.abspath(teacher_workdir), windows=train_ds.num_windows,

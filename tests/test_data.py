@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from nrsfm_jax import data
+from nrsfm_jax import configs, data, plotting
 from nrsfm_jax.data import h36m
 
 
@@ -450,6 +450,57 @@ def test_summarize_bundled(tmp_path):
   text = data.format_summary(summary)
   assert '46 trials' in text and 'drink: 1102 frames, 41 points' in text
   pytest.importorskip('matplotlib')
-  paths = data.plot_bundled(tmp_path)
+  paths = plotting.plot_bundled(tmp_path)
   assert [p.name for p in paths] == ['cmu17.png', 'nrsfm_mocap.png']
   assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_pseudo3d_file_must_match_the_training_windows(tmp_path):
+  config = configs.get('tiny')
+  train_ds, _ = data.make_datasets(config)
+  pseudo = np.random.default_rng(0).normal(size=train_ds.keypoints.shape[:-1] + (3,)).astype(np.float32)
+  path = str(tmp_path / 'pseudo.npz')
+  data.save_pseudo3d(path, pseudo, train_ds)
+  np.testing.assert_array_equal(data.load_pseudo3d(path, train_ds), pseudo)
+  other = data.make_datasets(configs.get('tiny'), scale=2 * train_ds.scale)[0]
+  with pytest.raises(ValueError, match='scale'):
+    data.load_pseudo3d(path, other)
+  np.savez(str(tmp_path / 'bare.npz'), pseudo3d=pseudo)
+  with pytest.raises(KeyError, match='save_pseudo3d'):
+    data.load_pseudo3d(str(tmp_path / 'bare.npz'), train_ds)
+  with pytest.raises(FileNotFoundError, match='nope.npz'):
+    data.load_pseudo3d(str(tmp_path / 'nope.npz'), train_ds)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_make_dataset_serves_every_registered_source(tmp_path):
+  assert set(data.dataset_names()) >= {'cmu17', 'h36m', 'nrsfm', 'tracks'}
+  config = configs.get('tiny')
+  train_ds, eval_ds = data.make_datasets(config)
+  assert train_ds.window_length == config.data.window and eval_ds.scale == train_ds.scale
+  assert {n.split('_')[0] for n in train_ds.names} == {'002'} and {n.split('_')[0] for n in eval_ds.names} == {'006'}
+  assert data.protocol_of(config.data) == 'cmu17'
+  config.data.name, config.data.sequence = 'nrsfm', 'pickup'
+  assert data.make_dataset(config.data, 'eval').names == ('pickup',) and data.protocol_of(config.data) == 'nrsfm'
+  path_3d, _ = _h36m_files(tmp_path)
+  config.data.name, config.data.path = 'h36m', str(path_3d)
+  config.data.train_subjects, config.data.val_subjects = 'S1', 'S5'
+  h = data.make_dataset(config.data, 'train', length=4)
+  assert all(n.startswith('S1/') for n in h.names) and h.num_points == 17 and h.points3d is not None
+  config.data.name = 'nope'
+  with pytest.raises(ValueError, match="'nope'.*cmu17"):
+    data.make_dataset(config.data, 'train')
+  with pytest.raises(ValueError, match='split'):
+    data.window_length(configs.get('tiny').data, 'test')
+
+
+def test_h36m_dataset_turns_z_up_to_y_up(tmp_path):
+  path_3d, _ = _h36m_files(tmp_path)
+  ds = data.h36m_dataset(path_3d, ['S1'], length=4, azimuths_deg=(0.0,), elevation_deg=0.0)
+  world = data.load_h36m(path_3d, subjects=['S1'])
+  first = next(iter(world['S1'].values()))['points3d']
+  # Azimuth 0, elevation 0: camera = world (y up), so the camera y is H36M's z and depth is -y.
+  np.testing.assert_allclose(ds.points3d[0, 0, :, 1], first[0, :, 2], rtol=1e-5)
+  np.testing.assert_allclose(ds.points3d[0, 0, :, 2], -first[0, :, 1], rtol=1e-5)

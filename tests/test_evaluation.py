@@ -9,58 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nrsfm_jax import checkpoint, configs, data, evaluation, geometry, train
+from nrsfm_jax import checkpoint, data, evaluation, geometry
 from nrsfm_jax.models import Student
-
-
-@pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  """A tiny cmu17 run trained for 2 steps: ``(workdir, eval result)``."""
-  config = configs.get('tiny')
-  config.train.parallel = 'none'
-  config.train.num_steps = 2
-  workdir = str(tmp_path_factory.mktemp('run'))
-  result = train.train_and_evaluate(config, workdir, log=lambda s: None)
-  return workdir, result
-
-
-@pytest.fixture(scope='module')
-def loaded(run):
-  return evaluation.load_run(run[0])
 
 
 def _raw_view(trial='006_01', frames=40):
   """Raw (uncentred) 2D of one cmu17 trial in data units: ``[F, 17, 2]``, and its camera 3D."""
   points = data.orthographic_views(data.load_mocap(subjects='006')[trial][:frames], (45.0,), 10.0)[0]
   return points[..., :2], points
-
-
-# ----------------------------------------------------------------------------- load_run
-
-
-def test_load_run(run, loaded):
-  workdir, _ = run
-  config, model, params, meta = loaded
-  with open(os.path.join(workdir, 'config.json')) as f:
-    assert config.to_dict() == json.load(f)
-  assert meta['num_points'] == 17 and meta['step'] == 2
-  assert model.config == train.student_config(config, 17)
-  _, state = train.create_state(config, 17, config.data.window, jax.random.PRNGKey(0))
-  chex.assert_trees_all_equal_shapes(params, state.params)
-
-
-def test_load_run_errors(run, tmp_path):
-  with pytest.raises(FileNotFoundError, match='No run directory at .*nope'):
-    evaluation.load_run(str(tmp_path / 'nope'))
-  assert not (tmp_path / 'nope').exists()
-  with pytest.raises(FileNotFoundError, match=r'config\.json is missing'):
-    evaluation.load_run(str(tmp_path))
-  (tmp_path / 'config.json').write_text('{}')
-  with pytest.raises(FileNotFoundError, match=r'No checkpoints directory at .*checkpoints'):
-    evaluation.load_run(str(tmp_path))
-  assert not (tmp_path / 'checkpoints').exists()
-  with pytest.raises(ValueError, match=r'No checkpoint for step 99 .* saved steps: \[2\]'):
-    evaluation.load_run(run[0], step=99)
 
 
 # ----------------------------------------------------------------------------- evaluate_run
@@ -158,26 +114,6 @@ def test_export_matches_original_model(run, loaded, tmp_path):
                              jnp.ones((1, len(raw))))['reconstruction'][0] * scale
   assert got.shape == (len(raw), 17, 3)
   np.testing.assert_allclose(got / scale, np.asarray(ref) / scale, atol=1e-5)
-
-
-def test_load_params_names_the_bad_key(run, loaded, tmp_path):
-  _, _, params, meta = loaded
-  path = checkpoint.export_params(str(tmp_path / 'p.npz'), params, loaded[0], scale=meta['scale'],
-                                  num_points=17)
-  with np.load(path) as f:
-    arrays = dict(f)
-  key = sorted(k for k in arrays if not k.startswith('__'))[0]
-
-  missing = dict(arrays)
-  del missing[key]
-  np.savez(tmp_path / 'missing.npz', **missing)
-  with pytest.raises(KeyError, match=f'missing.*{key}'):
-    checkpoint.load_params(str(tmp_path / 'missing.npz'), params)
-
-  reshaped = dict(arrays, **{key: np.zeros(arrays[key].shape + (2,), arrays[key].dtype)})
-  np.savez(tmp_path / 'reshaped.npz', **reshaped)
-  with pytest.raises(ValueError, match=f'{key}.*shape'):
-    checkpoint.load_params(str(tmp_path / 'reshaped.npz'), params)
 
 
 # ----------------------------------------------------------------------------- canonical study

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from nrsfm_jax import geometry
-from nrsfm_jax.models import (Lifter, Student, StudentConfig, TemporalRefiner, causal_shift,
-                              receptive_field)
+from nrsfm_jax.models import Lifter, Student, StudentConfig, TemporalRefiner, causal_shift, receptive_field
 from nrsfm_jax.models.tcn import conv_padding
 
 B, T, P = 2, 40, 17

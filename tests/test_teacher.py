@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from nrsfm_jax import configs, teacher, train
+from nrsfm_jax import configs, data, plotting, teacher
 
 
 def _tiny_teacher(mode='supervised'):
@@ -52,8 +52,8 @@ def test_supervised_teacher_scores_and_caches_pseudo3d(supervised_run):
   assert teacher.generate_pseudo3d(workdir, log=again.append) == out['pseudo3d']
   assert any('cached' in line for line in again)
   student = configs.get('tiny', 'teacher')
-  train_ds, _ = train.load_datasets(student)
-  pseudo = train.load_pseudo3d(out['pseudo3d'], train_ds)
+  train_ds, _ = data.make_datasets(student)
+  pseudo = data.load_pseudo3d(out['pseudo3d'], train_ds)
   assert pseudo.shape == train_ds.points3d.shape and np.all(np.isfinite(pseudo))
   np.testing.assert_allclose(pseudo[..., 0, :], 0.0, atol=1e-6)  # Root-relative.
 
@@ -113,7 +113,8 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   assert all('teacher' in r and np.isfinite(r['teacher']) for r in rows)
   table = ablation.cmu17_table(results)
   assert '+0.0%' in table and ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
-  png = ablation.plot_rows(workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'))
+  png = plotting.plot_rows(workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'),
+                           titles=ablation.TITLES)
   assert os.path.getsize(png) > 10_000
   diag = {'cmu17': {'lifter': ablation.depth_diagnostics(os.path.join(workdir, 'lifter'), configs.get('tiny'))}}
   assert diag['cmu17']['lifter']['depth_spread_ratio'] > 0 and diag['cmu17']['lifter']['relative_2d_error'] > 0

@@ -8,6 +8,7 @@
 * ``teacher``: the diffusion teacher (``teacher.py:supervised|self|d3dp|nrsfm:<seq>``).
 """
 
+import dataclasses
 import importlib
 
 import ml_collections
@@ -21,3 +22,17 @@ def get(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'Unknown config {name!r}; expected one of {NAMES}.')
   module = importlib.import_module(f'nrsfm_jax.configs.{name}')
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def to_dataclass(cls, section: ml_collections.ConfigDict, **overrides):
+  """``cls(**section, **overrides)`` for a (frozen) dataclass; unknown keys are named with the known ones.
+
+  Lists become tuples (dataclasses used as static jit arguments must hash).
+  """
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(section.keys()) - names)
+  if unknown:
+    raise ValueError(f'Unknown {cls.__name__} config keys {unknown}; known keys: {sorted(names)}.')
+  values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()}
+  values.update(overrides)
+  return cls(**values)

@@ -10,6 +10,8 @@ random frames per window; 2000 steps instead of 120 epochs.
 
 import ml_collections
 
+from nrsfm_jax import models
+
 # Ablation rows of the paper's Table II (the teacher row needs train.pseudo3d,
 # from experiments/train_teacher.py).
 VARIANTS = ('lifter', 'smooth', 'tcn', 'teacher')
@@ -38,41 +40,25 @@ def get_config(arg=None):
   c.data.noise_std = 0.0           # 2D noise (data units, mm for cmu17)
   c.data.dropout = 0.0             # keypoint dropout probability
 
-  c.model = ml_collections.ConfigDict()
-  c.model.num_bases = 10
-  c.model.rotation = 'so3'          # 'so3' (C3DPO) | '6d'
-  c.model.lifter_width = 256
-  c.model.lifter_blocks = 3
-  c.model.canon_width = 256
-  c.model.canon_blocks = 3
-  c.model.use_refiner = True
-  c.model.tcn_channels = 128
-  c.model.tcn_kernel = 3
-  c.model.tcn_dilations = (1, 3, 9, 27)
-  c.model.tcn_causal = True
-  c.model.tcn_use_2d = True
-  c.model.mlp_width = 256
-  c.model.norm = 'layer'            # lifter/Ψ normalisation: 'layer' | 'batch' (C3DPO)
-  c.model.observed_xy = True        # test-time x, y = the observed 2D; depth from the model (C3DPO)
+  # The student's hyperparameters start from StudentConfig's defaults (their one source; see its
+  # docstring): K = 10 bases, so3 cameras, 256-wide 3-block lifter and Ψ, the paper's causal
+  # 4-layer TCN of 128 channels (dilations 1, 3, 9, 27), LayerNorm, observed x, y at test time.
+  c.model = ml_collections.ConfigDict(models.defaults('student'))
 
+  # Eq. 19, one entry per registered term (objective.TERMS): weight (0 disables), robust penalty
+  # kind / scale (losses.penalty), and the term's own options.
   c.loss = ml_collections.ConfigDict()
-  c.loss.reproj_kind = 'pseudo_huber'
-  c.loss.reproj_scale = 0.03
-  c.loss.w_reproj_init = 1.0      # reprojection of the lifter's own output R_t X_t
-  c.loss.w_smooth = 1.0           # λ_s (0 disables)
-  c.loss.smooth_beta = 1.0
-  c.loss.smooth_kind = 'pseudo_huber'
-  c.loss.smooth_scale = 0.03
-  c.loss.w_teacher = 0.0          # λ_t (needs pseudo-3D)
-  c.loss.teacher_kind = 'l2'
-  c.loss.teacher_scale = 0.03
-  c.loss.w_canon = 1.0            # λ_c
-  c.loss.canon_kind = 'pseudo_huber'
-  c.loss.canon_scale = 0.03
-  c.loss.n_rot = 4
-  c.loss.canon_on = 'shape'        # 'shape' (refined S_t) | 'shape_init' (lifter's X_t)
-  c.loss.canon_frames = 32        # frames per window sampled for Ψ (0 = all)
-  c.loss.w_proc = 0.0             # λ_p (eq. 17; off as in eq. 19)
+  c.loss.terms = ml_collections.ConfigDict()
+  c.loss.terms.reproj = dict(weight=1.0, kind='pseudo_huber', scale=0.03)
+  # Reprojection of the lifter's own output R_t X_t (before the refiner).
+  c.loss.terms.reproj_init = dict(weight=1.0, kind='pseudo_huber', scale=0.03)
+  # λ_s; beta weighs the second differences.
+  c.loss.terms.smooth = dict(weight=1.0, kind='pseudo_huber', scale=0.03, beta=1.0)
+  c.loss.terms.teacher = dict(weight=0.0, kind='l2', scale=0.03)  # λ_t (needs train.pseudo3d)
+  # λ_c, eq. 18: n_rot random rotations per frame, on the refined S_t ('shape') or the lifter's X_t
+  # ('shape_init'), Ψ on `frames` random frames per window (0 = all).
+  c.loss.terms.canon = dict(weight=1.0, kind='pseudo_huber', scale=0.03, n_rot=4, on='shape', frames=32)
+  c.loss.terms.proc = dict(weight=0.0)  # λ_p (eq. 17; off as in eq. 19)
   c.loss.z_aug_deg = 0.0          # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
   c.loss.z_equivariance_deg = 0.0  # C3DPO z-equivariance: shape from a further-rotated input (deg)
 
@@ -99,9 +85,9 @@ def get_config(arg=None):
 
   c.model.use_refiner = variant in ('tcn', 'teacher')
   if variant == 'teacher':
-    c.loss.w_teacher = 1.0
+    c.loss.terms.teacher.weight = 1.0
   if variant == 'lifter':
-    c.loss.w_smooth = 0.0
+    c.loss.terms.smooth.weight = 0.0
     # C3DPO's regime: batches of 1024 independent frames, not 32 windows of 81
     # correlated ones (the lifter sees one frame at a time anyway). 400 steps
     # (410k samples, C3DPO's learning-curve budget, ~1.5 min on 2 cores).
@@ -110,7 +96,7 @@ def get_config(arg=None):
     c.train.batch_size = 1024
     c.train.num_steps = 400
     c.optim.warmup_steps = 20
-    c.loss.canon_frames = 0
+    c.loss.terms.canon.frames = 0
   if not c.model.use_refiner:
-    c.loss.w_reproj_init = 0.0     # Without the refiner the two reprojections coincide.
+    c.loss.terms.reproj_init.weight = 0.0     # Without the refiner the two reprojections coincide.
   return c

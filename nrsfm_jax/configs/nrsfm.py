@@ -24,5 +24,5 @@ def get_config(arg='drink'):
   # Every row, the lifter's included, fits 8 windows of 81 frames per step here
   # (default.py's lifter row trains on frame batches across subjects).
   c.optim.warmup_steps = 50
-  c.loss.canon_frames = 32
+  c.loss.terms.canon.frames = 32
   return c

@@ -16,6 +16,7 @@ hypotheses × K = 5 steps.
 
 import ml_collections
 
+from nrsfm_jax import models
 from nrsfm_jax.configs import default, nrsfm
 
 ARGS = ('supervised', 'self', 'd3dp', 'nrsfm')
@@ -35,13 +36,9 @@ def get_config(arg=None):
   c.teacher.mode = 'self' if kind in ('self', 'nrsfm') else 'supervised'
   c.teacher.student_workdir = ''   # self mode: the student run whose reconstructions are the targets
 
-  c.model = ml_collections.ConfigDict()
-  c.model.arch = 'frame'           # 'frame' (CPU default) | 'st' (per-joint spatial-temporal, D3DP-like)
-  c.model.width = 256
-  c.model.depth = 2
-  c.model.num_heads = 8
-  c.model.mlp_ratio = 2
-  c.model.root = 0
+  # The denoiser's hyperparameters (DenoiserConfig's defaults: 'frame' tokens, width 256, 2 blocks,
+  # 8 heads, MLP ratio 2, root joint 0); the D3DP-like per-joint model is arch='st'.
+  c.model = ml_collections.ConfigDict(models.defaults('denoiser'))
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = 'cosine'  # 'cosine' | 'linear'

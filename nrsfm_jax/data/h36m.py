@@ -61,7 +61,7 @@ def load_h36m(path_3d: PathLike, path_2d: PathLike | None = None,
     if unknown:
       raise ValueError(
           f'{path_3d}: unknown subject(s) {unknown}; available: {list(positions_3d)}')
-  result = {}
+  result: dict[str, dict[str, dict]] = {}
   for subject in subjects:
     result[subject] = {}
     for action, points in positions_3d[subject].items():

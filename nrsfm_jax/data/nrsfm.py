@@ -20,7 +20,7 @@ def nrsfm_sequence_path(name_or_path: PathLike) -> Path:
   is_name = (isinstance(name_or_path, str) and not path.suffix and len(path.parts) == 1
              and not path.is_file())
   if is_name:
-    name = name_or_path.lower()
+    name = str(name_or_path).lower()
     if name not in NRSFM_SEQUENCES:
       raise ValueError(f'unknown NRSfM sequence {name_or_path!r}; bundled: '
                        f'{list(NRSFM_SEQUENCES)} (or pass the path of a .npz file)')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def load_tracks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
   if nan.any():
     warnings.warn(f'{path}: {int(nan.sum())} NaN keypoint coordinates treated as missing',
                   stacklevel=2)
-    missing = nan.any(axis=-1)
+    missing = np.asarray(nan.any(axis=-1))
     visibility = np.where(missing, 0.0, visibility).astype(np.float32)
     keypoints = np.where(missing[..., None], 0.0, keypoints).astype(np.float32)
   if not (visibility > 0).any():
@@ -82,7 +83,7 @@ def save_tracks(path: PathLike, keypoints: np.ndarray,
   _check_tracks(str(path), keypoints, visibility)
   path = Path(path)
   path = path if path.suffix == '.npz' else path.with_name(path.name + '.npz')
-  arrays = {'keypoints': keypoints}
+  arrays: dict[str, Any] = {'keypoints': keypoints}
   if visibility is not None:
     arrays['visibility'] = visibility
   np.savez_compressed(path, **arrays)

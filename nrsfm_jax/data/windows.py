@@ -11,6 +11,7 @@ import dataclasses
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def build_dataset(sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, n
     raise ValueError('build_dataset needs at least one sequence')
   if len({points is None for points, _, _ in sequences.values()}) > 1:
     raise ValueError('either every sequence has points_cam or none has')
-  parts = {k: [] for k in ('keypoints', 'visibility', 'mask', 'points3d', 'centroids',
+  parts: dict[str, list[np.ndarray]] = {k: [] for k in ('keypoints', 'visibility', 'mask', 'points3d', 'centroids',
                            'sequence_ids', 'view_ids', 'starts')}
   num_points = None
   for seq_id, (name, (points, keypoints, visibility)) in enumerate(sequences.items()):
@@ -248,7 +249,7 @@ def build_dataset(sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, n
       parts['sequence_ids'].append(np.full(n, seq_id, np.int32))
       parts['view_ids'].append(np.full(n, view, np.int32))
       parts['starts'].append(window_starts(keypoints.shape[1], length).astype(np.int32))
-  arrays = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+  arrays: dict[str, Any] = {k: np.concatenate(v) if v else None for k, v in parts.items()}
   if scale is None:
     scale = dataset_scale(arrays['keypoints'], arrays['visibility'])
   elif not (np.isfinite(scale) and scale > 0):
@@ -279,8 +280,21 @@ def cmu17_dataset(subjects: Sequence[str] | str | None, *, length: int = 243,
   Returns:
     A `WindowDataset` with names = trial keys and 3D in camera-frame mm.
   """
+  return views_dataset(load_mocap(path, subjects), length=length, azimuths_deg=azimuths_deg,
+                       elevation_deg=elevation_deg, noise_std=noise_std, dropout=dropout, seed=seed,
+                       scale=scale)
+
+
+def views_dataset(trials: Mapping[str, np.ndarray], *, length: int = 243,
+                  azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
+                  elevation_deg: float = 10.0, noise_std: float = 0.0, dropout: float = 0.0,
+                  seed: int = 0, scale: float | None = None) -> WindowDataset:
+  """World-frame trials ``{name: [F, J, 3]}`` (y up) seen by orthographic cameras, windowed.
+
+  The arguments are :func:`cmu17_dataset`'s; the trials may come from any source.
+  """
   sequences = {}
-  for key, points in load_mocap(path, subjects).items():
+  for key, points in trials.items():
     views = orthographic_views(points, azimuths_deg, elevation_deg)
     keypoints, visibility = observe(views, key_or_seed=[seed, zlib.crc32(key.encode())],
                                     noise_std=noise_std, dropout=dropout)

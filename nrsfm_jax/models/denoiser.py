@@ -30,7 +30,7 @@ Array = jax.Array
 
 @flax.struct.dataclass(frozen=True)
 class DenoiserConfig:
-  """Static hyperparameters of :class:`Denoiser`.
+  """Static hyperparameters of :class:`Denoiser`; the defaults are the CPU teacher of ``configs/teacher.py``.
 
   Attributes:
     num_points: P.
@@ -44,11 +44,11 @@ class DenoiserConfig:
     root: joint whose 3D is 0 in the output (root-relative), or -1 for none.
   """
   num_points: int = flax.struct.field(pytree_node=False, default=17)
-  width: int = flax.struct.field(pytree_node=False, default=64)
+  width: int = flax.struct.field(pytree_node=False, default=256)
   depth: int = flax.struct.field(pytree_node=False, default=2)
-  num_heads: int = flax.struct.field(pytree_node=False, default=4)
+  num_heads: int = flax.struct.field(pytree_node=False, default=8)
   mlp_ratio: int = flax.struct.field(pytree_node=False, default=2)
-  arch: str = flax.struct.field(pytree_node=False, default='st')
+  arch: str = flax.struct.field(pytree_node=False, default='frame')
   root: int = flax.struct.field(pytree_node=False, default=0)
 
 

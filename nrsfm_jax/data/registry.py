@@ -1,0 +1,155 @@
+"""Datasets by name: the one place that turns ``config.data`` into windows.
+
+``make_dataset(config.data, split)`` serves training, the teacher, evaluation
+and the ablation alike. A new source is one function registered with
+:func:`register_dataset`; it receives the data config, the split (``'train'``
+or ``'eval'``), the window length, the 2D scale (None: computed from the
+windows) and the seed of 2D noise / dropout.
+
+Sources:
+
+* ``cmu17``: the bundled (or ``data.path``) CMU mocap, subjects
+  ``data.train_subjects`` / ``data.val_subjects`` seen by the orthographic
+  cameras ``data.azimuths`` / ``data.elevation`` (BENCHMARKS.md A);
+* ``h36m``: Human3.6M 3D in VideoPose3D's layout (``data.path`` =
+  ``data_3d_h36m.npz``; subjects such as ``'S1,S5'``) seen by the same
+  orthographic cameras, so the cmu17 protocol and metrics apply unchanged;
+* ``nrsfm``: one nrsfm-mocap sequence (``data.sequence``), transductive: the
+  same frames for both splits (BENCHMARKS.md B);
+* ``tracks``: a user's 2D tracks (``data.path``), transductive, no 3D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from nrsfm_jax.data import windows
+from nrsfm_jax.data.h36m import load_h36m
+
+SPLITS = ('train', 'eval')
+# name -> (fn(data_config, split, length, scale, seed) -> WindowDataset, scoring protocol or None)
+_DATASETS: dict[str, tuple[Callable[..., windows.WindowDataset], str | None]] = {}
+
+
+def register_dataset(name: str, protocol: str | None):
+  """Decorator: registers ``fn(data_config, split, *, length, scale, seed) -> WindowDataset`` as ``name``."""
+  def wrap(fn):
+    _DATASETS[name] = (fn, protocol)
+    return fn
+  return wrap
+
+
+def dataset_names() -> tuple[str, ...]:
+  return tuple(_DATASETS)
+
+
+def parse_names(text: str | Sequence[str]) -> list[str]:
+  """``'002, 003'`` or ``['002', '003']`` → ``['002', '003']`` (blanks dropped)."""
+  items = text.split(',') if isinstance(text, str) else text
+  return [str(s).strip() for s in items if str(s).strip()]
+
+
+def _lookup(name: str):
+  if name not in _DATASETS:
+    raise ValueError(f'Unknown config.data.name {name!r}; expected one of {dataset_names()}.')
+  return _DATASETS[name]
+
+
+def protocol_of(data_config) -> str | None:
+  """The scoring protocol of ``config.data``: ``'cmu17'``, ``'nrsfm'``, or None (no 3D)."""
+  return _lookup(data_config.name)[1]
+
+
+def window_length(data_config, split: str) -> int:
+  """Training windows are ``data.window`` long; eval windows ``data.eval_window`` (0: the same)."""
+  if split not in SPLITS:
+    raise ValueError(f'Unknown split {split!r}; expected one of {SPLITS}.')
+  if split == 'eval':
+    return int(data_config.get('eval_window', 0) or data_config.window)
+  return int(data_config.window)
+
+
+def make_dataset(data_config, split: str, *, scale: float | None = None, seed: int = 0,
+                 length: int | None = None) -> windows.WindowDataset:
+  """The ``split`` windows of ``config.data``.
+
+  Args:
+    data_config: ``config.data`` (``name`` picks the source; see the module doc).
+    split: ``'train'`` or ``'eval'``.
+    scale: the 2D normalisation scale (None: computed from these windows; pass
+      the train split's for eval).
+    seed: seed of the 2D noise and keypoint dropout (``config.seed``).
+    length: window length (default :func:`window_length`).
+
+  Returns:
+    A ``WindowDataset``.
+  """
+  fn, _ = _lookup(data_config.name)
+  length = window_length(data_config, split) if length is None else int(length)
+  return fn(data_config, split, length=length, scale=scale, seed=seed)
+
+
+def make_datasets(config, scale: float | None = None) -> tuple[windows.WindowDataset, windows.WindowDataset]:
+  """``(train, eval)`` from ``config.data``; eval shares the train split's 2D scale."""
+  train = make_dataset(config.data, 'train', scale=scale, seed=config.seed)
+  return train, make_dataset(config.data, 'eval', scale=train.scale, seed=config.seed)
+
+
+def _subjects(d, split: str) -> list[str]:
+  key = 'train_subjects' if split == 'train' else 'val_subjects'
+  names = parse_names(d[key])
+  if not names:
+    raise ValueError(f'config.data.{key} names no subject.')
+  return names
+
+
+def _camera_kwargs(d, seed: int) -> dict[str, Any]:
+  return dict(azimuths_deg=tuple(d.azimuths), elevation_deg=d.elevation, noise_std=d.noise_std,
+              dropout=d.dropout, seed=seed)
+
+
+@register_dataset('cmu17', 'cmu17')
+def _cmu17(d, split, *, length, scale, seed):
+  return windows.cmu17_dataset(_subjects(d, split), length=length, path=d.path or None, scale=scale,
+                               **_camera_kwargs(d, seed))
+
+
+# Human3.6M's world frame has z up; the cameras of BENCHMARKS.md A turn about y up.
+_Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], np.float32)
+
+
+def h36m_dataset(path, subjects: Sequence[str] | str | None, *, length: int = 243,
+                 scale: float | None = None, **camera_kwargs) -> windows.WindowDataset:
+  """Human3.6M 3D (VideoPose3D's ``data_3d_h36m.npz``) seen by the cmu17 orthographic cameras.
+
+  World z-up is turned to y-up first; trials are named ``'<subject>/<action>'``.
+  ``camera_kwargs``: ``azimuths_deg``, ``elevation_deg``, ``noise_std``,
+  ``dropout``, ``seed`` as :func:`windows.cmu17_dataset`.
+  """
+  trials = {f'{s}/{a}': entry['points3d'] @ _Z_UP_TO_Y_UP.T
+            for s, actions in load_h36m(path, subjects=subjects).items() for a, entry in actions.items()}
+  return windows.views_dataset(trials, length=length, scale=scale, **camera_kwargs)
+
+
+@register_dataset('h36m', 'cmu17')
+def _h36m(d, split, *, length, scale, seed):
+  if not d.path:
+    raise ValueError("config.data.name='h36m' needs config.data.path (VideoPose3D's data_3d_h36m.npz).")
+  return h36m_dataset(d.path, _subjects(d, split), length=length, scale=scale, **_camera_kwargs(d, seed))
+
+
+@register_dataset('nrsfm', 'nrsfm')
+def _nrsfm(d, split, *, length, scale, seed):
+  del split, seed  # Transductive: both splits are the sequence itself.
+  return windows.nrsfm_dataset(d.sequence, length=length, scale=scale)
+
+
+@register_dataset('tracks', None)
+def _tracks(d, split, *, length, scale, seed):
+  del split, seed
+  if not d.path:
+    raise ValueError("config.data.name='tracks' needs config.data.path (an .npz with 'keypoints').")
+  return windows.tracks_dataset(d.path, length=length, scale=scale)

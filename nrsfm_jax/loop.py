@@ -1,0 +1,161 @@
+"""The training loop both trainers share: config record, resume check, steps, progress, checkpoints, stops.
+
+:func:`run_loop` drives any ``step(state, batch) -> (state, metrics)`` whose
+metrics hold ``finite`` (see ``objective.train_step``): it logs progress with
+an ETA, appends metrics to ``metrics.jsonl`` (:class:`MetricWriter`), saves
+checkpoints on a cadence, and on a non-finite step or Ctrl-C saves the last
+good state before stopping, so rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+
+class MetricWriter:
+  """Appends metrics as JSON lines to ``workdir/metrics.jsonl`` (clu-style, no TF needed)."""
+
+  def __init__(self, workdir: str, filename: str = 'metrics.jsonl'):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, filename)
+
+  def write(self, step: int, values: dict[str, Any]):
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in values.items()}}) + '\n')
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step's loss or gradient is not finite (the last good state is saved)."""
+
+
+def format_duration(seconds: float) -> str:
+  """``h:mm:ss``."""
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def flatten_dict(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """``{'a': {'b': 1}}`` → ``{'a.b': 1}``."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten_dict(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict, log: Callable[[str], None]) -> None:
+  """Writes ``workdir/config.json``; on resume, reports the keys that differ from the saved run."""
+  path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      flat_old = flatten_dict(json.load(f))
+    flat_new = flatten_dict(json.loads(text))
+    diff = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
+    if diff:
+      log(f'note: config differs from the saved run in {workdir} at: ' + ', '.join(diff))
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+def check_resume(directory: str, old: dict[str, Any] | None, new: dict[str, Any], keys: Sequence[str],
+                 what: str = 'a run') -> None:
+  """Refuses to resume a checkpoint whose metadata differs from this run's at ``keys`` (floats: rtol 1e-6).
+
+  A key missing from the old metadata is not compared (older runs).
+
+  Raises:
+    ValueError: naming the directory, each differing key and both values.
+  """
+  if old is None:
+    return
+  diff = []
+  for k in keys:
+    if k not in old:
+      continue
+    a, b = old[k], new[k]
+    same = np.isclose(float(a), float(b), rtol=1e-6) if isinstance(b, float) else a == b
+    if not same:
+      diff.append(f'{k} {a!r} (this config: {b!r})')
+  if diff:
+    raise ValueError(f'{directory} holds {what} with ' + ', '.join(diff) + ': use another --workdir.')
+
+
+def save_state(ckpt, state, meta: dict[str, Any]) -> int:
+  """Saves ``state`` under its own step counter (not the loop's, which may lag by one); returns it."""
+  step = int(jax.device_get(state.step))
+  ckpt.save(step, state, meta)
+  return step
+
+
+def run_loop(state, step_fn: Callable, batch_fn: Callable[[int], dict[str, Any]], *, num_steps: int,
+             ckpt, meta: dict[str, Any], writer: MetricWriter, log: Callable[[str], None], log_every: int,
+             checkpoint_every: int, finish: Callable = lambda s: s,
+             progress: Callable[[dict[str, Any], float], str] = lambda m, rate: '') -> Any:
+  """Runs ``step_fn`` from the state's step to ``num_steps`` and returns the final (device-layout) state.
+
+  Args:
+    state: the state in ``step_fn``'s layout (e.g. replicated), at step ``start``.
+    step_fn: ``(state, batch) -> (state, metrics)``; ``metrics['finite']`` is 0
+      for a step that was not applied.
+    batch_fn: ``step -> batch`` (host arrays).
+    num_steps: the step to stop at.
+    ckpt: a ``checkpoint.Checkpointer``.
+    meta: checkpoint metadata.
+    writer: where metrics go every ``log_every`` steps.
+    log: progress sink.
+    log_every / checkpoint_every: cadences (0: never, except the last step's log).
+    finish: converts ``step_fn``'s state layout back to a plain state for saving.
+    progress: ``(metrics, steps_per_second) -> str`` appended to the progress line.
+
+  Raises:
+    NonFiniteLossError: a non-finite step (the last good state is saved first).
+    KeyboardInterrupt: after saving the state (unless interrupted inside the
+      step, whose donated buffers are gone: then the last checkpoint stands).
+  """
+  start = step = int(jax.device_get(finish(state).step))
+  t_loop, timed = time.time(), 0
+  try:
+    while step < num_steps:
+      state, m = step_fn(state, batch_fn(step))
+      if not bool(m['finite']):
+        save_state(ckpt, finish(state), meta)
+        m = jax.device_get(m)
+        bad = [k for k, v in m.items() if not np.isfinite(v)]
+        raise NonFiniteLossError(
+            f'non-finite {"/".join(bad) or "gradient"} at step {step}; the last good state '
+            f'(step {step}) is saved in {ckpt.directory}. Metrics: {dict((k, float(v)) for k, v in m.items())}')
+      step += 1
+      if step == start + 1:
+        log(f'first step (compilation included) took {time.time() - t_loop:.1f} s')
+        t_loop = time.time()
+      else:
+        timed += 1
+      if (log_every and step % log_every == 0) or step == num_steps:
+        m = jax.device_get(m)
+        rate = timed / max(time.time() - t_loop, 1e-9)
+        writer.write(step, {k: v for k, v in m.items() if k != 'finite'})
+        log(f'step {step}/{num_steps} | {rate:.2f} steps/s{progress(m, rate)} | '
+            f'ETA {format_duration((num_steps - step) / max(rate, 1e-9))}')
+        t_loop, timed = time.time(), 0
+      if checkpoint_every and step % checkpoint_every == 0:
+        save_state(ckpt, finish(state), meta)
+  except KeyboardInterrupt:
+    try:
+      saved = save_state(ckpt, finish(state), meta)
+      log(f'interrupted: saved step {saved}; rerun the same command to resume')
+    except RuntimeError:  # Interrupted inside the step call: its input buffers were donated.
+      log(f'interrupted mid-step: resume from the last checkpoint (step {ckpt.latest_step()})')
+    raise
+  save_state(ckpt, finish(state), meta)
+  return state

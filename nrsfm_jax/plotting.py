@@ -1,0 +1,178 @@
+"""Figures (matplotlib, optional: ``pip install 'nrsfm_jax[plot]'``): bundled data, Ψ's study, ablation rows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from nrsfm_jax import data as data_lib
+from nrsfm_jax import metrics, scoring
+from nrsfm_jax.data._io import PathLike
+from nrsfm_jax.data.mocap import CMU_BONES, CMU_JOINTS, NRSFM_SEQUENCES, load_mocap, orthographic_views
+from nrsfm_jax.data.nrsfm import load_nrsfm_sequence
+
+
+def figure():
+  """matplotlib's ``Figure`` class (no pyplot, no display needed), or a clear ImportError."""
+  try:
+    from matplotlib.figure import Figure
+  except ImportError as e:
+    raise ImportError("plotting needs matplotlib: pip install 'nrsfm_jax[plot]' (or pip install matplotlib)") from e
+  return Figure
+
+
+def plot_bundled(plot_dir: PathLike, *, trial: str | None = None, frame: int = 0) -> list[Path]:
+  """Draws one frame of each bundled dataset, one PNG per dataset.
+
+  `cmu17.png`: one mocap frame in the four benchmark cameras, bones drawn (blue left, red
+  right). `nrsfm_mocap.png`: one frame of each NRSfM sequence's 2D input.
+
+  Args:
+    plot_dir: Output folder, created if needed.
+    trial: CMU trial key to draw; None for the first one.
+    frame: Frame index to draw (clipped to each sequence's length).
+
+  Returns:
+    The paths written.
+  """
+  plot_dir = Path(plot_dir)
+  plot_dir.mkdir(parents=True, exist_ok=True)
+  trials = load_mocap()
+  trial = trial or next(iter(trials))
+  if trial not in trials:
+    raise KeyError(f'unknown trial {trial!r}; available: {list(trials)}')
+  azimuths = (45.0, 135.0, 225.0, 315.0)
+  views = orthographic_views(trials[trial], azimuths, 10.0)
+  views = views[:, min(frame, views.shape[1] - 1)]
+  fig = figure()(figsize=(12, 4))
+  for v, points in enumerate(views):
+    ax = fig.add_subplot(1, len(views), v + 1)
+    for a, b in CMU_BONES:
+      color = {'L': 'tab:blue', 'R': 'tab:red'}.get(CMU_JOINTS[b][0], 'k')
+      ax.plot(points[[a, b], 0], points[[a, b], 1], color=color, lw=2)
+    ax.scatter(points[:, 0], points[:, 1], s=10, c='k', zorder=3)
+    ax.set_aspect('equal')
+    ax.set_title(f'azimuth {azimuths[v]:g}°')
+    ax.set_xlabel('x_c (mm)')
+  fig.suptitle(f'cmu17 trial {trial}, frame {frame}, elevation 10° (blue: left, red: right)')
+  paths = [plot_dir / 'cmu17.png']
+  fig.savefig(paths[0], dpi=80, bbox_inches='tight')
+
+  fig = figure()(figsize=(3 * len(NRSFM_SEQUENCES), 4))
+  for i, name in enumerate(NRSFM_SEQUENCES):
+    points = load_nrsfm_sequence(name)
+    points = points[min(frame, len(points) - 1)]
+    ax = fig.add_subplot(1, len(NRSFM_SEQUENCES), i + 1)
+    ax.scatter(points[:, 0], points[:, 1], s=8, c=np.arange(len(points)), cmap='viridis')
+    ax.set_aspect('equal')
+    ax.set_title(f'{name}: {len(points)} points')
+  fig.suptitle(f'nrsfm-mocap 2D input (points3d[..., :2]), frame {frame}')
+  paths.append(plot_dir / 'nrsfm_mocap.png')
+  fig.savefig(paths[1], dpi=80, bbox_inches='tight')
+  return paths
+
+
+def plot_canonical_study(study: dict[str, np.ndarray], path: str, *, scale: float = 1.0,
+                         units: str = 'data units', title: str = '') -> str:
+  """Mean ± std of ``‖X − Ψ(R X)‖`` per angle bin over the per-rotation values; rotations per bin below."""
+  fig = figure()(figsize=(7, 5.5))
+  ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [3, 1]})
+  ax.scatter(study['angles'], study['per_rotation'] * scale, s=6, c='0.7',
+             label='one rotation (mean over shapes)')
+  ok = study['count'] > 0
+  ax.errorbar(study['bin_centers'][ok], study['mean'][ok] * scale, yerr=study['std'][ok] * scale,
+              fmt='o-', color='tab:blue', capsize=3, label='bin mean ± std (all pairs)')
+  ax.set_ylim(bottom=0)
+  ax.set_ylabel(f'‖X − Ψ(R X)‖, mean joint\ndistance ({units})')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc='lower right')
+  ax.set_title(title or 'canonicalization consistency vs rotation angle', fontsize=9)
+  edges = study['bin_edges']
+  rotations_per_bin = study['count'] // max(study['values'].shape[1], 1)
+  ax_n.bar(edges[:-1], rotations_per_bin, width=np.diff(edges), align='edge', color='0.6',
+           edgecolor='white')
+  ax_n.set_ylabel('rotations')
+  ax_n.set_xlabel('rotation angle of R (degrees)')
+  ax_n.set_xlim(0, 180)
+  ax_n.set_xticks(edges[::max(1, len(edges) // 7)])
+  ax_n.grid(alpha=0.3)
+  fig.savefig(path, dpi=100, bbox_inches='tight')
+  return path
+
+
+def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, *, titles: dict[str, str],
+              sequence: str | None = None, view: int = 0, num_frames: int = 4, protocol: str = 'cmu17') -> str:
+  """Side views (depth z vs height y) of a few frames, truth vs every row, and the per-frame error.
+
+  Args:
+    workdir: the benchmark's ablation directory (one subdirectory per row).
+    config: a row's config (its data gives the evaluation windows).
+    rows: the rows to draw.
+    titles: a title per row.
+    path: the PNG to write.
+    sequence: the trial/sequence to draw (default: the longest).
+    view: its camera.
+    num_frames: frames drawn, evenly spaced.
+    protocol: ``'cmu17'`` (per-frame MPJPE, skeleton) or ``'nrsfm'`` (per-frame e3D, points).
+
+  Returns:
+    ``path``.
+  """
+  eval_ds = data_lib.make_dataset(config.data, 'eval', seed=config.seed,
+                                  scale=data_lib.make_dataset(config.data, 'train', seed=config.seed).scale)
+  truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
+  rows = [r for r in rows if os.path.exists(os.path.join(workdir, r, 'eval_predictions.npz'))]
+  preds = {r: scoring.read_predictions(os.path.join(workdir, r, 'eval_predictions.npz')) for r in rows}
+  if sequence is None:
+    sequence = max((k for k in truths if k[1] == view), key=lambda k: len(truths[k]))[0]
+  gt = truths[(sequence, view)]
+  frames = np.linspace(0, len(gt) - 1, num_frames + 2).astype(int)[1:-1]
+  fig = figure()(figsize=(2.6 * (len(rows) + 1), 2.6 * num_frames + 3.0))
+  grid = fig.add_gridspec(num_frames + 1, len(rows) + 1, height_ratios=[1] * num_frames + [1.1])
+  bones = data_lib.CMU_BONES if protocol == 'cmu17' else ()
+  errors = {}
+  for c, r in enumerate(['truth'] + rows):
+    if r == 'truth':
+      seq = np.asarray(metrics.flip_resolve(gt, gt), np.float32) if protocol == 'cmu17' else gt - gt.mean(1, keepdims=True)
+    else:
+      p = preds[r][(sequence, view)]
+      if protocol == 'cmu17':
+        seq = np.asarray(metrics.flip_resolve(p, gt))
+        errors[r] = np.asarray(metrics.mpjpe(p, gt))
+      else:
+        pc, g = p - p.mean(1, keepdims=True), gt - gt.mean(1, keepdims=True)
+        flipped = pc * np.array([1, 1, -1])
+        err = lambda q: np.linalg.norm(q - g, axis=(1, 2)) / np.linalg.norm(g, axis=(1, 2))
+        use = err(flipped) < err(pc)
+        seq = np.where(use[:, None, None], flipped, pc)
+        errors[r] = np.minimum(err(pc), err(flipped))
+    ref = gt - gt[:, :1] if protocol == 'cmu17' else gt - gt.mean(1, keepdims=True)
+    for i, f in enumerate(frames):
+      ax = fig.add_subplot(grid[i, c])
+      if r != 'truth':
+        ax.scatter(ref[f, :, 2], ref[f, :, 1], s=4, c='0.7')
+        for a, b in bones:
+          ax.plot(ref[f, [a, b], 2], ref[f, [a, b], 1], c='0.7', lw=1)
+      ax.scatter(seq[f, :, 2], seq[f, :, 1], s=5, c='k' if r == 'truth' else 'C3')
+      for a, b in bones:
+        ax.plot(seq[f, [a, b], 2], seq[f, [a, b], 1], c='k' if r == 'truth' else 'C3', lw=1.2)
+      ax.set_aspect('equal')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title('truth' if r == 'truth' else titles[r].replace(' + ', '\n+ ', 1), fontsize=8)
+      if c == 0:
+        ax.set_ylabel(f'frame {f}', fontsize=8)
+  ax = fig.add_subplot(grid[num_frames, :])
+  for r, e in errors.items():
+    ax.plot(e, label=f'{titles[r]} (mean {e.mean():.3g})', lw=1)
+  ax.set_xlabel('frame')
+  ax.set_ylabel('MPJPE (mm)' if protocol == 'cmu17' else 'e3D')
+  ax.legend(fontsize=7)
+  ax.set_title(f'{sequence}, camera {view}: side view (depth → right, height ↑; grey = truth)', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return path

@@ -1,0 +1,216 @@
+"""Prediction and scoring: every window once, BENCHMARKS.md metrics, the depth-0 and C3DPO references."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from nrsfm_jax import data as data_lib
+from nrsfm_jax import metrics
+
+Array = jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'key'))
+def _forward(params, keypoints, visibility, mask, *, apply_fn, key):
+  # Module-level jit keyed on the (hashable) model: repeated evaluations reuse the compilation.
+  return apply_fn(params, keypoints, visibility, mask)[key]
+
+
+def predict(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int = 64,
+            key: str = 'reconstruction') -> np.ndarray:
+  """Model output ``key`` for every window: ``[N, L, P, 3]`` in normalised units.
+
+  The default, ``'reconstruction'``, is the test-time 3D: camera-frame points
+  whose visible x, y are the observed 2D when ``model.observed_xy`` (C3DPO's
+  evaluation), the model's own reprojection otherwise.
+  """
+  fn = functools.partial(_forward, apply_fn=apply_fn, key=key)
+  outs = []
+  for count, b in padded_batches(dataset, batch_size):
+    outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:count])
+  return np.concatenate(outs, 0)
+
+
+def padded_batches(dataset: data_lib.WindowDataset, batch_size: int):
+  """Every window once, in order, as fixed-size batches (one compilation).
+
+  Yields:
+    ``(count, batch)``: ``dataset.take`` of ``batch_size`` indices whose first
+    ``count`` are new windows; the last batch repeats its final window as padding.
+  """
+  n = dataset.num_windows
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    yield len(idx), dataset.take(np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))]))
+
+
+def score(pred: np.ndarray, dataset: data_lib.WindowDataset, *, protocol: str = 'cmu17') -> dict[str, Any]:
+  """Metrics on every frame of every sequence in ``dataset`` (each exactly once).
+
+  Args:
+    pred: ``[N, L, P, 3]`` per-window predictions in data units.
+    dataset: windows with ``points3d`` (camera-frame ground truth, data units).
+    protocol: ``'cmu17'`` (MPJPE, PA-MPJPE, Stress, acceleration error, in data
+      units, averaged over all frames; per trial too) or ``'nrsfm'`` (e3D and
+      e3D-akhter per sequence).
+
+  Returns:
+    ``{'overall': {metric: value}, 'per_sequence': {name: {metric: value}}, 'frames': n}``.
+  """
+  if dataset.points3d is None:
+    raise ValueError('Evaluation needs ground-truth 3D; this dataset has none (2D tracks only).')
+  preds = data_lib.reassemble(dataset, pred)
+  truths = data_lib.reassemble(dataset, dataset.points3d)
+  if protocol == 'cmu17':
+    # Per-frame metrics on all windows in one compiled call (eager per-sequence
+    # calls would recompile for every sequence length).
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
+    per_frame = jax.device_get(_frame_metrics(flat(pred), flat(dataset.points3d)))
+    shaped = {k: v.reshape(pred.shape[:2] + v.shape[1:]) for k, v in per_frame.items()}
+    seqs = {k: data_lib.reassemble(dataset, v) for k, v in shaped.items()}
+    keys = list(seqs['mpjpe'])
+    # Acceleration on the concatenated flip-resolved sequences, keeping only
+    # stencils inside one sequence.
+    resolved = np.concatenate([seqs['resolved'][k] for k in keys])
+    truth = np.concatenate([truths[k] for k in keys])
+    seq_id = np.concatenate([np.full(len(truths[k]), i) for i, k in enumerate(keys)])
+    accel = np.asarray(metrics.accel_error(resolved, truth, flip=False))
+    accel_ok = seq_id[2:] == seq_id[:-2]
+    accel_seq = seq_id[2:]
+    names = ('mpjpe', 'pa_mpjpe', 'stress')
+    overall = {k: float(np.mean(np.concatenate([seqs[k][q] for q in keys]))) for k in names}
+    overall['accel_error'] = float(np.mean(accel[accel_ok])) if accel_ok.any() else float('nan')
+    per_sequence = {}
+    for name in dict.fromkeys(n for n, _ in keys):  # Trial-level: all views together.
+      idx = [i for i, q in enumerate(keys) if q[0] == name]
+      entry = {k: float(np.mean(np.concatenate([seqs[k][keys[i]] for i in idx]))) for k in names}
+      sel = accel_ok & np.isin(accel_seq, idx)
+      entry['accel_error'] = float(np.mean(accel[sel])) if sel.any() else float('nan')
+      per_sequence[name] = entry
+    frames = int(len(truth))
+  elif protocol == 'nrsfm':
+    per_sequence = {}
+    for (name, view), p in preds.items():
+      g = truths[(name, view)]
+      per_sequence[name if view == 0 else f'{name}/{view}'] = {
+          'e3d': float(metrics.e3d(p, g)), 'e3d_akhter': float(metrics.e3d_akhter(p, g))}
+    overall = {k: float(np.mean([v[k] for v in per_sequence.values()])) for k in ('e3d', 'e3d_akhter')}
+    frames = int(sum(len(p) for p in preds.values()))
+  else:
+    raise ValueError(f"Unknown protocol {protocol!r}; expected 'cmu17' or 'nrsfm'.")
+  return {'overall': overall, 'per_sequence': per_sequence, 'frames': frames}
+
+
+@jax.jit
+def _frame_metrics(pred: Array, gt: Array) -> dict[str, Array]:
+  return {'mpjpe': metrics.mpjpe(pred, gt), 'pa_mpjpe': metrics.pa_mpjpe(pred, gt),
+          'stress': metrics.stress(pred, gt), 'resolved': metrics.flip_resolve(pred, gt)}
+
+
+def format_metrics(result: dict[str, Any], title: str = '') -> str:
+  """A console table of :func:`score`'s output."""
+  keys = list(result['overall'])
+  lines = [title] if title else []
+  header = f"{'sequence':<14}" + ''.join(f'{k:>13}' for k in keys)
+  lines.append(header)
+  fmt = (lambda v: f'{v:13.4f}') if 'e3d' in keys else (lambda v: f'{v:13.2f}')
+  for name, vals in result['per_sequence'].items():
+    lines.append(f'{name:<14}' + ''.join(fmt(vals[k]) for k in keys))
+  lines.append(f"{'overall':<14}" + ''.join(fmt(result['overall'][k]) for k in keys)
+               + f"   ({result['frames']} frames)")
+  return '\n'.join(lines)
+
+
+
+def predict_and_score(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int,
+                      protocol: str | None, predictions_path: str) -> tuple[dict[str, Any] | None, int]:
+  """Predicts every window, writes per-sequence 3D (data units) and scores it if 3D exists.
+
+  ``predictions_path`` gets keys ``'<sequence>/view<v>'`` → ``[F, P, 3]``.
+
+  Returns:
+    ``(score(...) or None without ground truth / protocol, number of frames)``.
+  """
+  pred = predict(apply_fn, params, dataset, batch_size=batch_size) * dataset.scale
+  seqs = data_lib.reassemble(dataset, pred)
+  np.savez(predictions_path, **{f'{name}/view{view}': v for (name, view), v in seqs.items()})
+  frames = int(sum(len(v) for v in seqs.values()))
+  if dataset.points3d is None or protocol is None:
+    return None, frames
+  return score(pred, dataset, protocol=protocol), frames
+
+
+def read_predictions(path: str) -> dict[tuple[str, int], np.ndarray]:
+  """The predictions :func:`predict_and_score` wrote: ``{(sequence, view): [F, P, 3]}`` (data units)."""
+  with np.load(path) as f:
+    out = {}
+    for k in f.files:
+      name, view = k.rsplit('/view', 1)
+      out[(name, int(view))] = f[k]
+  return out
+
+
+def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn: Callable, params,
+                      dataset: data_lib.WindowDataset, *, log: Callable = print,
+                      tag: str = 'eval') -> dict[str, Any]:
+  """Scores the model with :func:`score` (if 3D exists), prints the table, writes ``<tag>.json`` and predictions.
+
+  For cmu17 the result also holds ``'depth0'``: :func:`depth_zero_score` on
+  the same frames, printed beside the run's.
+  """
+  protocol = data_lib.protocol_of(config.data)
+  pred_path = os.path.join(workdir, f'{tag}_predictions.npz')
+  result, _ = predict_and_score(apply_fn, params, dataset, batch_size=config.train.eval_batch_size,
+                                protocol=protocol, predictions_path=pred_path)
+  if result is None:
+    log(f'no ground-truth 3D: reconstructions written to {pred_path}')
+    return {}
+  if protocol == 'cmu17':
+    # The depth-0 reference on the same frames, kept with the score (the
+    # cross-subject ablation reads it from there instead of recomputing it).
+    result['depth0'] = depth_zero_score(dataset)
+  with open(os.path.join(workdir, f'{tag}.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  log(format_metrics(result, title=f'{tag} ({protocol}) on {len(result["per_sequence"])} sequences:'))
+  if protocol == 'cmu17':
+    log(format_references(result, result['depth0'], config))
+  return result
+
+
+# BENCHMARKS.md A: the official C3DPO code, 25 minutes on a 2-core CPU, train 002/003/005, test 006.
+C3DPO_REFERENCE = {'mpjpe': 78.9, 'pa_mpjpe': 60.9, 'stress': 31.6, 'accel_error': 5.6}
+DEV_SPLIT = ('002,003,005', '006')
+
+
+def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:
+  """The depth-0 reference on ``dataset`` (BENCHMARKS.md A): the truth's x, y with every depth 0.
+
+  A lifter that does not beat it has learned no usable depth.
+  """
+  pred = np.array(dataset.points3d, copy=True)
+  pred[..., 2] = 0.0
+  return score(pred, dataset, protocol='cmu17')
+
+
+def format_references(result: dict[str, Any], depth0: dict[str, Any],
+                      config: ml_collections.ConfigDict | None = None) -> str:
+  """A console table: this run's overall cmu17 metrics beside depth 0 (and official C3DPO on the dev split)."""
+  keys = ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error')
+  rows = [('this run', result['overall']), ('depth 0', depth0['overall'])]
+  d = config.data if config is not None else None
+  if d is not None and d.name == 'cmu17' and (
+      ','.join(data_lib.parse_names(d.train_subjects)), ','.join(data_lib.parse_names(d.val_subjects))) == DEV_SPLIT:
+    rows.append(('official C3DPO', C3DPO_REFERENCE))
+  lines = ['references on the same frames:', f"{'':<16}" + ''.join(f'{k:>13}' for k in keys)]
+  lines += [f'{name:<16}' + ''.join(f'{vals[k]:13.2f}' for k in keys) for name, vals in rows]
+  verdict = 'beats' if result['overall']['mpjpe'] < depth0['overall']['mpjpe'] else 'does NOT beat'
+  lines.append(f'MPJPE {verdict} depth 0.')
+  return '\n'.join(lines)

@@ -1,0 +1,173 @@
+"""Tests for nrsfm_jax.objective: the loss-term registry and the step under jit / pmap / shard_map."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nrsfm_jax import configs, data, objective, optim, train
+from nrsfm_jax.data import batch_indices
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = configs.get('tiny')
+  train_ds, _ = data.make_datasets(config)
+  tx = optim.make_optimizer(config, 10, 10)
+  model, state = train.create_state(config, train_ds.num_points, train_ds.window_length,
+                                    jax.random.PRNGKey(0), tx)
+  idx = batch_indices(train_ds.num_windows, 8, seed=0, step=0)
+  full = train_ds.take(idx)
+  batch = {k: jnp.asarray(full[k]) for k in ('keypoints', 'visibility', 'mask')}
+  # Some padding and missing points so the masked reductions are exercised.
+  batch['mask'] = batch['mask'].at[1, 20:].set(0.0)
+  batch['visibility'] = batch['visibility'].at[1, 20:].set(0.0).at[2, :, 3].set(0.0)
+  # Teacher pseudo-3D (any camera-frame 3D will do here) to exercise that term too.
+  batch['pseudo3d'] = jax.random.normal(jax.random.PRNGKey(5), batch['keypoints'].shape[:-1] + (3,))
+  lcfg = objective.loss_config(config).replace_term('teacher', weight=0.5).replace_term('proc', weight=0.1)
+  return config, model, state, batch, lcfg
+
+
+def _single(state, batch, lcfg, key):
+  return jax.jit(functools.partial(objective.train_step, loss_config=lcfg))(state, batch, key)
+
+
+def test_loss_terms_present_and_finite(setup):
+  _, _, state, batch, lcfg = setup
+  _, metrics = _single(state, batch, lcfg, jax.random.PRNGKey(1))
+  for k in objective.LOSS_TERMS + ('total', 'grad_norm'):
+    assert k in metrics, k
+    assert np.isfinite(metrics[k]), k
+  assert metrics['finite'] == 1.0
+  expected = sum(lcfg.weight(k) * metrics[k] for k in objective.LOSS_TERMS)
+  np.testing.assert_allclose(metrics['total'], expected, rtol=1e-5)
+
+
+def test_jit_step_compiles_once_and_learns(setup):
+  _, _, state, batch, lcfg = setup
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(state, batch, key):
+    return objective.train_step(state, batch, key, loss_config=lcfg)
+
+  key = jax.random.PRNGKey(1)
+  losses = []
+  for _ in range(4):
+    state, m = step(state, batch, key)
+    losses.append(float(m['total']))
+  assert int(state.step) == 4
+  assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
+@pytest.mark.parametrize('num_devices', [2, 4])
+def test_data_parallel_matches_single_device(setup, mode, num_devices):
+  _, _, state, batch, lcfg = setup
+  assert jax.local_device_count() >= num_devices, 'conftest sets 4 fake CPU devices'
+  key = jax.random.PRNGKey(1)
+  ref_state, ref_metrics = _single(state, batch, lcfg, key)
+  step = objective.make_step(lcfg, mode, devices=jax.local_devices()[:num_devices])
+  # The wrapped step donates its state: hand it a copy of the shared fixture.
+  pstate, pmetrics = step(step.prepare(jax.tree.map(jnp.copy, state)), batch, key)
+  pstate = step.finish(pstate)
+  for k in ('total', 'reproj', 'canon', 'teacher', 'smooth', 'grad_norm'):
+    np.testing.assert_allclose(pmetrics[k], ref_metrics[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  chex.assert_trees_all_close(pstate.params, ref_state.params, rtol=1e-5, atol=1e-5)
+  assert int(pstate.step) == 1
+
+
+@pytest.fixture(scope='module')
+def bn_setup(setup):
+  # C3DPO's options: BatchNorm (synced over the data-parallel axis), z-augmentation, z-equivariance.
+  config, _, _, batch, _ = setup
+  config = configs.get('tiny')
+  config.model.norm = 'batch'
+  config.loss.z_aug_deg = 22.5
+  config.loss.z_equivariance_deg = 22.5
+  model, state = train.create_state(config, batch['keypoints'].shape[2], batch['keypoints'].shape[1],
+                                    jax.random.PRNGKey(0), optim.make_optimizer(config, 10, 10))
+  # flax's synced BatchNorm averages the devices' masked means with equal
+  # weight, so the data-parallel step is exact when every device holds the
+  # same number of real frames: no padded frames here (missing points stay).
+  batch = dict(batch, mask=jnp.ones_like(batch['mask']))
+  return model, state, batch, objective.loss_config(config)
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
+def test_batchnorm_and_z_equivariance_data_parallel_match_single_device(bn_setup, mode):
+  model, state, batch, lcfg = bn_setup
+  assert 'batch_stats' in state.params
+  key = jax.random.PRNGKey(2)
+  ref_state, ref_metrics = _single(state, batch, lcfg, key)
+  # The running averages moved (the optimiser does not own them) ...
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ref_state.params['batch_stats'],
+                       state.params['batch_stats'])
+  assert max(jax.tree.leaves(moved)) > 1e-4
+  step = objective.make_step(lcfg, mode, devices=jax.local_devices()[:4])
+  pstate, pmetrics = step(step.prepare(jax.tree.map(jnp.copy, state)), batch, key)
+  pstate = step.finish(pstate)
+  # Synced batch statistics are a mean of per-device moments: equal to one
+  # device's up to float rounding (1e-4 relative here, not bit-exact).
+  for k in ('total', 'reproj', 'canon', 'grad_norm'):
+    np.testing.assert_allclose(pmetrics[k], ref_metrics[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  # ... identically on 4 devices with synced statistics as on one.
+  chex.assert_trees_all_close(pstate.params, ref_state.params, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_prediction_is_per_frame(bn_setup):
+  # At test time BatchNorm uses its running averages: a frame's output does not
+  # depend on what else is in the batch.
+  model, state, batch, _ = bn_setup
+  full = model.apply(state.params, batch['keypoints'], batch['visibility'], batch['mask'])['points']
+  one = model.apply(state.params, batch['keypoints'][:1], batch['visibility'][:1], batch['mask'][:1])['points']
+  np.testing.assert_allclose(one, full[:1], atol=1e-5)
+
+
+def test_non_finite_step_is_not_applied(setup):
+  _, _, state, batch, lcfg = setup
+  bad = dict(batch, keypoints=batch['keypoints'].at[0, 0, 0, 0].set(jnp.nan))
+  bad['visibility'] = bad['visibility'].at[0, 0, 0].set(1.0)
+  new_state, m = _single(state, bad, lcfg, jax.random.PRNGKey(1))
+  assert m['finite'] == 0.0
+  assert int(new_state.step) == int(state.step)
+  chex.assert_trees_all_equal(new_state.params, state.params)
+
+
+
+
+def test_loss_config_reads_the_term_table_and_names_bad_keys():
+  config = configs.get('tiny')
+  lcfg = objective.loss_config(config)
+  assert lcfg.weight('smooth') == config.loss.terms.smooth.weight
+  assert lcfg.term('canon').get('n_rot') == config.loss.terms.canon.n_rot
+  assert lcfg.weight('no_such_term') == 0.0
+  config.loss.terms.smoothe = {'weight': 1.0}  # Typo for smooth.
+  with pytest.raises(ValueError, match='smoothe.*registered terms'):
+    objective.loss_config(config)
+  config = configs.get('tiny')
+  config.loss.w_smooth = 1.0  # The flat keys of older configs.
+  with pytest.raises(ValueError, match='w_smooth'):
+    objective.loss_config(config)
+
+
+def test_a_registered_term_is_one_function_and_one_config_line(setup):
+  _, _, state, batch, lcfg = setup
+  name = 'test_depth_l2'
+  try:
+    @objective.register_term(name)
+    def depth_term(out, batch, ctx, term):  # A depth-magnitude penalty, for the test.
+      del ctx, term
+      return objective.Term(out['points'][..., 2] ** 2, jnp.broadcast_to(batch['mask'][..., None],
+                                                                        out['points'].shape[:-1]))
+
+    cfg = lcfg.replace_term(name, weight=0.25)
+    _, metrics = _single(state, batch, cfg, jax.random.PRNGKey(1))
+    assert name in metrics and np.isfinite(metrics[name]) and metrics[name] > 0
+    _, base = _single(state, batch, lcfg, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(metrics['total'], base['total'] + 0.25 * metrics[name], rtol=1e-5)
+  finally:
+    objective.TERMS.pop(name, None)
+    objective.LOSS_TERMS = tuple(objective.TERMS)

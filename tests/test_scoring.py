@@ -1,0 +1,38 @@
+"""Tests for nrsfm_jax.scoring. BENCHMARKS.md A end to end: bundled data + cameras + windows + metrics reproduce
+the published reference."""
+
+import numpy as np
+
+from nrsfm_jax import configs, data, scoring
+
+
+def test_depth_zero_baseline_matches_benchmarks():
+  # BENCHMARKS.md: predicting depth 0 everywhere on subject 006 gives
+  # MPJPE 129.3, PA-MPJPE 97.4, Stress 48.6, acceleration error 1.9.
+  ds = data.cmu17_dataset('006', length=243)
+  pred = ds.points3d.copy()
+  pred[..., 2] = 0.0
+  result = scoring.score(pred, ds, protocol='cmu17')
+  overall = result['overall']
+  np.testing.assert_allclose(overall['mpjpe'], 129.3, atol=0.05)
+  np.testing.assert_allclose(overall['pa_mpjpe'], 97.4, atol=0.05)
+  np.testing.assert_allclose(overall['stress'], 48.6, atol=0.05)
+  np.testing.assert_allclose(overall['accel_error'], 1.9, atol=0.05)
+  # Every frame of every trial, four views, exactly once.
+  frames = sum(len(v) for v in data.load_mocap(subjects=['006']).values())
+  assert result['frames'] == 4 * frames
+  assert set(result['per_sequence']) == {k for k in data.load_mocap(subjects=['006'])}
+  # The truth itself scores zero.
+  np.testing.assert_allclose(scoring.score(ds.points3d, ds)['overall']['mpjpe'], 0.0, atol=1e-3)
+
+
+def test_depth_zero_reference_is_the_benchmarks_number():
+  ds = data.cmu17_dataset('006', length=243)
+  depth0 = scoring.depth_zero_score(ds)
+  np.testing.assert_allclose([depth0['overall']['mpjpe'], depth0['overall']['stress']], [129.3, 48.6], atol=0.05)
+  config = configs.get('default')
+  text = scoring.format_references({'overall': dict(depth0['overall'], mpjpe=80.0)}, depth0, config)
+  assert 'official C3DPO' in text and '78.90' in text and 'MPJPE beats depth 0.' in text
+  config.data.val_subjects = '002'
+  text = scoring.format_references(depth0, depth0, config)
+  assert 'official C3DPO' not in text and 'does NOT beat' in text
