@@ -11,8 +11,9 @@ and the teacher of ``configs/teacher.py:<teacher_mode>``; nrsfm-mocap uses
 ``configs/nrsfm.py:<sequence>:<row>`` and a self-mode teacher
 (``configs/teacher.py:nrsfm:<sequence>``) trained on the tcn row's
 reconstructions. ``--cross_subject`` adds leave-one-subject-out folds on cmu17
-(per-fold numbers, the depth-0 reference and the mean; BENCHMARKS.md A). Writes ``results.json``, ``results.md`` (the README tables)
-and ``cmu17.png`` / ``nrsfm_<sequence>.png`` in --workdir. Rerunning resumes;
+(per-fold numbers, the depth-0 reference and the mean; BENCHMARKS.md A). Writes
+``results.json``, ``results.md`` (the README tables) and ``cmu17.png`` / ``nrsfm_<sequence>.png``
+in --workdir. Rerunning resumes;
 finished runs are only re-scored.
 """
 
@@ -30,14 +31,26 @@ flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one 
 flags.DEFINE_list('benchmarks', ['cmu17', 'nrsfm'], 'Benchmarks to run: cmu17, nrsfm.')
 flags.DEFINE_list('rows', list(ablation.ROWS), 'Rows to run (the teacher row also runs tcn).')
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
-flags.DEFINE_enum('teacher_mode', 'supervised', ['supervised', 'self'], 'cmu17 teacher: 3D of the training '
-                  'subjects (the paper) or the tcn row\'s reconstructions (no 3D).')
-flags.DEFINE_bool('cross_subject', False, 'cmu17: also run every row on every leave-one-subject-out fold '
-                  '(train on the other subjects, test on one) and report per-fold numbers and the mean.')
+flags.DEFINE_enum(
+    'teacher_mode',
+    'supervised',
+    ['supervised', 'self'],
+    'cmu17 teacher: 3D of the training ' "subjects (the paper) or the tcn row's reconstructions (no 3D).",
+)
+flags.DEFINE_bool(
+    'cross_subject',
+    False,
+    'cmu17: also run every row on every leave-one-subject-out fold '
+    '(train on the other subjects, test on one) and report per-fold numbers and the mean.',
+)
 flags.DEFINE_list('subjects', [], 'Subjects for --cross_subject (default: every subject in the data).')
 flags.DEFINE_bool('dev_split', True, 'cmu17: run the development split (train 002, 003, 005; test 006).')
-flags.DEFINE_multi_string('override', [], 'cmu17: a config override applied to every student row, as '
-                          '``a.b=value`` (value parsed as a Python literal, else kept as a string); repeatable.')
+flags.DEFINE_multi_string(
+    'override',
+    [],
+    'cmu17: a config override applied to every student row, as '
+    '``a.b=value`` (value parsed as a Python literal, else kept as a string); repeatable.',
+)
 flags.DEFINE_string('plot_sequence', 'pickup', 'nrsfm sequence drawn in nrsfm_<sequence>.png.')
 
 
@@ -94,18 +107,24 @@ def main(argv):
   cross = previous.get('cmu17_cross_subject')
   student_config = student_config_fn(FLAGS.override)
   if 'cmu17' in FLAGS.benchmarks and FLAGS.cross_subject:
-    cross = ablation.run_cmu17_cross_subject(os.path.join(workdir, 'cmu17_cross_subject'), FLAGS.rows,
-                                             FLAGS.subjects or None, teacher_mode=FLAGS.teacher_mode,
-                                             student_config=student_config)
+    cross = ablation.run_cmu17_cross_subject(
+        os.path.join(workdir, 'cmu17_cross_subject'),
+        FLAGS.rows,
+        FLAGS.subjects or None,
+        teacher_mode=FLAGS.teacher_mode,
+        student_config=student_config,
+    )
     print(ablation.cross_subject_table(cross))
   if 'cmu17' in FLAGS.benchmarks and FLAGS.dev_split:
     cdir = os.path.join(workdir, 'cmu17')
     cmu17 = ablation.run_cmu17(cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode, student_config=student_config)
     print(ablation.cmu17_table(cmu17))
-    diagnostics['cmu17'] = {r: ablation.depth_diagnostics(os.path.join(cdir, r), student_config(r))
-                            for r in ablation.ROWS if r in cmu17}
-    plotting.plot_rows(cdir, student_config('tcn'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'),
-                       titles=ablation.TITLES)
+    diagnostics['cmu17'] = {
+        r: ablation.depth_diagnostics(os.path.join(cdir, r), student_config(r)) for r in ablation.ROWS if r in cmu17
+    }
+    plotting.plot_rows(
+        cdir, student_config('tcn'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'), titles=ablation.TITLES
+    )
   if 'nrsfm' in FLAGS.benchmarks:
     ndir = os.path.join(workdir, 'nrsfm')
     nrsfm.update(ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows))
@@ -113,11 +132,19 @@ def main(argv):
     for seq in FLAGS.sequences:
       diagnostics[f'nrsfm/{seq}'] = {
           r: ablation.depth_diagnostics(os.path.join(ndir, seq, r), configs.get('nrsfm', f'{seq}:{r}'))
-          for r in ablation.ROWS if r in nrsfm[seq]}
+          for r in ablation.ROWS
+          if r in nrsfm[seq]
+      }
     if FLAGS.plot_sequence in FLAGS.sequences:
       seq = FLAGS.plot_sequence
-      plotting.plot_rows(os.path.join(ndir, seq), configs.get('nrsfm', seq), FLAGS.rows,
-                         os.path.join(workdir, f'nrsfm_{seq}.png'), titles=ablation.TITLES, protocol='nrsfm')
+      plotting.plot_rows(
+          os.path.join(ndir, seq),
+          configs.get('nrsfm', seq),
+          FLAGS.rows,
+          os.path.join(workdir, f'nrsfm_{seq}.png'),
+          titles=ablation.TITLES,
+          protocol='nrsfm',
+      )
   command = 'python -m experiments.ablation ' + ' '.join(sys.argv[1:])
   commands = [c for c in previous.get('commands', []) if c != command] + [command]
   print(ablation.diagnostics_table(diagnostics))

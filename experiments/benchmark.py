@@ -39,8 +39,7 @@ def cases(quick: bool):
   c3dpo.loss.terms.canon.frames = 0
   if quick:
     return [('default', default, 4, 81), ('c3dpo_b128', c3dpo, 128, 1)]
-  return [('default', default, default.train.batch_size, default.data.window),
-          ('c3dpo_b1024', c3dpo, 1024, 1)]
+  return [('default', default, default.train.batch_size, default.data.window), ('c3dpo_b1024', c3dpo, 1024, 1)]
 
 
 def teacher_cases(quick: bool):
@@ -58,29 +57,45 @@ def main(argv):
   del argv
   repeats = 3 if FLAGS.quick else FLAGS.repeats
   peak = profiling.matmul_peak(1024 if FLAGS.quick else 2048, repeats=repeats)
-  print(f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
-        f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s')
-  results = {'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
-             'jax': jax.__version__, 'machine': platform.machine(), 'matmul': peak, 'cases': {}}
-  header = (f'{"case":<12}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
-            f'{"windows/s":>11}{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"infer fr/s":>12}')
+  print(
+      f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
+      f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s'
+  )
+  results = {
+      'backend': jax.default_backend(),
+      'device': jax.devices()[0].device_kind,
+      'jax': jax.__version__,
+      'machine': platform.machine(),
+      'matmul': peak,
+      'cases': {},
+  }
+  header = (
+      f'{"case":<12}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
+      f'{"windows/s":>11}{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"infer fr/s":>12}'
+  )
   print(header)
   for name, config, batch, window in cases(FLAGS.quick):
     r = profiling.benchmark_train_step(config, batch_size=batch, window=window, repeats=repeats)
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r
-    print(f'{name:<12}{batch:>7}{window:>7}{r["params"]:>11,}{r["compile_s"]:>10.1f}{r["step_s"] * 1e3:>9.1f}'
-          f'{r["windows_per_s"]:>11.1f}{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}'
-          f'{100 * r["fraction_of_matmul_peak"]:>7.1f}%{r["inference_frames_per_s"]:>12,.0f}')
-  print(f'{"case":<14}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
-        f'{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"H×K sample fr/s":>17}')
+    print(
+        f'{name:<12}{batch:>7}{window:>7}{r["params"]:>11,}{r["compile_s"]:>10.1f}{r["step_s"] * 1e3:>9.1f}'
+        f'{r["windows_per_s"]:>11.1f}{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}'
+        f'{100 * r["fraction_of_matmul_peak"]:>7.1f}%{r["inference_frames_per_s"]:>12,.0f}'
+    )
+  print(
+      f'{"case":<14}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
+      f'{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"H×K sample fr/s":>17}'
+  )
   for name, config, batch, window in teacher_cases(FLAGS.quick):
     r = profiling.benchmark_teacher_step(config, batch_size=batch, window=window, repeats=repeats)
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r
-    print(f'{name:<14}{batch:>7}{window:>7}{r["params"]:>11,}{r["compile_s"]:>10.1f}{r["step_s"] * 1e3:>9.1f}'
-          f'{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}{100 * r["fraction_of_matmul_peak"]:>7.1f}%'
-          f'{r["sample_frames_per_s"]:>17,.0f}')
+    print(
+        f'{name:<14}{batch:>7}{window:>7}{r["params"]:>11,}{r["compile_s"]:>10.1f}{r["step_s"] * 1e3:>9.1f}'
+        f'{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}{100 * r["fraction_of_matmul_peak"]:>7.1f}%'
+        f'{r["sample_frames_per_s"]:>17,.0f}'
+    )
   results['peak_rss_mib'] = profiling.peak_rss_mib()
   print(f'peak RSS {results["peak_rss_mib"]:.0f} MiB')
   with open(FLAGS.output, 'w') as f:

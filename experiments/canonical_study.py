@@ -12,8 +12,7 @@ from absl import app, flags, logging
 
 from nrsfm_jax import evaluation
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.',
-                               required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.', required=True)
 _NUM_ROTATIONS = flags.DEFINE_integer('num_rotations', 256, 'Random rotations per shape.')
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', 512, 'Canonical shapes (frames sampled from the eval windows).')
 _NUM_BINS = flags.DEFINE_integer('num_bins', 12, 'Rotation-angle bins over [0, 180] degrees.')
@@ -27,9 +26,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  evaluation.run_canonical_study(_WORKDIR.value, num_rotations=_NUM_ROTATIONS.value,
-                                 num_frames=_NUM_FRAMES.value, num_bins=_NUM_BINS.value,
-                                 seed=_SEED.value, step=_STEP.value, output_dir=_OUTPUT_DIR.value)
+  evaluation.run_canonical_study(
+      _WORKDIR.value,
+      num_rotations=_NUM_ROTATIONS.value,
+      num_frames=_NUM_FRAMES.value,
+      num_bins=_NUM_BINS.value,
+      seed=_SEED.value,
+      step=_STEP.value,
+      output_dir=_OUTPUT_DIR.value,
+  )
 
 
 if __name__ == '__main__':

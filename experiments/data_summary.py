@@ -9,8 +9,7 @@ from absl import app, flags
 from nrsfm_jax.data import format_summary, summarize_bundled
 from nrsfm_jax.plotting import plot_bundled
 
-_PLOT_DIR = flags.DEFINE_string(
-    'plot_dir', 'data_summary', 'Folder for one PNG per dataset; empty to skip plotting.')
+_PLOT_DIR = flags.DEFINE_string('plot_dir', 'data_summary', 'Folder for one PNG per dataset; empty to skip plotting.')
 
 
 def main(argv):

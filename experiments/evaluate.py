@@ -13,11 +13,11 @@ from absl import app, flags, logging
 
 from nrsfm_jax import evaluation
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.',
-                               required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.', required=True)
 _SUBJECTS = flags.DEFINE_string('subjects', None, "cmu17 subjects, e.g. '006,007' (cmu17 protocol).")
-_SEQUENCE = flags.DEFINE_string('sequence', None,
-                                "nrsfm-mocap sequence ('drink', ...) or a points3d .npz (nrsfm protocol).")
+_SEQUENCE = flags.DEFINE_string(
+    'sequence', None, "nrsfm-mocap sequence ('drink', ...) or a points3d .npz (nrsfm protocol)."
+)
 _TRACKS = flags.DEFINE_string('tracks', None, '2D tracks .npz (keypoints [F, P, 2]): predictions only.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON report (default: <workdir>/evaluate_<data>.json).')
@@ -28,8 +28,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  evaluation.evaluate_run(_WORKDIR.value, subjects=_SUBJECTS.value, sequence=_SEQUENCE.value,
-                          tracks=_TRACKS.value, step=_STEP.value, output=_OUTPUT.value)
+  evaluation.evaluate_run(
+      _WORKDIR.value,
+      subjects=_SUBJECTS.value,
+      sequence=_SEQUENCE.value,
+      tracks=_TRACKS.value,
+      step=_STEP.value,
+      output=_OUTPUT.value,
+  )
 
 
 if __name__ == '__main__':

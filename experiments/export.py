@@ -10,8 +10,7 @@ from absl import app, flags, logging
 
 from nrsfm_jax import evaluation
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.',
-                               required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'Destination .npz (default: <workdir>/export/params.npz).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 

@@ -25,8 +25,9 @@ flags.DEFINE_enum('kind', 'student', ['student', 'teacher'], 'Which trainer to r
 flags.DEFINE_integer('steps', 200, 'Training steps.')
 flags.DEFINE_string('workdir', None, 'Workdir (default: a temporary directory, removed afterwards).')
 flags.DEFINE_bool('verbose', False, 'Also print each leaf digest.')
-config_flags.DEFINE_config_file('config', 'nrsfm_jax/configs/default.py:lifter', 'Experiment config file.',
-                                lock_config=False)
+config_flags.DEFINE_config_file(
+    'config', 'nrsfm_jax/configs/default.py:lifter', 'Experiment config file.', lock_config=False
+)
 
 
 def state_digest(tree) -> tuple[str, dict[str, str]]:
@@ -49,6 +50,7 @@ def _restore_state(workdir: str, kind: str):
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
   step = ckpt.latest_step()
   import orbax.checkpoint as ocp
+
   restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return restored['state']
 
@@ -58,9 +60,11 @@ def run(config, kind: str, steps: int, workdir: str) -> str:
   if kind == 'student':
     config.train.num_epochs = 0
     from nrsfm_jax import train
+
     train.train_and_evaluate(config, workdir, evaluate=False)
   else:
     from nrsfm_jax import teacher
+
     teacher.train_teacher(config, workdir, evaluate=False)
   digest, per_leaf = state_digest(_restore_state(workdir, kind))
   if FLAGS.verbose:

@@ -14,8 +14,7 @@ from nrsfm_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.', required=True)
-config_flags.DEFINE_config_file('config', 'nrsfm_jax/configs/default.py', 'Experiment config file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file('config', 'nrsfm_jax/configs/default.py', 'Experiment config file.', lock_config=True)
 
 
 def main(argv):

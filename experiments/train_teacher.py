@@ -21,8 +21,7 @@ from nrsfm_jax import teacher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the teacher run.', required=True)
-config_flags.DEFINE_config_file('config', 'nrsfm_jax/configs/teacher.py', 'Teacher config file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file('config', 'nrsfm_jax/configs/teacher.py', 'Teacher config file.', lock_config=True)
 
 
 def main(argv):

@@ -23,13 +23,39 @@ import importlib
 
 __version__ = '0.1.0'
 
-_SUBMODULES = ('ablation', 'checkpoint', 'configs', 'data', 'diffusion', 'evaluation', 'geometry', 'loop',
-               'losses', 'metrics', 'models', 'objective', 'optim', 'plotting', 'profiling', 'runs', 'scoring',
-               'teacher', 'train')
+_SUBMODULES = (
+    'ablation',
+    'checkpoint',
+    'configs',
+    'data',
+    'diffusion',
+    'evaluation',
+    'geometry',
+    'loop',
+    'losses',
+    'metrics',
+    'models',
+    'objective',
+    'optim',
+    'plotting',
+    'profiling',
+    'runs',
+    'scoring',
+    'teacher',
+    'train',
+)
 _NAMES = {
-    'Checkpointer': 'checkpoint', 'export_params': 'checkpoint', 'load_exported': 'checkpoint',
-    'evaluate_run': 'evaluation', 'load_run': 'runs', 'Student': 'models', 'StudentConfig': 'models',
-    'LossConfig': 'objective', 'TrainState': 'objective', 'make_step': 'objective', 'train_step': 'objective',
+    'Checkpointer': 'checkpoint',
+    'export_params': 'checkpoint',
+    'load_exported': 'checkpoint',
+    'evaluate_run': 'evaluation',
+    'load_run': 'runs',
+    'Student': 'models',
+    'StudentConfig': 'models',
+    'LossConfig': 'objective',
+    'TrainState': 'objective',
+    'make_step': 'objective',
+    'train_step': 'objective',
     'train_and_evaluate': 'train',
 }
 

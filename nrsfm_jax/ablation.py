@@ -32,8 +32,12 @@ from nrsfm_jax import data as data_lib
 from nrsfm_jax import train as train_lib
 
 ROWS = ('lifter', 'smooth', 'tcn', 'teacher')
-TITLES = {'lifter': 'lifter only (C3DPO baseline)', 'smooth': '+ smoothness', 'tcn': '+ smoothness + TCN',
-          'teacher': '+ smoothness + TCN + teacher'}
+TITLES = {
+    'lifter': 'lifter only (C3DPO baseline)',
+    'smooth': '+ smoothness',
+    'tcn': '+ smoothness + TCN',
+    'teacher': '+ smoothness + TCN + teacher',
+}
 # Dai et al.'s published prior-free BMM e3D-akhter (BENCHMARKS.md B) and EM-PND's.
 BMM = {'drink': 0.0266, 'pickup': 0.1731, 'yoga': 0.1150, 'stretch': 0.1034, 'dance': 0.1864}
 PND = {'drink': 0.0048, 'pickup': 0.0195, 'yoga': 0.0171, 'stretch': 0.0224, 'dance': 0.1595}
@@ -63,12 +67,19 @@ def _check_same_pseudo3d(row_dir: str, path: str) -> None:
     with np.load(saved) as a, np.load(path) as b:
       if np.array_equal(a['pseudo3d'], b['pseudo3d']):
         return  # Same labels under another cache key.
-  raise ValueError(f'{row_dir} holds a student trained on the pseudo-3D {saved}, not on {path} (another '
-                   'teacher or teacher mode): use another --workdir.')
+  raise ValueError(
+      f'{row_dir} holds a student trained on the pseudo-3D {saved}, not on {path} (another '
+      'teacher or teacher mode): use another --workdir.'
+  )
 
 
-def _run_rows(student_config: ConfigFn, teacher_config: Callable[[], ml_collections.ConfigDict],
-              workdir: str, rows, log: Callable[[str], None]) -> dict[str, Any]:
+def _run_rows(
+    student_config: ConfigFn,
+    teacher_config: Callable[[], ml_collections.ConfigDict],
+    workdir: str,
+    rows,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
   results = {}
   for row in _check_rows(rows):
     cfg = student_config(row)
@@ -90,9 +101,15 @@ def _run_rows(student_config: ConfigFn, teacher_config: Callable[[], ml_collecti
   return results
 
 
-def run_cmu17(workdir: str, rows=ROWS, *, teacher_mode: str = 'supervised', student_config: ConfigFn | None = None,
-              teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_cmu17(
+    workdir: str,
+    rows=ROWS,
+    *,
+    teacher_mode: str = 'supervised',
+    student_config: ConfigFn | None = None,
+    teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
   """Trains and scores the rows on the cmu17 development split; ``{row: score()}``."""
   student_config = student_config or (lambda row: configs.get('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
@@ -107,10 +124,16 @@ def cross_subject_folds(subjects) -> list[tuple[str, list[str]]]:
   return [(s, [t for t in subjects if t != s]) for s in subjects]
 
 
-def run_cmu17_cross_subject(workdir: str, rows=ROWS, subjects=None, *, teacher_mode: str = 'supervised',
-                            student_config: ConfigFn | None = None,
-                            teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
-                            log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_cmu17_cross_subject(
+    workdir: str,
+    rows=ROWS,
+    subjects=None,
+    *,
+    teacher_mode: str = 'supervised',
+    student_config: ConfigFn | None = None,
+    teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
   """Every row on every leave-one-subject-out fold of cmu17 (BENCHMARKS.md A, "cross-subject mean").
 
   Fold ``s`` trains on the other subjects and tests on every frame of ``s``;
@@ -164,7 +187,11 @@ def cross_subject_table(results: dict[str, Any]) -> str:
   """Markdown: per-fold MPJPE of every row and the depth-0 reference, then the fold means of all metrics."""
   folds = results['folds']
   names = list(folds)
-  head = '| row | ' + ' | '.join(f'MPJPE {s}' for s in names) + ' | mean MPJPE | mean PA-MPJPE | mean Stress | mean accel |'
+  head = (
+      '| row | '
+      + ' | '.join(f'MPJPE {s}' for s in names)
+      + ' | mean MPJPE | mean PA-MPJPE | mean Stress | mean accel |'
+  )
   lines = [head, '|---' * (len(names) + 5) + '|']
   titles = dict(TITLES, depth0='depth 0 (reference)')
   for row in ('depth0',) + ROWS:
@@ -172,20 +199,33 @@ def cross_subject_table(results: dict[str, Any]) -> str:
       continue
     cells = [f'{folds[s][row]["overall"]["mpjpe"]:.1f}' if row in folds[s] else '–' for s in names]
     m = results['mean'][row]
-    lines.append(f'| {titles[row]} | ' + ' | '.join(cells) + f' | {m["mpjpe"]:.1f} | {m["pa_mpjpe"]:.1f} | '
-                 f'{m["stress"]:.1f} | {m["accel_error"]:.2f} |')
+    lines.append(
+        f'| {titles[row]} | ' + ' | '.join(cells) + f' | {m["mpjpe"]:.1f} | {m["pa_mpjpe"]:.1f} | '
+        f'{m["stress"]:.1f} | {m["accel_error"]:.2f} |'
+    )
   return '\n'.join(lines)
 
 
-def run_nrsfm(workdir: str, sequences=NRSFM_SEQUENCES, rows=ROWS, *, student_config: Callable | None = None,
-              teacher_config: Callable | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_nrsfm(
+    workdir: str,
+    sequences=NRSFM_SEQUENCES,
+    rows=ROWS,
+    *,
+    student_config: Callable | None = None,
+    teacher_config: Callable | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
   """Transductive fits of every row on every sequence; ``{sequence: {row: score()}}``."""
   out = {}
   for seq in sequences:
-    s_cfg = (lambda row, s=seq: student_config(s, row)) if student_config else (
-        lambda row, s=seq: configs.get('nrsfm', f'{s}:{row}'))
-    t_cfg = (lambda s=seq: teacher_config(s)) if teacher_config else (
-        lambda s=seq: configs.get('teacher', f'nrsfm:{s}'))
+    s_cfg = (
+        (lambda row, s=seq: student_config(s, row))
+        if student_config
+        else (lambda row, s=seq: configs.get('nrsfm', f'{s}:{row}'))
+    )
+    t_cfg = (
+        (lambda s=seq: teacher_config(s)) if teacher_config else (lambda s=seq: configs.get('teacher', f'nrsfm:{s}'))
+    )
     out[seq] = _run_rows(s_cfg, t_cfg, os.path.join(workdir, seq), rows, log)
   return out
 
@@ -204,8 +244,10 @@ def cmu17_table(results: dict[str, Any]) -> str:
       continue
     o = results[row]['overall']
     cut = f'{100 * (base - o["mpjpe"]) / base:+.1f}%' if base else 'n/a'
-    lines.append(f'| {TITLES[row]} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
-                 f'{o["accel_error"]:.2f} | {cut} |')
+    lines.append(
+        f'| {TITLES[row]} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
+        f'{o["accel_error"]:.2f} | {cut} |'
+    )
   return '\n'.join(lines)
 
 
@@ -224,8 +266,10 @@ def teacher_table(teacher_eval: dict[str, Any], metric: str = 'mpjpe') -> str:
 def nrsfm_table(results: dict[str, Any]) -> str:
   """Markdown: e3D / e3D-akhter per sequence and row, next to BMM and EM-PND's e3D-akhter."""
   rows = [r for r in ROWS if any(r in v for v in results.values())]
-  lines = ['| sequence | ' + ' | '.join(TITLES[r] for r in rows) + ' | BMM | EM-PND |',
-           '|---|' + '---|' * (len(rows) + 2)]
+  lines = [
+      '| sequence | ' + ' | '.join(TITLES[r] for r in rows) + ' | BMM | EM-PND |',
+      '|---|' + '---|' * (len(rows) + 2),
+  ]
   for seq, res in results.items():
     cells = []
     for r in rows:
@@ -235,8 +279,10 @@ def nrsfm_table(results: dict[str, Any]) -> str:
         cells.append(f'{s["e3d"]:.4f} / {"**" if best else ""}{s["e3d_akhter"]:.4f}{"**" if best else ""}')
       else:
         cells.append('')
-    lines.append(f'| {seq} | ' + ' | '.join(cells) + f' | {BMM.get(seq, float("nan")):.4f} | '
-                 f'{PND.get(seq, float("nan")):.4f} |')
+    lines.append(
+        f'| {seq} | ' + ' | '.join(cells) + f' | {BMM.get(seq, float("nan")):.4f} | '
+        f'{PND.get(seq, float("nan")):.4f} |'
+    )
   return '\n'.join(lines)
 
 
@@ -257,8 +303,10 @@ def depth_diagnostics(row_dir: str, config: ml_collections.ConfigDict) -> dict[s
     p = preds[key] - preds[key].mean(1, keepdims=True)
     ratios.append(p[..., 2].std(1) / np.maximum(g[..., 2].std(1), 1e-9))
     fits.append(np.linalg.norm(p[..., :2] - g[..., :2], axis=-1).mean(1) / np.linalg.norm(g, axis=-1).mean(1))
-  return {'depth_spread_ratio': float(np.median(np.concatenate(ratios))),
-          'relative_2d_error': float(np.mean(np.concatenate(fits)))}
+  return {
+      'depth_spread_ratio': float(np.median(np.concatenate(ratios))),
+      'relative_2d_error': float(np.mean(np.concatenate(fits))),
+  }
 
 
 def diagnostics_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -280,37 +328,63 @@ def diagnostics_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> st
 # ----------------------------------------------------------------------------
 
 
-def write_results(workdir: str, cmu17: dict[str, Any] | None, nrsfm: dict[str, Any] | None,
-                  commands: list[str], diagnostics: dict[str, Any] | None = None,
-                  cross_subject: dict[str, Any] | None = None) -> tuple[str, str]:
+def write_results(
+    workdir: str,
+    cmu17: dict[str, Any] | None,
+    nrsfm: dict[str, Any] | None,
+    commands: list[str],
+    diagnostics: dict[str, Any] | None = None,
+    cross_subject: dict[str, Any] | None = None,
+) -> tuple[str, str]:
   """``results.json`` (raw scores) and ``results.md`` (the README tables) in ``workdir``.
 
   ``commands``: the invocations that produced the results (in order);
   ``cross_subject``: :func:`run_cmu17_cross_subject`'s result, if run.
   """
   os.makedirs(workdir, exist_ok=True)
-  payload = {'commands': commands, 'cmu17': cmu17, 'cmu17_cross_subject': cross_subject, 'nrsfm': nrsfm,
-             'bmm_e3d_akhter': BMM,
-             'em_pnd_e3d_akhter': PND, 'diagnostics': diagnostics, 'jax_backend': jax.default_backend()}
+  payload = {
+      'commands': commands,
+      'cmu17': cmu17,
+      'cmu17_cross_subject': cross_subject,
+      'nrsfm': nrsfm,
+      'bmm_e3d_akhter': BMM,
+      'em_pnd_e3d_akhter': PND,
+      'diagnostics': diagnostics,
+      'jax_backend': jax.default_backend(),
+  }
   json_path = os.path.join(workdir, 'results.json')
   with open(json_path, 'w') as f:
     json.dump(payload, f, indent=2)
   parts = ['Produced by: ' + '; '.join(f'`{c}`' for c in commands), '']
   if cmu17:
-    parts += ['### cmu17 development split (train 002, 003, 005; test 006)', '',
-              'MPJPE, PA-MPJPE and Stress in mm; acceleration error in mm/frame²; the last column is the '
-              'MPJPE cut relative to the lifter-only row.', '', cmu17_table(cmu17), '']
+    parts += [
+        '### cmu17 development split (train 002, 003, 005; test 006)',
+        '',
+        'MPJPE, PA-MPJPE and Stress in mm; acceleration error in mm/frame²; the last column is the '
+        'MPJPE cut relative to the lifter-only row.',
+        '',
+        cmu17_table(cmu17),
+        '',
+    ]
     if cmu17.get('teacher_eval'):
-      parts += ['The teacher on its own (MPJPE, mm, on 006; mean / joint-wise reprojection aggregation):',
-                '', teacher_table(cmu17['teacher_eval']), '']
+      parts += [
+          'The teacher on its own (MPJPE, mm, on 006; mean / joint-wise reprojection aggregation):',
+          '',
+          teacher_table(cmu17['teacher_eval']),
+          '',
+      ]
   if cross_subject:
-    parts += ['### cmu17 cross-subject (leave one subject out; train on the others, test on it)', '',
-              'MPJPE per held-out subject, then the unweighted mean over folds of each metric (mm; '
-              'acceleration error in mm/frame²). Defaults are chosen on these means.', '',
-              cross_subject_table(cross_subject), '']
+    parts += [
+        '### cmu17 cross-subject (leave one subject out; train on the others, test on it)',
+        '',
+        'MPJPE per held-out subject, then the unweighted mean over folds of each metric (mm; '
+        'acceleration error in mm/frame²). Defaults are chosen on these means.',
+        '',
+        cross_subject_table(cross_subject),
+        '',
+    ]
   if nrsfm:
-    parts += ['### nrsfm-mocap (transductive; e3D / e3D-akhter, bold where it beats BMM)', '',
-              nrsfm_table(nrsfm), '']
+    parts += ['### nrsfm-mocap (transductive; e3D / e3D-akhter, bold where it beats BMM)', '', nrsfm_table(nrsfm), '']
   if diagnostics:
     parts += ['### Diagnostics: depth relief and 2D fit of each row', '', diagnostics_table(diagnostics), '']
   md_path = os.path.join(workdir, 'results.md')

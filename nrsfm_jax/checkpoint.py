@@ -43,8 +43,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
-                                           create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -54,8 +53,9 @@ class Checkpointer:
     """Saves ``state`` (a TrainState) at ``step`` with JSON ``meta``; overwrites nothing."""
     if step in self.manager.all_steps():
       return
-    args = ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
-                              meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))))
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))
+    )
     self.manager.save(step, args=args, force=True)
     self.manager.wait_until_finished()
 
@@ -65,8 +65,9 @@ class Checkpointer:
     if step is None:
       return state, None
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    )
     tree = restored['state']
     state = state.replace(params=tree['params'], opt_state=tree['opt_state'], step=tree['step'])
     return state, dict(restored['meta'])
@@ -76,8 +77,9 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
     return restored['state']['params'], dict(restored['meta'])
 
 
@@ -92,8 +94,7 @@ def flatten_params(params) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in flat.items()}
 
 
-def export_params(path: str, params, config: ml_collections.ConfigDict, *, scale: float,
-                  num_points: int) -> str:
+def export_params(path: str, params, config: ml_collections.ConfigDict, *, scale: float, num_points: int) -> str:
   """Writes ``path`` (.npz): '/'-joined parameter arrays, the config JSON and metadata.
 
   A ``<path>.json`` sidecar with the same config is written for humans.
@@ -124,8 +125,7 @@ def load_params(path: str, init_params) -> Any:
   missing = sorted(set(flat) - set(stored))
   extra = sorted(set(stored) - set(flat))
   if missing or extra:
-    raise KeyError(f'{path}: parameter keys do not match the model: missing {missing[:5]}, '
-                   f'unexpected {extra[:5]}.')
+    raise KeyError(f'{path}: parameter keys do not match the model: missing {missing[:5]}, ' f'unexpected {extra[:5]}.')
   for k, v in flat.items():
     if stored[k].shape != v.shape:
       raise ValueError(f'{path}: parameter {k!r} has shape {stored[k].shape}, the model expects {v.shape}.')
@@ -154,8 +154,13 @@ def load_exported(path: str) -> tuple[Callable, Any]:
   model = models.from_config('student', config.model, meta['num_points'])
   p = meta['num_points']
   # Shapes only: an eager init would compile every op of the model (tens of seconds on CPU).
-  init = jax.eval_shape(functools.partial(model.init, method=Student.init_all), jax.random.PRNGKey(0),
-                        jnp.zeros((1, 4, p, 2)), jnp.ones((1, 4, p)), jnp.ones((1, 4)))
+  init = jax.eval_shape(
+      functools.partial(model.init, method=Student.init_all),
+      jax.random.PRNGKey(0),
+      jnp.zeros((1, 4, p, 2)),
+      jnp.ones((1, 4, p)),
+      jnp.ones((1, 4)),
+  )
   params = load_params(path, init)
   scale = float(meta['scale'])
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nrsfm_jax import geometry
+from nrsfm_jax import geometry, losses
 
 Array = jax.Array
 Denoiser = Callable[[Array, Array], Array]
@@ -40,6 +40,7 @@ class Schedule(NamedTuple):
     alphas_cumprod_prev: ``ᾱ_{t−1}`` with ``ᾱ_{−1} = 1``.
     posterior_variance: ``β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)`` (DDPM's reverse variance).
   """
+
   betas: Array
   alphas_cumprod: Array
   alphas_cumprod_prev: Array
@@ -131,14 +132,7 @@ def x0_loss(pred: Array, x0: Array, *, mask: Array | None = None, root: int | No
     ``(values [..., P], weights [..., P])``, unweighted values (reduce with
     ``losses.masked_mean``); masked entries are exactly 0 in value and gradient.
   """
-  diff = geometry.root_relative(pred, root) - geometry.root_relative(x0, root)
-  weights = jnp.ones(diff.shape[:-1], diff.dtype) if mask is None else jnp.broadcast_to(mask, diff.shape[:-1])
-  diff = jnp.where(weights[..., None] > 0, diff, 0.0)
-  sq = jnp.sum(diff ** 2, -1)
-  # sqrt with a finite gradient at 0 (exact zeros appear on masked and root entries).
-  safe = jnp.where(sq > 0, sq, 1.0)
-  values = jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
-  return jnp.where(weights > 0, values, 0.0), weights
+  return losses.teacher_loss(pred, x0, mask=mask, root=root, kind='l2')
 
 
 def predict_noise(schedule: Schedule, x_t: Array, t: Array, x0: Array) -> Array:
@@ -172,8 +166,9 @@ def ddpm_step(schedule: Schedule, x_t: Array, t: Array, x0: Array, noise: Array)
   return jnp.where(last, x0, mean + jnp.sqrt(var) * noise)
 
 
-def ddim_step(schedule: Schedule, x_t: Array, t: Array, t_prev: Array, x0: Array, noise: Array, *,
-              eta: float = 0.0) -> Array:
+def ddim_step(
+    schedule: Schedule, x_t: Array, t: Array, t_prev: Array, x0: Array, noise: Array, *, eta: float = 0.0
+) -> Array:
   """One DDIM step ``x_t → x_{t_prev}`` from an x0 estimate (``t_prev < 0``: return x0).
 
   ``x_prev = √ᾱ_prev x0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z`` with
@@ -197,7 +192,7 @@ def ddim_step(schedule: Schedule, x_t: Array, t: Array, t_prev: Array, x0: Array
   ab_prev = jnp.where(final, 1.0, _bcast(schedule.alphas_cumprod, t_prev, x_t))
   eps = (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
   sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab)) * jnp.sqrt(jnp.maximum(1.0 - ab / ab_prev, 0.0))
-  direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma ** 2, 0.0))
+  direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0))
   x_prev = jnp.sqrt(ab_prev) * x0 + direction * eps + sigma * noise
   return jnp.where(final, x0, x_prev)
 
@@ -214,8 +209,9 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
   return np.round(np.linspace(num_timesteps - 1, 0, num_steps)).astype(np.int32)
 
 
-def ddim_sample(denoise: Denoiser, schedule: Schedule, key: Array, shape: tuple[int, ...], *,
-                num_steps: int = 5, eta: float = 0.0) -> Array:
+def ddim_sample(
+    denoise: Denoiser, schedule: Schedule, key: Array, shape: tuple[int, ...], *, num_steps: int = 5, eta: float = 0.0
+) -> Array:
   """DDIM sampling from ``x_T ~ N(0, I)`` in ``num_steps`` denoiser calls (``lax.scan``).
 
   Args:
@@ -229,16 +225,37 @@ def ddim_sample(denoise: Denoiser, schedule: Schedule, key: Array, shape: tuple[
   Returns:
     ``[B, ...]`` the final x0 estimate.
   """
+  x_init = jax.random.normal(jax.random.fold_in(key, num_steps), shape)
+  noise_fn = lambda i: jax.random.normal(jax.random.fold_in(key, i), shape)
+  return _ddim_scan(denoise, schedule, x_init, noise_fn, shape[1:], num_steps=num_steps, eta=eta)
+
+
+def _ddim_scan(
+    denoise: Denoiser,
+    schedule: Schedule,
+    x_init: Array,
+    noise_fn,
+    example_shape: tuple[int, ...],
+    *,
+    num_steps: int,
+    eta: float,
+) -> Array:
+  """The K DDIM steps (``lax.scan``) shared by :func:`ddim_sample` and :func:`sample_hypotheses`.
+
+  ``x_init`` is ``[*lead, *example_shape]``; every step flattens the leading
+  axes into one denoiser batch. ``noise_fn(i)`` is step i's noise, shaped like ``x_init``.
+  """
   ts = ddim_timesteps(schedule.num_timesteps, num_steps)
   prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
-  x_init = jax.random.normal(jax.random.fold_in(key, num_steps), shape)
+  flat = lambda a: a.reshape((-1,) + tuple(example_shape))
+  n = flat(x_init).shape[0]
 
   def body(x, inputs):
     i, t, t_prev = inputs
-    tb = jnp.full((shape[0],), t, jnp.int32)
-    x0 = denoise(x, tb)
-    noise = jax.random.normal(jax.random.fold_in(key, i), shape)
-    return ddim_step(schedule, x, tb, jnp.full_like(tb, t_prev), x0, noise, eta=eta), None
+    tb = jnp.full((n,), t, jnp.int32)
+    x0 = denoise(flat(x), tb)
+    step = ddim_step(schedule, flat(x), tb, jnp.full_like(tb, t_prev), x0, flat(noise_fn(i)), eta=eta)
+    return step.reshape(x.shape), None
 
   x, _ = jax.lax.scan(body, x_init, (jnp.arange(num_steps), jnp.asarray(ts), jnp.asarray(prev)))
   return x
@@ -257,8 +274,16 @@ def ddpm_sample(denoise: Denoiser, schedule: Schedule, key: Array, shape: tuple[
   return jax.lax.fori_loop(0, num, body, x_init)
 
 
-def sample_hypotheses(denoise: Denoiser, schedule: Schedule, key: Array, shape: tuple[int, ...], *,
-                      num_hypotheses: int = 5, num_steps: int = 5, eta: float = 0.0) -> Array:
+def sample_hypotheses(
+    denoise: Denoiser,
+    schedule: Schedule,
+    key: Array,
+    shape: tuple[int, ...],
+    *,
+    num_hypotheses: int = 5,
+    num_steps: int = 5,
+    eta: float = 0.0,
+) -> Array:
   """H independent DDIM samples (D3DP's multi-hypothesis inference): ``[H, B, ...]``.
 
   The hypotheses are batched through the denoiser together (one call of
@@ -267,23 +292,10 @@ def sample_hypotheses(denoise: Denoiser, schedule: Schedule, key: Array, shape: 
   h = num_hypotheses
   if h < 1:
     raise ValueError(f'num_hypotheses must be >= 1, got {h}')
-  b = shape[0]
-  ts = ddim_timesteps(schedule.num_timesteps, num_steps)
-  prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(h))
   x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, num_steps), shape))(keys)
-
-  def body(x, inputs):
-    i, t, t_prev = inputs
-    tb = jnp.full((h * b,), t, jnp.int32)
-    x0 = denoise(x.reshape((h * b,) + shape[1:]), tb).reshape(x.shape)
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), shape))(keys)
-    step = ddim_step(schedule, x.reshape((h * b,) + shape[1:]), tb, jnp.full_like(tb, t_prev),
-                     x0.reshape((h * b,) + shape[1:]), noise.reshape((h * b,) + shape[1:]), eta=eta)
-    return step.reshape(x.shape), None
-
-  x, _ = jax.lax.scan(body, x_init, (jnp.arange(num_steps), jnp.asarray(ts), jnp.asarray(prev)))
-  return x
+  noise_fn = lambda i: jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), shape))(keys)
+  return _ddim_scan(denoise, schedule, x_init, noise_fn, shape[1:], num_steps=num_steps, eta=eta)
 
 
 def aggregate_mean(hypotheses: Array) -> Array:

@@ -51,11 +51,16 @@ def _stem(path: str) -> str:
   return os.path.splitext(os.path.basename(str(path)))[0]
 
 
-def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], *,
-                       data: data_lib.WindowDataset | None = None, sequence: str | None = None,
-                       subjects: str | Sequence[str] | None = None, tracks: str | None = None,
-                       protocol: str | None = None
-                       ) -> tuple[data_lib.WindowDataset, str, str]:
+def build_eval_dataset(
+    config: ml_collections.ConfigDict,
+    meta: dict[str, Any],
+    *,
+    data: data_lib.WindowDataset | None = None,
+    sequence: str | None = None,
+    subjects: str | Sequence[str] | None = None,
+    tracks: str | None = None,
+    protocol: str | None = None,
+) -> tuple[data_lib.WindowDataset, str, str]:
   """The windows to evaluate a run on, normalised with the run's training scale.
 
   At most one of ``data``, ``sequence``, ``subjects`` and ``tracks`` may be
@@ -82,8 +87,7 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
     ValueError: several sources given, ``data`` built with another scale, or
       the data has a different number of points than the model (both named).
   """
-  given = [k for k, v in dict(data=data, sequence=sequence, subjects=subjects,
-                              tracks=tracks).items() if v is not None]
+  given = [k for k, v in dict(data=data, sequence=sequence, subjects=subjects, tracks=tracks).items() if v is not None]
   if len(given) > 1:
     raise ValueError(f'Give at most one of data / sequence / subjects / tracks, got {given}.')
   scale = float(meta['scale'])
@@ -92,8 +96,10 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
   window = data_lib.window_length(d, 'eval')
   if data is not None:
     if not np.isclose(data.scale, scale, rtol=1e-6):
-      raise ValueError(f'data was normalised with scale {data.scale:.6g} but the run was trained with '
-                       f"{scale:.6g}: build it with scale=meta['scale'].")
+      raise ValueError(
+          f'data was normalised with scale {data.scale:.6g} but the run was trained with '
+          f"{scale:.6g}: build it with scale=meta['scale']."
+      )
     dataset, what = data, 'data'
     protocol = protocol or data_lib.protocol_of(d) or 'cmu17'
     name = 'data'
@@ -108,8 +114,16 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
     # config.data.path is a mocap file only for cmu17 runs (a tracks run keeps its tracks there).
     path = (d.path or None) if d.name == 'cmu17' else None
     dataset = data_lib.cmu17_dataset(
-        wanted, length=window, path=path, azimuths_deg=tuple(d.azimuths), elevation_deg=d.elevation,
-        noise_std=d.noise_std, dropout=d.dropout, seed=config.seed, scale=scale)
+        wanted,
+        length=window,
+        path=path,
+        azimuths_deg=tuple(d.azimuths),
+        elevation_deg=d.elevation,
+        noise_std=d.noise_std,
+        dropout=d.dropout,
+        seed=config.seed,
+        scale=scale,
+    )
     what, protocol = f'cmu17 subjects {",".join(wanted)}', protocol or 'cmu17'
     name = 'cmu17_' + '_'.join(wanted)
   elif tracks is not None:
@@ -119,7 +133,7 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
     # The train split is rebuilt too (cheap, numpy only) so the eval split is
     # exactly the one train_and_evaluate scored.
     dataset = data_lib.make_dataset(d, 'eval', scale=scale, seed=config.seed)
-    what = f'the run\'s eval split ({d.name})'
+    what = f"the run's eval split ({d.name})"
     protocol = protocol or data_lib.protocol_of(d)
     if d.name == 'cmu17':
       name = 'cmu17_' + '_'.join(data_lib.parse_names(d.val_subjects))
@@ -127,16 +141,26 @@ def build_eval_dataset(config: ml_collections.ConfigDict, meta: dict[str, Any], 
       name = f'{d.name}_{dataset.names[0]}'
   expected = int(meta['num_points'])
   if dataset.num_points != expected:
-    raise ValueError(f'{what} has {dataset.num_points} points per frame but the model was trained on '
-                     f'{expected} points: the Student\'s input and output size is fixed by its '
-                     f'training data, so evaluate on {expected}-point data or train a run on this one.')
+    raise ValueError(
+        f'{what} has {dataset.num_points} points per frame but the model was trained on '
+        f"{expected} points: the Student's input and output size is fixed by its "
+        f'training data, so evaluate on {expected}-point data or train a run on this one.'
+    )
   return dataset, protocol, name
 
 
-def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
-                 sequence: str | None = None, subjects: str | Sequence[str] | None = None,
-                 tracks: str | None = None, step: int | None = None, output: str | None = None,
-                 protocol: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_run(
+    workdir: str,
+    *,
+    data: data_lib.WindowDataset | None = None,
+    sequence: str | None = None,
+    subjects: str | Sequence[str] | None = None,
+    tracks: str | None = None,
+    step: int | None = None,
+    output: str | None = None,
+    protocol: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
   """Evaluates a trained run on its own eval split or on other data.
 
   Inputs are normalised with the run's training scale ``meta['scale']`` (see
@@ -162,17 +186,29 @@ def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
     ``protocol``, ``scale``, ``output`` and ``predictions`` (paths).
   """
   config, model, params, meta = load_run(workdir, step)
-  dataset, protocol, name = build_eval_dataset(config, meta, data=data, sequence=sequence,
-                                               subjects=subjects, tracks=tracks, protocol=protocol)
+  dataset, protocol, name = build_eval_dataset(
+      config, meta, data=data, sequence=sequence, subjects=subjects, tracks=tracks, protocol=protocol
+  )
   output = output or os.path.join(workdir, f'evaluate_{name}.json')
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   pred_path = os.path.splitext(output)[0] + '_predictions.npz'
-  scored, frames = scoring.predict_and_score(model.apply, params, dataset,
-                                           batch_size=config.train.eval_batch_size,
-                                           protocol=protocol, predictions_path=pred_path)
-  info = {'workdir': os.path.abspath(workdir), 'step': int(meta['step']), 'data': name,
-          'protocol': protocol, 'scale': float(meta['scale']), 'output': os.path.abspath(output),
-          'predictions': os.path.abspath(pred_path)}
+  scored, frames = scoring.predict_and_score(
+      model.apply,
+      params,
+      dataset,
+      batch_size=config.train.eval_batch_size,
+      protocol=protocol,
+      predictions_path=pred_path,
+  )
+  info = {
+      'workdir': os.path.abspath(workdir),
+      'step': int(meta['step']),
+      'data': name,
+      'protocol': protocol,
+      'scale': float(meta['scale']),
+      'output': os.path.abspath(output),
+      'predictions': os.path.abspath(pred_path),
+  }
   if scored is None:
     result = dict(frames=frames, **info)
     log(f'{name}: no ground-truth 3D; {result["frames"]} frames reconstructed into {pred_path}')
@@ -190,8 +226,9 @@ def evaluate_run(workdir: str, *, data: data_lib.WindowDataset | None = None,
 # ----------------------------------------------------------------------------
 
 
-def export_run(workdir: str, output: str | None = None, *, step: int | None = None,
-               log: Callable[[str], None] = print) -> str:
+def export_run(
+    workdir: str, output: str | None = None, *, step: int | None = None, log: Callable[[str], None] = print
+) -> str:
   """Exports a run's parameters as a flat ``.npz`` (``checkpoint.export_params``).
 
   Args:
@@ -205,15 +242,16 @@ def export_run(workdir: str, output: str | None = None, *, step: int | None = No
   """
   config, _, params, meta = load_run(workdir, step)
   output = output or os.path.join(workdir, 'export', 'params.npz')
-  path = ckpt_lib.export_params(output, params, config, scale=meta['scale'],
-                                num_points=meta['num_points'])
+  path = ckpt_lib.export_params(output, params, config, scale=meta['scale'], num_points=meta['num_points'])
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
   log(f'exported step {meta["step"]} of {workdir} to {path}')
   log(f'{num_params:,} parameters; {meta["num_points"]} points; 2D scale {meta["scale"]:.6g}')
-  log('load it with:\n'
+  log(
+      'load it with:\n'
       '  from nrsfm_jax.checkpoint import load_exported\n'
       f'  apply_fn, params = load_exported({path!r})\n'
-      '  points3d = apply_fn(params, keypoints)  # [T, P, 2] raw 2D (NaN = missing) -> [T, P, 3]')
+      '  points3d = apply_fn(params, keypoints)  # [T, P, 2] raw 2D (NaN = missing) -> [T, P, 3]'
+  )
   return path
 
 
@@ -223,9 +261,8 @@ def export_run(workdir: str, output: str | None = None, *, step: int | None = No
 
 
 def rotation_angle(rotations: Array) -> Array:
-  """Rotation angles in degrees: ``arccos((tr R − 1) / 2)``, ``[..., 3, 3] -> [...]``."""
-  cos = 0.5 * (jnp.trace(rotations, axis1=-2, axis2=-1) - 1.0)
-  return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
+  """Rotation angles in degrees, ``[..., 3, 3] -> [...]`` (:func:`geometry.rotation_angle`)."""
+  return jnp.degrees(geometry.rotation_angle(rotations))
 
 
 def canonical_errors(apply_fn: Callable, params, shapes: Array, rotations: Array) -> Array:
@@ -240,6 +277,7 @@ def canonical_errors(apply_fn: Callable, params, shapes: Array, rotations: Array
   Returns:
     ``[R, N]`` mean joint distances (normalised units).
   """
+
   def one_rotation(rotation):
     rec = apply_fn(params, geometry.rotate(shapes, rotation), method=Student.canonicalize)
     return losses.masked_mean(*losses.canonical_loss(shapes, rec, kind='l2'), axis=-1)
@@ -247,8 +285,9 @@ def canonical_errors(apply_fn: Callable, params, shapes: Array, rotations: Array
   return jax.vmap(one_rotation)(rotations)
 
 
-def canonical_study(apply_fn: Callable, params, shapes: Array, *, key: Array,
-                    num_rotations: int = 256, num_bins: int = 12) -> dict[str, np.ndarray]:
+def canonical_study(
+    apply_fn: Callable, params, shapes: Array, *, key: Array, num_rotations: int = 256, num_bins: int = 12
+) -> dict[str, np.ndarray]:
   """Eq. 18's consistency ``‖X − Ψ(R X)‖`` as a function of the rotation angle.
 
   Draws ``num_rotations`` Haar-uniform rotations (``geometry.random_rotation``),
@@ -289,13 +328,28 @@ def canonical_study(apply_fn: Callable, params, shapes: Array, *, key: Array,
     count[b] = v.size
     if v.size:
       mean[b], std[b] = v.mean(), v.std()
-  return {'bin_edges': edges, 'bin_centers': 0.5 * (edges[:-1] + edges[1:]), 'mean': mean, 'std': std,
-          'count': count, 'rotations': np.asarray(rotations), 'angles': angles, 'values': values,
-          'per_rotation': values.mean(1)}
+  return {
+      'bin_edges': edges,
+      'bin_centers': 0.5 * (edges[:-1] + edges[1:]),
+      'mean': mean,
+      'std': std,
+      'count': count,
+      'rotations': np.asarray(rotations),
+      'angles': angles,
+      'values': values,
+      'per_rotation': values.mean(1),
+  }
 
 
-def canonical_shapes(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *,
-                     num_frames: int = 512, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+def canonical_shapes(
+    apply_fn: Callable,
+    params,
+    dataset: data_lib.WindowDataset,
+    *,
+    num_frames: int = 512,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> np.ndarray:
   """The model's canonical shapes ``X`` (``shape_init``) on real frames sampled from ``dataset``.
 
   Only as many randomly chosen windows as needed to hold ``num_frames`` real
@@ -308,10 +362,14 @@ def canonical_shapes(apply_fn: Callable, params, dataset: data_lib.WindowDataset
   order = rng.permutation(dataset.num_windows)
   needed = int(np.searchsorted(np.cumsum(dataset.mask.sum(1)[order]), num_frames)) + 1
   idx = np.sort(order[:needed])
-  subset = dataclasses.replace(dataset, **{
-      f: getattr(dataset, f)[idx] for f in ('keypoints', 'visibility', 'mask', 'points3d', 'sequence_ids',
-                                            'view_ids', 'starts', 'centroids')
-      if getattr(dataset, f) is not None})
+  subset = dataclasses.replace(
+      dataset,
+      **{
+          f: getattr(dataset, f)[idx]
+          for f in ('keypoints', 'visibility', 'mask', 'points3d', 'sequence_ids', 'view_ids', 'starts', 'centroids')
+          if getattr(dataset, f) is not None
+      },
+  )
   shapes = scoring.predict(apply_fn, params, subset, batch_size=batch_size, key='shape_init')
   real = shapes[subset.mask > 0]
   if len(real) > num_frames:
@@ -322,18 +380,27 @@ def canonical_shapes(apply_fn: Callable, params, dataset: data_lib.WindowDataset
 def format_canonical_study(study: dict[str, np.ndarray], *, scale: float = 1.0) -> str:
   """A console table of :func:`canonical_study` (errors times ``scale``)."""
   lines = [f"{'angle (deg)':>12}{'count':>9}{'mean':>12}{'std':>12}"]
-  for lo, hi, n, m, s in zip(study['bin_edges'][:-1], study['bin_edges'][1:], study['count'],
-                             study['mean'], study['std']):
+  for lo, hi, n, m, s in zip(
+      study['bin_edges'][:-1], study['bin_edges'][1:], study['count'], study['mean'], study['std']
+  ):
     lines.append(f'{lo:5.0f} - {hi:4.0f}{n:9d}{m * scale:12.3f}{s * scale:12.3f}')
   values = study['values']
   lines.append(f"{'all':>12}{values.size:9d}{values.mean() * scale:12.3f}{values.std() * scale:12.3f}")
   return '\n'.join(lines)
 
 
-def run_canonical_study(workdir: str, *, num_rotations: int = 256, num_frames: int = 512,
-                        num_bins: int = 12, seed: int = 0, step: int | None = None,
-                        output_dir: str | None = None, plot: bool = True,
-                        log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_canonical_study(
+    workdir: str,
+    *,
+    num_rotations: int = 256,
+    num_frames: int = 512,
+    num_bins: int = 12,
+    seed: int = 0,
+    step: int | None = None,
+    output_dir: str | None = None,
+    plot: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
   """:func:`canonical_study` of a trained run on shapes from its eval windows; CSV, PNG and table.
 
   Writes ``canonical_study.csv`` (per angle bin: ``angle_lo``, ``angle_hi``,
@@ -346,10 +413,12 @@ def run_canonical_study(workdir: str, *, num_rotations: int = 256, num_frames: i
   """
   config, model, params, meta = load_run(workdir, step)
   dataset, _, name = build_eval_dataset(config, meta)
-  shapes = canonical_shapes(model.apply, params, dataset, num_frames=num_frames, seed=seed,
-                            batch_size=config.train.eval_batch_size)
-  study = canonical_study(model.apply, params, shapes, key=jax.random.PRNGKey(seed),
-                          num_rotations=num_rotations, num_bins=num_bins)
+  shapes = canonical_shapes(
+      model.apply, params, dataset, num_frames=num_frames, seed=seed, batch_size=config.train.eval_batch_size
+  )
+  study = canonical_study(
+      model.apply, params, shapes, key=jax.random.PRNGKey(seed), num_rotations=num_rotations, num_bins=num_bins
+  )
   scale = float(meta['scale'])
   output_dir = output_dir or workdir
   os.makedirs(output_dir, exist_ok=True)
@@ -357,25 +426,39 @@ def run_canonical_study(workdir: str, *, num_rotations: int = 256, num_frames: i
   with open(csv_path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['angle_lo', 'angle_hi', 'count', 'mean', 'std', 'mean_normalised', 'std_normalised'])
-    for lo, hi, n, m, s in zip(study['bin_edges'][:-1], study['bin_edges'][1:], study['count'],
-                               study['mean'], study['std']):
-      writer.writerow([f'{lo:g}', f'{hi:g}', int(n), f'{m * scale:.6g}', f'{s * scale:.6g}',
-                       f'{m:.6g}', f'{s:.6g}'])
-  header = (f'canonical study of {workdir} (step {meta["step"]}): ‖X − Ψ(R X)‖ mean joint distance, '
-            f'data units (2D scale {scale:.4g}); {len(shapes)} shapes from {name} × {num_rotations} rotations')
+    for lo, hi, n, m, s in zip(
+        study['bin_edges'][:-1], study['bin_edges'][1:], study['count'], study['mean'], study['std']
+    ):
+      writer.writerow([f'{lo:g}', f'{hi:g}', int(n), f'{m * scale:.6g}', f'{s * scale:.6g}', f'{m:.6g}', f'{s:.6g}'])
+  header = (
+      f'canonical study of {workdir} (step {meta["step"]}): ‖X − Ψ(R X)‖ mean joint distance, '
+      f'data units (2D scale {scale:.4g}); {len(shapes)} shapes from {name} × {num_rotations} rotations'
+  )
   log(header)
   log(format_canonical_study(study, scale=scale))
   log(f'wrote {csv_path}')
   png_path = None
   if plot:
     png_path = plotting.plot_canonical_study(
-        study, os.path.join(output_dir, 'canonical_study.png'), scale=scale,
+        study,
+        os.path.join(output_dir, 'canonical_study.png'),
+        scale=scale,
         title=f'{os.path.basename(os.path.abspath(workdir))}, step {meta["step"]}: {len(shapes)} shapes '
-              f'({name}) × {num_rotations} Haar rotations')
+        f'({name}) × {num_rotations} Haar rotations',
+    )
     log(f'wrote {png_path}')
   return dict(study, scale=scale, num_shapes=len(shapes), csv=csv_path, png=png_path)
 
 
-__all__ = ['build_eval_dataset', 'canonical_errors', 'canonical_shapes', 'canonical_study',
-           'evaluate_run', 'export_run', 'format_canonical_study', 'load_run',
-           'rotation_angle', 'run_canonical_study']
+__all__ = [
+    'build_eval_dataset',
+    'canonical_errors',
+    'canonical_shapes',
+    'canonical_study',
+    'evaluate_run',
+    'export_run',
+    'format_canonical_study',
+    'load_run',
+    'rotation_angle',
+    'run_canonical_study',
+]

@@ -38,20 +38,26 @@ def hat(omega: Array) -> Array:
   """
   x, y, z = omega[..., 0], omega[..., 1], omega[..., 2]
   zero = jnp.zeros_like(x)
-  return jnp.stack([
-      jnp.stack([zero, -z, y], -1),
-      jnp.stack([z, zero, -x], -1),
-      jnp.stack([-y, x, zero], -1),
-  ], -2)
+  return jnp.stack(
+      [
+          jnp.stack([zero, -z, y], -1),
+          jnp.stack([z, zero, -x], -1),
+          jnp.stack([-y, x, zero], -1),
+      ],
+      -2,
+  )
 
 
 def vee(matrix: Array) -> Array:
   """Inverse of :func:`hat` on the skew part: ``[..., 3, 3] -> [..., 3]``."""
-  return 0.5 * jnp.stack([
-      matrix[..., 2, 1] - matrix[..., 1, 2],
-      matrix[..., 0, 2] - matrix[..., 2, 0],
-      matrix[..., 1, 0] - matrix[..., 0, 1],
-  ], -1)
+  return 0.5 * jnp.stack(
+      [
+          matrix[..., 2, 1] - matrix[..., 1, 2],
+          matrix[..., 0, 2] - matrix[..., 2, 0],
+          matrix[..., 1, 0] - matrix[..., 0, 1],
+      ],
+      -1,
+  )
 
 
 def so3_exp(omega: Array) -> Array:
@@ -71,6 +77,12 @@ def so3_exp(omega: Array) -> Array:
   k = hat(omega)
   eye = jnp.eye(3, dtype=omega.dtype)
   return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
+
+
+def rotation_angle(rotation: Array) -> Array:
+  """Rotation angle in radians, ``[..., 3, 3] -> [...]`` in [0, π]: ``arccos((tr R − 1) / 2)``."""
+  cos = 0.5 * (jnp.trace(rotation, axis1=-2, axis2=-1) - 1.0)
+  return jnp.arccos(jnp.clip(cos, -1.0, 1.0))
 
 
 def so3_log(rotation: Array) -> Array:
@@ -122,11 +134,14 @@ def random_rotation(key: Array, shape: tuple[int, ...] = (), dtype=jnp.float32) 
 def quaternion_to_matrix(q: Array) -> Array:
   """Unit quaternions ``[..., 4]`` (w, x, y, z) -> rotations ``[..., 3, 3]``."""
   w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-  return jnp.stack([
-      jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-      jnp.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-      jnp.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-  ], -2)
+  return jnp.stack(
+      [
+          jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+          jnp.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+          jnp.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+      ],
+      -2,
+  )
 
 
 def rotation_6d(x: Array) -> Array:
@@ -168,7 +183,7 @@ def root_relative(points: Array, root: int | None = 0) -> Array:
   points = jnp.asarray(points)
   if root is None:
     return points
-  return points - points[..., root:root + 1, :]
+  return points - points[..., root : root + 1, :]
 
 
 def orthographic_project(points: Array) -> Array:
@@ -243,8 +258,9 @@ def _weights(points: Array, mask: Array | None) -> Array:
   return jnp.broadcast_to(mask.astype(points.dtype), points.shape[:-1])
 
 
-def procrustes_rotation(source: Array, target: Array, *, mask: Array | None = None,
-                        allow_reflection: bool = False) -> Array:
+def procrustes_rotation(
+    source: Array, target: Array, *, mask: Array | None = None, allow_reflection: bool = False
+) -> Array:
   """Rotation ``R`` minimising ``Σ_p w_p ‖R s_p − t_p‖²`` (i.e. ``‖source @ Rᵀ − target‖``).
 
   No centring is done: centre both point sets first for the usual
@@ -270,8 +286,9 @@ def weighted_centroid(points: Array, mask: Array | None = None) -> Array:
   return jnp.sum(points * w, -2, keepdims=True) / jnp.maximum(jnp.sum(w, -2, keepdims=True), 1e-12)
 
 
-def similarity_align(source: Array, target: Array, *, mask: Array | None = None,
-                     allow_reflection: bool = False) -> Array:
+def similarity_align(
+    source: Array, target: Array, *, mask: Array | None = None, allow_reflection: bool = False
+) -> Array:
   """Aligns ``source`` to ``target`` with the best rotation, scale and translation.
 
   Umeyama's least-squares similarity over the visible points; the result is

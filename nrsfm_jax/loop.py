@@ -19,6 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from nrsfm_jax.data import batch_indices
+
 
 class MetricWriter:
   """Appends metrics as JSON lines to ``workdir/metrics.jsonl`` (clu-style, no TF needed)."""
@@ -68,8 +70,9 @@ def save_config(workdir: str, config: ml_collections.ConfigDict, log: Callable[[
     f.write(text)
 
 
-def check_resume(directory: str, old: dict[str, Any] | None, new: dict[str, Any], keys: Sequence[str],
-                 what: str = 'a run') -> None:
+def check_resume(
+    directory: str, old: dict[str, Any] | None, new: dict[str, Any], keys: Sequence[str], what: str = 'a run'
+) -> None:
   """Refuses to resume a checkpoint whose metadata differs from this run's at ``keys`` (floats: rtol 1e-6).
 
   A key missing from the old metadata is not compared (older runs).
@@ -98,10 +101,39 @@ def save_state(ckpt, state, meta: dict[str, Any]) -> int:
   return step
 
 
-def run_loop(state, step_fn: Callable, batch_fn: Callable[[int], dict[str, Any]], *, num_steps: int,
-             ckpt, meta: dict[str, Any], writer: MetricWriter, log: Callable[[str], None], log_every: int,
-             checkpoint_every: int, finish: Callable = lambda s: s,
-             progress: Callable[[dict[str, Any], float], str] = lambda m, rate: '') -> Any:
+def window_batches(dataset, batch_size: int, seed: int, **per_window) -> Callable[[int], dict[str, Any]]:
+  """``step -> batch``: step's shuffled windows (``data.batch_indices``) with keypoints, visibility, mask.
+
+  ``per_window`` arrays (``[N, ...]``, indexed like the windows, e.g. teacher
+  targets or pseudo-3D; None is left out) are gathered into the batch under
+  their keyword.
+  """
+  extra = {k: v for k, v in per_window.items() if v is not None}
+
+  def batch_fn(step: int) -> dict[str, Any]:
+    idx = batch_indices(dataset.num_windows, batch_size, seed=seed, step=step)
+    full = dataset.take(idx)
+    batch = {k: full[k] for k in ('keypoints', 'visibility', 'mask')}
+    batch.update({k: v[idx] for k, v in extra.items()})
+    return batch
+
+  return batch_fn
+
+
+def run_loop(
+    state,
+    step_fn: Callable,
+    batch_fn: Callable[[int], dict[str, Any]],
+    *,
+    num_steps: int,
+    ckpt,
+    meta: dict[str, Any],
+    workdir: str,
+    train_config: ml_collections.ConfigDict,
+    log: Callable[[str], None],
+    finish: Callable = lambda s: s,
+    progress: Callable[[dict[str, Any], float], str] = lambda m, rate: '',
+) -> Any:
   """Runs ``step_fn`` from the state's step to ``num_steps`` and returns the final (device-layout) state.
 
   Args:
@@ -112,9 +144,10 @@ def run_loop(state, step_fn: Callable, batch_fn: Callable[[int], dict[str, Any]]
     num_steps: the step to stop at.
     ckpt: a ``checkpoint.Checkpointer``.
     meta: checkpoint metadata.
-    writer: where metrics go every ``log_every`` steps.
+    workdir: the run's directory (metrics go to ``metrics.jsonl`` there, :class:`MetricWriter`).
+    train_config: ``config.train``; its ``log_every`` and ``checkpoint_every``
+      are the cadences (0: never, except the last step's log).
     log: progress sink.
-    log_every / checkpoint_every: cadences (0: never, except the last step's log).
     finish: converts ``step_fn``'s state layout back to a plain state for saving.
     progress: ``(metrics, steps_per_second) -> str`` appended to the progress line.
 
@@ -123,6 +156,8 @@ def run_loop(state, step_fn: Callable, batch_fn: Callable[[int], dict[str, Any]]
     KeyboardInterrupt: after saving the state (unless interrupted inside the
       step, whose donated buffers are gone: then the last checkpoint stands).
   """
+  writer = MetricWriter(workdir)
+  log_every, checkpoint_every = train_config.log_every, train_config.checkpoint_every
   start = step = int(jax.device_get(finish(state).step))
   t_loop, timed = time.time(), 0
   try:
@@ -134,7 +169,8 @@ def run_loop(state, step_fn: Callable, batch_fn: Callable[[int], dict[str, Any]]
         bad = [k for k, v in m.items() if not np.isfinite(v)]
         raise NonFiniteLossError(
             f'non-finite {"/".join(bad) or "gradient"} at step {step}; the last good state '
-            f'(step {step}) is saved in {ckpt.directory}. Metrics: {dict((k, float(v)) for k, v in m.items())}')
+            f'(step {step}) is saved in {ckpt.directory}. Metrics: {dict((k, float(v)) for k, v in m.items())}'
+        )
       step += 1
       if step == start + 1:
         log(f'first step (compilation included) took {time.time() - t_loop:.1f} s')
@@ -145,8 +181,10 @@ def run_loop(state, step_fn: Callable, batch_fn: Callable[[int], dict[str, Any]]
         m = jax.device_get(m)
         rate = timed / max(time.time() - t_loop, 1e-9)
         writer.write(step, {k: v for k, v in m.items() if k != 'finite'})
-        log(f'step {step}/{num_steps} | {rate:.2f} steps/s{progress(m, rate)} | '
-            f'ETA {format_duration((num_steps - step) / max(rate, 1e-9))}')
+        log(
+            f'step {step}/{num_steps} | {rate:.2f} steps/s{progress(m, rate)} | '
+            f'ETA {format_duration((num_steps - step) / max(rate, 1e-9))}'
+        )
         t_loop, timed = time.time(), 0
       if checkpoint_every and step % checkpoint_every == 0:
         save_state(ckpt, finish(state), meta)

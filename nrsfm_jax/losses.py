@@ -30,13 +30,6 @@ Array = jax.Array
 ROBUST_KINDS = ('pseudo_huber', 'huber', 'l2', 'squared')
 
 
-def huber(x: Array, *, delta: float = 1.0) -> Array:
-  """True Huber, elementwise: ``x²/2`` if ``|x| ≤ δ`` else ``δ(|x| − δ/2)``."""
-  abs_x = jnp.abs(x)
-  quadratic = jnp.minimum(abs_x, delta)
-  return 0.5 * quadratic * quadratic + delta * (abs_x - quadratic)
-
-
 def pseudo_huber(sq_dist: Array, *, scale: float) -> Array:
   """C3DPO's robust penalty on squared distances: ``c · (√(1 + d²/c²) − 1)``.
 
@@ -56,8 +49,7 @@ def safe_sqrt(x: Array) -> Array:
 
 def huber_sq(sq_dist: Array, *, delta: float) -> Array:
   """True Huber of the distance ``d = √sq_dist``, with a safe gradient at 0."""
-  return jnp.where(sq_dist <= delta * delta, 0.5 * sq_dist,
-                   delta * (safe_sqrt(sq_dist) - 0.5 * delta))
+  return jnp.where(sq_dist <= delta * delta, 0.5 * sq_dist, delta * (safe_sqrt(sq_dist) - 0.5 * delta))
 
 
 def robust(sq_dist: Array, *, kind: str = 'pseudo_huber', scale: float = 1.0) -> Array:
@@ -73,16 +65,24 @@ def robust(sq_dist: Array, *, kind: str = 'pseudo_huber', scale: float = 1.0) ->
   raise ValueError(f'Unknown robust loss kind {kind!r}; expected one of {ROBUST_KINDS}.')
 
 
-def masked_mean(values: Array, weights: Array | None = None, axis=None) -> Array:
+def masked_mean(values: Array, weights: Array | None = None, axis=None, axis_name: str | None = None) -> Array:
   """``Σ w·v / Σ w`` over ``axis`` (all axes by default); 0 where ``Σ w = 0``.
 
   Entries with zero weight contribute nothing, even if their value is NaN.
+  With ``axis_name`` (inside ``pmap`` / ``shard_map``) the count is summed
+  over that axis: each device returns its share ``Σ_local w·v / Σ_global w``
+  of the global mean, so a ``psum`` of the shares is the global masked mean.
   """
   if weights is None:
-    return jnp.mean(values, axis=axis)
+    if axis_name is not None:
+      weights = jnp.ones_like(values)
+    else:
+      return jnp.mean(values, axis=axis)
   weights = jnp.broadcast_to(weights, values.shape).astype(values.dtype)
   total = jnp.sum(jnp.where(weights > 0, values * weights, 0.0), axis=axis)
   count = jnp.sum(weights, axis=axis)
+  if axis_name is not None:
+    count = jax.lax.psum(count, axis_name)
   return total / jnp.maximum(count, 1e-12)
 
 
@@ -100,8 +100,9 @@ def _zero_masked(values: Array, mask: Array) -> tuple[Array, Array]:
   return jnp.where(mask > 0, values, 0.0), mask
 
 
-def reprojection_loss(points_cam: Array, keypoints: Array, *, mask: Array | None = None,
-                      kind: str = 'pseudo_huber', scale: float = 1.0) -> tuple[Array, Array]:
+def reprojection_loss(
+    points_cam: Array, keypoints: Array, *, mask: Array | None = None, kind: str = 'pseudo_huber', scale: float = 1.0
+) -> tuple[Array, Array]:
   """Robust orthographic reprojection error (eq. 12).
 
   Args:
@@ -118,8 +119,9 @@ def reprojection_loss(points_cam: Array, keypoints: Array, *, mask: Array | None
   return _zero_masked(robust(sq, kind=kind, scale=scale), mask)
 
 
-def smoothness_loss(points: Array, *, mask: Array | None = None, beta: float = 1.0,
-                    kind: str = 'huber', scale: float = 1.0) -> tuple[Array, Array]:
+def smoothness_loss(
+    points: Array, *, mask: Array | None = None, beta: float = 1.0, kind: str = 'huber', scale: float = 1.0
+) -> tuple[Array, Array]:
   """First- and second-order temporal smoothness (eq. 13).
 
   ``value_t = ρ(‖S_t − S_{t−1}‖²) + β ρ(‖S_t − 2S_{t−1} + S_{t−2}‖²)`` per point,
@@ -155,13 +157,21 @@ def smoothness_loss(points: Array, *, mask: Array | None = None, beta: float = 1
   prev2_m = jnp.concatenate([zeros_m, prev_m[..., :-1, :]], -2)
   m2 = m1 * prev2_m
   sq2, _ = _sq_dist(points - prev, prev - prev2, m2)
-  values = (jnp.where(m1 > 0, robust(sq1, kind=kind, scale=scale), 0.0)
-            + beta * jnp.where(m2 > 0, robust(sq2, kind=kind, scale=scale), 0.0))
+  values = jnp.where(m1 > 0, robust(sq1, kind=kind, scale=scale), 0.0) + beta * jnp.where(
+      m2 > 0, robust(sq2, kind=kind, scale=scale), 0.0
+  )
   return values * (m1 > 0), m1
 
 
-def teacher_loss(points: Array, pseudo: Array, *, mask: Array | None = None, root: int | None = 0,
-                 kind: str = 'l2', scale: float = 1.0) -> tuple[Array, Array]:
+def teacher_loss(
+    points: Array,
+    pseudo: Array,
+    *,
+    mask: Array | None = None,
+    root: int | None = 0,
+    kind: str = 'l2',
+    scale: float = 1.0,
+) -> tuple[Array, Array]:
   """Distance to the teacher's pseudo-3D (eq. 16), on root-relative 3D.
 
   Args:
@@ -179,8 +189,9 @@ def teacher_loss(points: Array, pseudo: Array, *, mask: Array | None = None, roo
   return _zero_masked(robust(sq, kind=kind, scale=scale), mask)
 
 
-def canonical_loss(shape: Array, reconstruction: Array, *, mask: Array | None = None,
-                   kind: str = 'pseudo_huber', scale: float = 1.0) -> tuple[Array, Array]:
+def canonical_loss(
+    shape: Array, reconstruction: Array, *, mask: Array | None = None, kind: str = 'pseudo_huber', scale: float = 1.0
+) -> tuple[Array, Array]:
   """Canonicalization consistency (eq. 18): ``ρ(‖X_k − Ψ(R X)_k‖²)`` per point.
 
   Args:
@@ -197,8 +208,9 @@ def canonical_loss(shape: Array, reconstruction: Array, *, mask: Array | None = 
   return _zero_masked(robust(sq, kind=kind, scale=scale), mask)
 
 
-def procrustes_loss(shapes: Array, reference: Array, *, mask: Array | None = None,
-                    kind: str = 'squared', scale: float = 1.0) -> tuple[Array, Array]:
+def procrustes_loss(
+    shapes: Array, reference: Array, *, mask: Array | None = None, kind: str = 'squared', scale: float = 1.0
+) -> tuple[Array, Array]:
   """Distance of each shape to a reference after the best rotation (eq. 17).
 
   ``min_R ‖R S_i − S̄‖`` per point. By the envelope theorem the gradient of a

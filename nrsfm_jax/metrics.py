@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from nrsfm_jax import geometry
+from nrsfm_jax import geometry, losses
 
 Array = jax.Array
 
@@ -23,16 +23,14 @@ Array = jax.Array
 def _joint_mean(dist: Array, mask: Array | None) -> Array:
   if mask is None:
     return jnp.mean(dist, -1)
-  mask = jnp.broadcast_to(jnp.asarray(mask, dist.dtype), dist.shape)
-  return jnp.sum(dist * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1e-12)
+  return losses.masked_mean(dist, jnp.asarray(mask, dist.dtype), axis=-1)
 
 
 def _dist(a: Array, b: Array) -> Array:
   return jnp.linalg.norm(a - b, axis=-1)
 
 
-def flip_resolve(pred: Array, gt: Array, *, root: int | None = 0,
-                 mask: Array | None = None) -> Array:
+def flip_resolve(pred: Array, gt: Array, *, root: int | None = 0, mask: Array | None = None) -> Array:
   """Root-centres ``pred`` and, per frame, keeps it or its depth flip, whichever is closer.
 
   Args:
@@ -50,8 +48,7 @@ def flip_resolve(pred: Array, gt: Array, *, root: int | None = 0,
   return jnp.where(keep[..., None, None], p, flipped)
 
 
-def mpjpe(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True,
-          mask: Array | None = None) -> Array:
+def mpjpe(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True, mask: Array | None = None) -> Array:
   """Mean per-joint position error per frame, root-centred, no scale/rotation fit.
 
   With ``flip=True`` (C3DPO's "MPJPE best") the better of the prediction and
@@ -170,8 +167,8 @@ def e3d(pred: Array, gt: Array) -> Array:
   """
   p, g = _frame_centre(pred), _frame_centre(gt)
   norm_g = jnp.sqrt(jnp.sum(g * g, axis=(-2, -1)))
-  err = jnp.sqrt(jnp.sum((p - g)**2, axis=(-2, -1)))
-  err_flip = jnp.sqrt(jnp.sum((geometry.flip_depth(p) - g)**2, axis=(-2, -1)))
+  err = jnp.sqrt(jnp.sum((p - g) ** 2, axis=(-2, -1)))
+  err_flip = jnp.sqrt(jnp.sum((geometry.flip_depth(p) - g) ** 2, axis=(-2, -1)))
   return jnp.mean(jnp.minimum(err, err_flip) / norm_g)
 
 

@@ -40,6 +40,7 @@ from nrsfm_jax.models import Student
 Array = jax.Array
 Batch = dict[str, Array]
 
+
 class TrainState(train_state.TrainState):
   """``{step, params, opt_state}`` plus the static ``apply_fn`` and ``tx``."""
 
@@ -57,6 +58,7 @@ class TermConfig:
   other key is a term-specific option (``smooth``: ``beta``; ``canon``:
   ``n_rot``, ``on``, ``frames``), read with :meth:`get`.
   """
+
   name: str = flax.struct.field(pytree_node=False)
   weight: float = flax.struct.field(pytree_node=False, default=0.0)
   kind: str = flax.struct.field(pytree_node=False, default='pseudo_huber')
@@ -78,6 +80,7 @@ class LossConfig:
     z_equivariance_deg: z-equivariance: the shape also comes from a further
       rotated input (0: off).
   """
+
   terms: tuple[TermConfig, ...] = flax.struct.field(pytree_node=False, default=())
   z_aug_deg: float = flax.struct.field(pytree_node=False, default=0.0)
   z_equivariance_deg: float = flax.struct.field(pytree_node=False, default=0.0)
@@ -104,8 +107,10 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
   section = config.loss
   unknown = sorted(set(section.keys()) - {'terms', 'z_aug_deg', 'z_equivariance_deg'})
   if unknown:
-    raise ValueError(f'Unknown config.loss keys {unknown}; known: terms, z_aug_deg, z_equivariance_deg '
-                     f'(term settings live in config.loss.terms.<name>).')
+    raise ValueError(
+        f'Unknown config.loss keys {unknown}; known: terms, z_aug_deg, z_equivariance_deg '
+        f'(term settings live in config.loss.terms.<name>).'
+    )
   terms = []
   for name, spec in section.get('terms', {}).items():
     if name not in TERMS:
@@ -114,8 +119,11 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
     head = {k: spec.pop(k) for k in ('weight', 'kind', 'scale') if k in spec}
     options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items()))
     terms.append(TermConfig(name=name, options=options, **head))
-  return LossConfig(terms=tuple(terms), z_aug_deg=section.get('z_aug_deg', 0.0),
-                    z_equivariance_deg=section.get('z_equivariance_deg', 0.0))
+  return LossConfig(
+      terms=tuple(terms),
+      z_aug_deg=section.get('z_aug_deg', 0.0),
+      z_equivariance_deg=section.get('z_equivariance_deg', 0.0),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -125,6 +133,7 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
 
 class Term(NamedTuple):
   """A term's per-element ``values`` and ``weights`` (a masked mean's parts), and BatchNorm statistics if it ran Ψ."""
+
   values: Array
   weights: Array
   batch_stats: Any = None
@@ -140,6 +149,7 @@ class TermContext:
     keys: ``[B]`` per-example keys (:func:`sample_keys`).
     axis_name: the data-parallel axis, or None.
   """
+
   apply_fn: Callable
   params: Any
   keys: Array
@@ -159,11 +169,13 @@ def register_term(name: str, needs: tuple[str, ...] = ()):
   The term runs when ``config.loss.terms.<name>.weight`` is non-zero and the
   batch holds every key in ``needs``.
   """
+
   def wrap(fn: TermFn) -> TermFn:
     global LOSS_TERMS
     TERMS[name] = (fn, tuple(needs))
     LOSS_TERMS = tuple(TERMS)
     return fn
+
   return wrap
 
 
@@ -171,32 +183,48 @@ def register_term(name: str, needs: tuple[str, ...] = ()):
 def reprojection_term(out, batch, ctx, term):
   """Eq. 15 on the final points ``R_t S_t``."""
   del ctx
-  return Term(*losses.reprojection_loss(out['points'], batch['keypoints'], mask=batch['visibility'],
-                                        kind=term.kind, scale=term.scale))
+  return Term(
+      *losses.reprojection_loss(
+          out['points'], batch['keypoints'], mask=batch['visibility'], kind=term.kind, scale=term.scale
+      )
+  )
 
 
 @register_term('reproj_init')
 def initial_reprojection_term(out, batch, ctx, term):
   """Eq. 15 on the lifter's own output ``R_t X_t`` (before the refiner)."""
   del ctx
-  return Term(*losses.reprojection_loss(out['points_init'], batch['keypoints'], mask=batch['visibility'],
-                                        kind=term.kind, scale=term.scale))
+  return Term(
+      *losses.reprojection_loss(
+          out['points_init'], batch['keypoints'], mask=batch['visibility'], kind=term.kind, scale=term.scale
+      )
+  )
 
 
 @register_term('smooth')
 def smoothness_term(out, batch, ctx, term):
   """Eq. 16: first and ``beta``-weighted second differences of the root-relative points."""
   del ctx
-  return Term(*losses.smoothness_loss(geometry.root_relative(out['points']), mask=batch['mask'],
-                                      beta=term.get('beta', 1.0), kind=term.kind, scale=term.scale))
+  return Term(
+      *losses.smoothness_loss(
+          geometry.root_relative(out['points']),
+          mask=batch['mask'],
+          beta=term.get('beta', 1.0),
+          kind=term.kind,
+          scale=term.scale,
+      )
+  )
 
 
 @register_term('teacher', needs=('pseudo3d',))
 def teacher_term(out, batch, ctx, term):
   """λ_t: distance to the teacher's pseudo-3D ``batch['pseudo3d']``."""
   del ctx
-  return Term(*losses.teacher_loss(out['points'], batch['pseudo3d'], mask=batch['mask'][..., None],
-                                   kind=term.kind, scale=term.scale))
+  return Term(
+      *losses.teacher_loss(
+          out['points'], batch['pseudo3d'], mask=batch['mask'][..., None], kind=term.kind, scale=term.scale
+      )
+  )
 
 
 @register_term('canon')
@@ -206,8 +234,9 @@ def canonical_loss_term(out, batch, ctx, term):
   Ψ must be able to canonicalize what the student outputs, which keeps the
   TCN's ΔS from trading 3D plausibility for 2D fit.
   """
-  values, stats = canonical_term(ctx.apply_fn, ctx.params, out[term.get('on', 'shape')], batch['mask'],
-                                 ctx.keys, term, ctx.axis_name)
+  values, stats = canonical_term(
+      ctx.apply_fn, ctx.params, out[term.get('on', 'shape')], batch['mask'], ctx.keys, term, ctx.axis_name
+  )
   return Term(*values, batch_stats=stats)
 
 
@@ -223,15 +252,6 @@ def procrustes_term(out, batch, ctx, term):
 # ----------------------------------------------------------------------------
 
 
-def _reduce(values: Array, weights: Array, axis_name: str | None) -> Array:
-  """This device's share of a global masked mean: ``Σ_local w·v / Σ_global w``."""
-  total = jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
-  count = jnp.sum(weights)
-  if axis_name is not None:
-    count = jax.lax.psum(count, axis_name)
-  return total / jnp.maximum(count, 1e-12)
-
-
 def sample_keys(key: Array, batch_size: int, axis_name: str | None) -> Array:
   """One key per example from its position in the *global* batch.
 
@@ -244,8 +264,9 @@ def sample_keys(key: Array, batch_size: int, axis_name: str | None) -> Array:
   return jax.vmap(jax.random.fold_in, (None, 0))(key, positions)
 
 
-def canonical_term(apply_fn: Callable, params, shapes: Array, mask: Array, keys: Array,
-                   term: TermConfig, axis_name: str | None = None) -> tuple[tuple[Array, Array], Any]:
+def canonical_term(
+    apply_fn: Callable, params, shapes: Array, mask: Array, keys: Array, term: TermConfig, axis_name: str | None = None
+) -> tuple[tuple[Array, Array], Any]:
   """Eq. 18 with ``n_rot`` random rotations per frame.
 
   The ``n_rot`` rotated copies go through Ψ as one batch (the same as a
@@ -279,8 +300,9 @@ def canonical_term(apply_fn: Callable, params, shapes: Array, mask: Array, keys:
   rotated = geometry.rotate(shapes[None], rots)
   masks = jnp.broadcast_to(mask, rotated.shape[:-2])
   rec, stats = _apply(apply_fn, params, rotated, method=Student.canonicalize, axis_name=axis_name, mask=masks)
-  values = losses.canonical_loss(jnp.broadcast_to(shapes, rotated.shape), rec, mask=masks[..., None],
-                                 kind=term.kind, scale=term.scale)
+  values = losses.canonical_loss(
+      jnp.broadcast_to(shapes, rotated.shape), rec, mask=masks[..., None], kind=term.kind, scale=term.scale
+  )
   return values, stats
 
 
@@ -302,13 +324,15 @@ def inplane_angles(keys: Array, cfg: LossConfig) -> dict[str, Array]:
   for name, deg, salt in (('z_aug', cfg.z_aug_deg, 3), ('z_eq', cfg.z_equivariance_deg, 4)):
     if deg:
       limit = float(np.deg2rad(deg))
-      out[name] = jax.vmap(lambda k, s=salt, a=limit: jax.random.uniform(
-          jax.random.fold_in(k, s), (), minval=-a, maxval=a))(keys)
+      out[name] = jax.vmap(
+          lambda k, s=salt, a=limit: jax.random.uniform(jax.random.fold_in(k, s), (), minval=-a, maxval=a)
+      )(keys)
   return out
 
 
-def compute_loss(params, apply_fn: Callable, batch: Batch, key: Array, cfg: LossConfig,
-                 axis_name: str | None = None) -> tuple[Array, tuple[dict[str, Array], Any]]:
+def compute_loss(
+    params, apply_fn: Callable, batch: Batch, key: Array, cfg: LossConfig, axis_name: str | None = None
+) -> tuple[Array, tuple[dict[str, Array], Any]]:
   """Total loss of eq. 19 and one metric per term (this device's share under ``axis_name``).
 
   Runs every registered term whose weight is non-zero and whose batch keys
@@ -342,14 +366,15 @@ def compute_loss(params, apply_fn: Callable, batch: Batch, key: Array, cfg: Loss
     result = fn(out, batch, ctx, term)
     if result.batch_stats is not None:
       stats = result.batch_stats
-    terms[name] = _reduce(result.values, result.weights, axis_name)
+    terms[name] = losses.masked_mean(result.values, result.weights, axis_name=axis_name)
     weights[name] = term.weight
   total = sum(weights[k] * v for k, v in terms.items())
   return total, (dict(terms, total=total), stats)
 
 
-def train_step(state: TrainState, batch: Batch, key: Array, *, loss_config: LossConfig,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, Array]]:
+def train_step(
+    state: TrainState, batch: Batch, key: Array, *, loss_config: LossConfig, axis_name: str | None = None
+) -> tuple[TrainState, dict[str, Array]]:
   """One optimisation step; usable under ``jax.jit``, ``jax.pmap`` and ``jax.shard_map``.
 
   Keys: ``fold_in(key, step)``, then per example by its global batch position
@@ -424,20 +449,29 @@ def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None):
     def finish(state):
       return jax.tree.map(lambda x: x[0], state)
 
-    return _Wrapped(lambda s, b, k: _unrep_metrics(fn(s, b, k)),
-                    lambda s: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), s),
-                    finish, shard, n)
+    return _Wrapped(
+        lambda s, b, k: _unrep_metrics(fn(s, b, k)),
+        lambda s: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), s),
+        finish,
+        shard,
+        n,
+    )
   if mode == 'shard_map':
     mesh = Mesh(np.asarray(devices), (AXIS,))
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
-    fn = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())),
-                 donate_argnums=0)
+    fn = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())), donate_argnums=0)
 
     def shard(batch):
       return jax.device_put(batch, sharded)
 
-    return _Wrapped(fn, lambda s: jax.device_put(s, replicated), lambda s: s, shard, n,
-                    place_key=lambda k: jax.device_put(k, replicated))
+    return _Wrapped(
+        fn,
+        lambda s: jax.device_put(s, replicated),
+        lambda s: s,
+        shard,
+        n,
+        place_key=lambda k: jax.device_put(k, replicated),
+    )
   raise ValueError(f"Unknown parallel mode {mode!r}; expected 'none', 'pmap' or 'shard_map'.")
 
 

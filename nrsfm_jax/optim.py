@@ -10,11 +10,11 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int, steps_per_
   """optax transformation from ``config.optim`` (see configs/default.py)."""
   o = config.optim
   if o.schedule == 'cosine':
-    lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), max(num_steps, o.warmup_steps + 1),
-                                            end_value=o.lr * 0.01)
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, max(o.warmup_steps, 1), max(num_steps, o.warmup_steps + 1), end_value=o.lr * 0.01
+    )
   elif o.schedule == 'step':
-    lr = optax.piecewise_constant_schedule(
-        o.lr, {int(e * steps_per_epoch): 0.1 for e in o.decay_epochs})
+    lr = optax.piecewise_constant_schedule(o.lr, {int(e * steps_per_epoch): 0.1 for e in o.decay_epochs})
   elif o.schedule == 'constant':
     lr = optax.constant_schedule(o.lr)
   else:

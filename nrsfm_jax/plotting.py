@@ -75,16 +75,23 @@ def plot_bundled(plot_dir: PathLike, *, trial: str | None = None, frame: int = 0
   return paths
 
 
-def plot_canonical_study(study: dict[str, np.ndarray], path: str, *, scale: float = 1.0,
-                         units: str = 'data units', title: str = '') -> str:
+def plot_canonical_study(
+    study: dict[str, np.ndarray], path: str, *, scale: float = 1.0, units: str = 'data units', title: str = ''
+) -> str:
   """Mean ± std of ``‖X − Ψ(R X)‖`` per angle bin over the per-rotation values; rotations per bin below."""
   fig = figure()(figsize=(7, 5.5))
   ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [3, 1]})
-  ax.scatter(study['angles'], study['per_rotation'] * scale, s=6, c='0.7',
-             label='one rotation (mean over shapes)')
+  ax.scatter(study['angles'], study['per_rotation'] * scale, s=6, c='0.7', label='one rotation (mean over shapes)')
   ok = study['count'] > 0
-  ax.errorbar(study['bin_centers'][ok], study['mean'][ok] * scale, yerr=study['std'][ok] * scale,
-              fmt='o-', color='tab:blue', capsize=3, label='bin mean ± std (all pairs)')
+  ax.errorbar(
+      study['bin_centers'][ok],
+      study['mean'][ok] * scale,
+      yerr=study['std'][ok] * scale,
+      fmt='o-',
+      color='tab:blue',
+      capsize=3,
+      label='bin mean ± std (all pairs)',
+  )
   ax.set_ylim(bottom=0)
   ax.set_ylabel(f'‖X − Ψ(R X)‖, mean joint\ndistance ({units})')
   ax.grid(alpha=0.3)
@@ -92,19 +99,28 @@ def plot_canonical_study(study: dict[str, np.ndarray], path: str, *, scale: floa
   ax.set_title(title or 'canonicalization consistency vs rotation angle', fontsize=9)
   edges = study['bin_edges']
   rotations_per_bin = study['count'] // max(study['values'].shape[1], 1)
-  ax_n.bar(edges[:-1], rotations_per_bin, width=np.diff(edges), align='edge', color='0.6',
-           edgecolor='white')
+  ax_n.bar(edges[:-1], rotations_per_bin, width=np.diff(edges), align='edge', color='0.6', edgecolor='white')
   ax_n.set_ylabel('rotations')
   ax_n.set_xlabel('rotation angle of R (degrees)')
   ax_n.set_xlim(0, 180)
-  ax_n.set_xticks(edges[::max(1, len(edges) // 7)])
+  ax_n.set_xticks(edges[:: max(1, len(edges) // 7)])
   ax_n.grid(alpha=0.3)
   fig.savefig(path, dpi=100, bbox_inches='tight')
   return path
 
 
-def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, *, titles: dict[str, str],
-              sequence: str | None = None, view: int = 0, num_frames: int = 4, protocol: str = 'cmu17') -> str:
+def plot_rows(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    rows,
+    path: str,
+    *,
+    titles: dict[str, str],
+    sequence: str | None = None,
+    view: int = 0,
+    num_frames: int = 4,
+    protocol: str = 'cmu17',
+) -> str:
   """Side views (depth z vs height y) of a few frames, truth vs every row, and the per-frame error.
 
   Args:
@@ -121,8 +137,9 @@ def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, 
   Returns:
     ``path``.
   """
-  eval_ds = data_lib.make_dataset(config.data, 'eval', seed=config.seed,
-                                  scale=data_lib.make_dataset(config.data, 'train', seed=config.seed).scale)
+  eval_ds = data_lib.make_dataset(
+      config.data, 'eval', seed=config.seed, scale=data_lib.make_dataset(config.data, 'train', seed=config.seed).scale
+  )
   truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
   rows = [r for r in rows if os.path.exists(os.path.join(workdir, r, 'eval_predictions.npz'))]
   preds = {r: scoring.read_predictions(os.path.join(workdir, r, 'eval_predictions.npz')) for r in rows}
@@ -136,7 +153,11 @@ def plot_rows(workdir: str, config: ml_collections.ConfigDict, rows, path: str, 
   errors = {}
   for c, r in enumerate(['truth'] + rows):
     if r == 'truth':
-      seq = np.asarray(metrics.flip_resolve(gt, gt), np.float32) if protocol == 'cmu17' else gt - gt.mean(1, keepdims=True)
+      seq = (
+          np.asarray(metrics.flip_resolve(gt, gt), np.float32)
+          if protocol == 'cmu17'
+          else gt - gt.mean(1, keepdims=True)
+      )
     else:
       p = preds[r][(sequence, view)]
       if protocol == 'cmu17':

@@ -31,6 +31,23 @@ def _time(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
+def _step_rates(batch_size: int, window: int, params, compile_s: float, step_s: float, flops: float) -> dict[str, Any]:
+  """Throughput entries shared by the student and teacher benchmarks."""
+  frames = batch_size * window
+  return {
+      'batch_size': batch_size,
+      'window': window,
+      'frames_per_step': frames,
+      'params': int(sum(x.size for x in jax.tree.leaves(params))),
+      'compile_s': compile_s,
+      'step_s': step_s,
+      'windows_per_s': batch_size / step_s,
+      'frames_per_s': frames / step_s,
+      'flops_per_step': flops,
+      'gflops': flops / step_s / 1e9,
+  }
+
+
 def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -53,8 +70,15 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def benchmark_train_step(config: ml_collections.ConfigDict, *, batch_size: int, window: int,
-                         num_points: int = 17, repeats: int = 10, inference: bool = True) -> dict[str, Any]:
+def benchmark_train_step(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    window: int,
+    num_points: int = 17,
+    repeats: int = 10,
+    inference: bool = True,
+) -> dict[str, Any]:
   """Times the jitted train step (and inference) of ``config``'s model on random data.
 
   Args:
@@ -93,11 +117,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, batch_size: int, 
   step_s = float(np.median(times))
   frames = batch_size * window
   result = {
-      'batch_size': batch_size, 'window': window, 'frames_per_step': frames,
-      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
-      'compile_s': compile_s, 'step_s': step_s,
-      'windows_per_s': batch_size / step_s, 'frames_per_s': frames / step_s,
-      'flops_per_step': flops, 'gflops': flops / step_s / 1e9,
+      **_step_rates(batch_size, window, state.params, compile_s, step_s, flops),
       'temp_mib': getattr(mem, 'temp_size_in_bytes', 0) / 2**20 if mem is not None else float('nan'),
       'argument_mib': getattr(mem, 'argument_size_in_bytes', 0) / 2**20 if mem is not None else float('nan'),
   }
@@ -109,8 +129,9 @@ def benchmark_train_step(config: ml_collections.ConfigDict, *, batch_size: int, 
   return result
 
 
-def benchmark_teacher_step(config: ml_collections.ConfigDict, *, batch_size: int, window: int,
-                           num_points: int = 17, repeats: int = 10) -> dict[str, Any]:
+def benchmark_teacher_step(
+    config: ml_collections.ConfigDict, *, batch_size: int, window: int, num_points: int = 17, repeats: int = 10
+) -> dict[str, Any]:
   """Times the teacher's jitted train step and its H×K DDIM sampling on random data.
 
   Args:
@@ -149,15 +170,18 @@ def benchmark_teacher_step(config: ml_collections.ConfigDict, *, batch_size: int
   step_s = float(np.median(times))
   frames = batch_size * window
   d = config.diffusion
-  sample = functools.partial(teacher.sample, apply_fn=model.apply, num_hypotheses=int(d.num_hypotheses),
-                             num_steps=int(d.num_steps), eta=float(d.eta))
+  sample = functools.partial(
+      teacher.sample,
+      apply_fn=model.apply,
+      num_hypotheses=int(d.num_hypotheses),
+      num_steps=int(d.num_steps),
+      eta=float(d.eta),
+  )
   args = (state.params, batch['keypoints'], batch['visibility'], batch['mask'], keys[2], schedule)
   jax.block_until_ready(sample(*args))
   return {
-      'batch_size': batch_size, 'window': window, 'frames_per_step': frames,
-      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
-      'compile_s': compile_s, 'step_s': step_s, 'windows_per_s': batch_size / step_s,
-      'frames_per_s': frames / step_s, 'flops_per_step': flops, 'gflops': flops / step_s / 1e9,
-      'hypotheses': int(d.num_hypotheses), 'ddim_steps': int(d.num_steps),
+      **_step_rates(batch_size, window, state.params, compile_s, step_s, flops),
+      'hypotheses': int(d.num_hypotheses),
+      'ddim_steps': int(d.num_steps),
       'sample_frames_per_s': frames / _time(sample, *args, repeats=max(1, repeats // 3)),
   }

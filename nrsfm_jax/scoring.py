@@ -24,8 +24,9 @@ def _forward(params, keypoints, visibility, mask, *, apply_fn, key):
   return apply_fn(params, keypoints, visibility, mask)[key]
 
 
-def predict(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int = 64,
-            key: str = 'reconstruction') -> np.ndarray:
+def predict(
+    apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int = 64, key: str = 'reconstruction'
+) -> np.ndarray:
   """Model output ``key`` for every window: ``[N, L, P, 3]`` in normalised units.
 
   The default, ``'reconstruction'``, is the test-time 3D: camera-frame points
@@ -101,7 +102,9 @@ def score(pred: np.ndarray, dataset: data_lib.WindowDataset, *, protocol: str = 
     for (name, view), p in preds.items():
       g = truths[(name, view)]
       per_sequence[name if view == 0 else f'{name}/{view}'] = {
-          'e3d': float(metrics.e3d(p, g)), 'e3d_akhter': float(metrics.e3d_akhter(p, g))}
+          'e3d': float(metrics.e3d(p, g)),
+          'e3d_akhter': float(metrics.e3d_akhter(p, g)),
+      }
     overall = {k: float(np.mean([v[k] for v in per_sequence.values()])) for k in ('e3d', 'e3d_akhter')}
     frames = int(sum(len(p) for p in preds.values()))
   else:
@@ -111,8 +114,12 @@ def score(pred: np.ndarray, dataset: data_lib.WindowDataset, *, protocol: str = 
 
 @jax.jit
 def _frame_metrics(pred: Array, gt: Array) -> dict[str, Array]:
-  return {'mpjpe': metrics.mpjpe(pred, gt), 'pa_mpjpe': metrics.pa_mpjpe(pred, gt),
-          'stress': metrics.stress(pred, gt), 'resolved': metrics.flip_resolve(pred, gt)}
+  return {
+      'mpjpe': metrics.mpjpe(pred, gt),
+      'pa_mpjpe': metrics.pa_mpjpe(pred, gt),
+      'stress': metrics.stress(pred, gt),
+      'resolved': metrics.flip_resolve(pred, gt),
+  }
 
 
 def format_metrics(result: dict[str, Any], title: str = '') -> str:
@@ -124,14 +131,21 @@ def format_metrics(result: dict[str, Any], title: str = '') -> str:
   fmt = (lambda v: f'{v:13.4f}') if 'e3d' in keys else (lambda v: f'{v:13.2f}')
   for name, vals in result['per_sequence'].items():
     lines.append(f'{name:<14}' + ''.join(fmt(vals[k]) for k in keys))
-  lines.append(f"{'overall':<14}" + ''.join(fmt(result['overall'][k]) for k in keys)
-               + f"   ({result['frames']} frames)")
+  lines.append(
+      f"{'overall':<14}" + ''.join(fmt(result['overall'][k]) for k in keys) + f"   ({result['frames']} frames)"
+  )
   return '\n'.join(lines)
 
 
-
-def predict_and_score(apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int,
-                      protocol: str | None, predictions_path: str) -> tuple[dict[str, Any] | None, int]:
+def predict_and_score(
+    apply_fn: Callable,
+    params,
+    dataset: data_lib.WindowDataset,
+    *,
+    batch_size: int,
+    protocol: str | None,
+    predictions_path: str,
+) -> tuple[dict[str, Any] | None, int]:
   """Predicts every window, writes per-sequence 3D (data units) and scores it if 3D exists.
 
   ``predictions_path`` gets keys ``'<sequence>/view<v>'`` → ``[F, P, 3]``.
@@ -158,9 +172,16 @@ def read_predictions(path: str) -> dict[tuple[str, int], np.ndarray]:
   return out
 
 
-def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn: Callable, params,
-                      dataset: data_lib.WindowDataset, *, log: Callable = print,
-                      tag: str = 'eval') -> dict[str, Any]:
+def evaluate_and_save(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    apply_fn: Callable,
+    params,
+    dataset: data_lib.WindowDataset,
+    *,
+    log: Callable = print,
+    tag: str = 'eval',
+) -> dict[str, Any]:
   """Scores the model with :func:`score` (if 3D exists), prints the table, writes ``<tag>.json`` and predictions.
 
   For cmu17 the result also holds ``'depth0'``: :func:`depth_zero_score` on
@@ -168,8 +189,9 @@ def evaluate_and_save(config: ml_collections.ConfigDict, workdir: str, apply_fn:
   """
   protocol = data_lib.protocol_of(config.data)
   pred_path = os.path.join(workdir, f'{tag}_predictions.npz')
-  result, _ = predict_and_score(apply_fn, params, dataset, batch_size=config.train.eval_batch_size,
-                                protocol=protocol, predictions_path=pred_path)
+  result, _ = predict_and_score(
+      apply_fn, params, dataset, batch_size=config.train.eval_batch_size, protocol=protocol, predictions_path=pred_path
+  )
   if result is None:
     log(f'no ground-truth 3D: reconstructions written to {pred_path}')
     return {}
@@ -200,14 +222,19 @@ def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:
   return score(pred, dataset, protocol='cmu17')
 
 
-def format_references(result: dict[str, Any], depth0: dict[str, Any],
-                      config: ml_collections.ConfigDict | None = None) -> str:
+def format_references(
+    result: dict[str, Any], depth0: dict[str, Any], config: ml_collections.ConfigDict | None = None
+) -> str:
   """A console table: this run's overall cmu17 metrics beside depth 0 (and official C3DPO on the dev split)."""
   keys = ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error')
   rows = [('this run', result['overall']), ('depth 0', depth0['overall'])]
   d = config.data if config is not None else None
-  if d is not None and d.name == 'cmu17' and (
-      ','.join(data_lib.parse_names(d.train_subjects)), ','.join(data_lib.parse_names(d.val_subjects))) == DEV_SPLIT:
+  if (
+      d is not None
+      and d.name == 'cmu17'
+      and (','.join(data_lib.parse_names(d.train_subjects)), ','.join(data_lib.parse_names(d.val_subjects)))
+      == DEV_SPLIT
+  ):
     rows.append(('official C3DPO', C3DPO_REFERENCE))
   lines = ['references on the same frames:', f"{'':<16}" + ''.join(f'{k:>13}' for k in keys)]
   lines += [f'{name:<16}' + ''.join(f'{vals[k]:13.2f}' for k in keys) for name, vals in rows]

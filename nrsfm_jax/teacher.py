@@ -54,13 +54,15 @@ def schedule_of(config: ml_collections.ConfigDict) -> diffusion.Schedule:
 def supervised_targets(dataset: data_lib.WindowDataset) -> np.ndarray:
   """Ground-truth targets: root-relative ``points3d / scale``, ``[N, L, P, 3]`` float32."""
   if dataset.points3d is None:
-    raise ValueError("teacher.mode='supervised' needs ground-truth 3D; these windows have none "
-                     "(use teacher.mode='self').")
+    raise ValueError(
+        "teacher.mode='supervised' needs ground-truth 3D; these windows have none " "(use teacher.mode='self')."
+    )
   return np.asarray(geometry.root_relative(dataset.points3d / dataset.scale), np.float32)
 
 
-def self_targets(student_workdir: str, dataset: data_lib.WindowDataset, *,
-                 log: Callable[[str], None] = print) -> np.ndarray:
+def self_targets(
+    student_workdir: str, dataset: data_lib.WindowDataset, *, log: Callable[[str], None] = print
+) -> np.ndarray:
   """A trained student's flip-resolved, root-relative reconstructions of ``dataset``: ``[N, L, P, 3]``.
 
   Raises:
@@ -70,14 +72,18 @@ def self_targets(student_workdir: str, dataset: data_lib.WindowDataset, *,
     raise ValueError("teacher.mode='self' needs teacher.student_workdir (a workdir of experiments/train.py).")
   _, model, params, meta = runs.load_run(student_workdir)
   if not np.isclose(float(meta['scale']), dataset.scale, rtol=1e-6):
-    raise ValueError(f'{student_workdir} was trained at 2D scale {meta["scale"]:.6g}, these windows have '
-                     f'{dataset.scale:.6g}: the teacher must use the student\'s data config.')
+    raise ValueError(
+        f'{student_workdir} was trained at 2D scale {meta["scale"]:.6g}, these windows have '
+        f"{dataset.scale:.6g}: the teacher must use the student's data config."
+    )
   points = scoring.predict(model.apply, params, dataset)
   reference = model.apply(params, method=Student.mean_shape)
   resolved = jax.jit(geometry.resolve_flip_by_reference)(points, reference, mask=dataset.visibility)
   flipped = float(np.mean(np.any(np.asarray(resolved) != points, axis=(-1, -2))[dataset.mask > 0]))
-  log(f'self targets: {student_workdir} (step {meta["step"]}); {100 * flipped:.1f}% of frames '
-      'depth-flipped to the mean shape\'s handedness')
+  log(
+      f'self targets: {student_workdir} (step {meta["step"]}); {100 * flipped:.1f}% of frames '
+      "depth-flipped to the mean shape's handedness"
+  )
   return np.asarray(geometry.root_relative(resolved), np.float32)
 
 
@@ -86,8 +92,9 @@ def self_targets(student_workdir: str, dataset: data_lib.WindowDataset, *,
 # ----------------------------------------------------------------------------
 
 
-def teacher_loss(params, apply_fn: Callable, schedule: diffusion.Schedule, batch: dict[str, Array],
-                 key: Array) -> tuple[Array, dict[str, Array]]:
+def teacher_loss(
+    params, apply_fn: Callable, schedule: diffusion.Schedule, batch: dict[str, Array], key: Array
+) -> tuple[Array, dict[str, Array]]:
   """x0 objective on one batch: noise ``target`` at a random t, predict it back (masked MPJPE)."""
   x0 = batch['target']
   t_key, n_key = jax.random.split(key)
@@ -100,12 +107,14 @@ def teacher_loss(params, apply_fn: Callable, schedule: diffusion.Schedule, batch
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def teacher_step(state: objective.TrainState, batch: dict[str, Array], key: Array,
-                 schedule: diffusion.Schedule) -> tuple[objective.TrainState, dict[str, Array]]:
+def teacher_step(
+    state: objective.TrainState, batch: dict[str, Array], key: Array, schedule: diffusion.Schedule
+) -> tuple[objective.TrainState, dict[str, Array]]:
   """One jitted optimisation step (noise from ``fold_in(key, step)``); non-finite steps are skipped."""
   step_key = jax.random.fold_in(key, state.step)
-  (_, m), grads = jax.value_and_grad(teacher_loss, has_aux=True)(state.params, state.apply_fn, schedule,
-                                                                  batch, step_key)
+  (_, m), grads = jax.value_and_grad(teacher_loss, has_aux=True)(
+      state.params, state.apply_fn, schedule, batch, step_key
+  )
   new_state = state.apply_gradients(grads=grads)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(m['loss']) & jnp.isfinite(grad_norm)
@@ -114,8 +123,19 @@ def teacher_step(state: objective.TrainState, batch: dict[str, Array], key: Arra
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'num_hypotheses', 'num_steps', 'eta'))
-def sample(params, keypoints: Array, visibility: Array, mask: Array, key: Array, schedule: diffusion.Schedule,
-           *, apply_fn: Callable, num_hypotheses: int, num_steps: int, eta: float = 0.0) -> Array:
+def sample(
+    params,
+    keypoints: Array,
+    visibility: Array,
+    mask: Array,
+    key: Array,
+    schedule: diffusion.Schedule,
+    *,
+    apply_fn: Callable,
+    num_hypotheses: int,
+    num_steps: int,
+    eta: float = 0.0,
+) -> Array:
   """H DDIM hypotheses for a batch of windows: ``[H, B, T, P, 3]`` (normalised, root-relative).
 
   Args:
@@ -131,14 +151,23 @@ def sample(params, keypoints: Array, visibility: Array, mask: Array, key: Array,
   cond = (tile(keypoints), tile(visibility), tile(mask))
   denoise = lambda x, t: apply_fn(params, x, t, *cond)
   shape = keypoints.shape[:-1] + (3,)
-  return diffusion.sample_hypotheses(denoise, schedule, key, shape, num_hypotheses=h, num_steps=num_steps,
-                                     eta=eta)
+  return diffusion.sample_hypotheses(denoise, schedule, key, shape, num_hypotheses=h, num_steps=num_steps, eta=eta)
 
 
-def predict(apply_fn: Callable, params, schedule: diffusion.Schedule, dataset: data_lib.WindowDataset, *,
-            num_hypotheses: int, num_steps: int, eta: float = 0.0, seed: int = 0, batch_size: int = 64,
-            aggregations: tuple[str, ...] = ('mean', 'jpma'),
-            log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
+def predict(
+    apply_fn: Callable,
+    params,
+    schedule: diffusion.Schedule,
+    dataset: data_lib.WindowDataset,
+    *,
+    num_hypotheses: int,
+    num_steps: int,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    aggregations: tuple[str, ...] = ('mean', 'jpma'),
+    log: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
   """Aggregated teacher 3D for every window: ``{aggregation: [N, L, P, 3]}`` (normalised units).
 
   Window i's hypotheses use ``fold_in(PRNGKey(seed), i)``-derived keys, so the
@@ -150,10 +179,21 @@ def predict(apply_fn: Callable, params, schedule: diffusion.Schedule, dataset: d
   t0 = time.time()
   done = 0
   for count, b in scoring.padded_batches(dataset, batch_size):
-    hyps = jax.vmap(lambda i, kp, vis, m: sample(
-        params, kp[None], vis[None], m[None], jax.random.fold_in(base, i), schedule, apply_fn=apply_fn,
-        num_hypotheses=num_hypotheses, num_steps=num_steps, eta=eta)[:, 0], out_axes=1)(
-            jnp.asarray(b['index']), b['keypoints'], b['visibility'], b['mask'])
+    hyps = jax.vmap(
+        lambda i, kp, vis, m: sample(
+            params,
+            kp[None],
+            vis[None],
+            m[None],
+            jax.random.fold_in(base, i),
+            schedule,
+            apply_fn=apply_fn,
+            num_hypotheses=num_hypotheses,
+            num_steps=num_steps,
+            eta=eta,
+        )[:, 0],
+        out_axes=1,
+    )(jnp.asarray(b['index']), b['keypoints'], b['visibility'], b['mask'])
     for a in aggregations:
       outs[a].append(np.asarray(_aggregate(hyps, b['keypoints'], b['visibility'], method=a))[:count])
     done += count
@@ -171,11 +211,17 @@ _aggregate = jax.jit(diffusion.aggregate, static_argnames='method')
 # ----------------------------------------------------------------------------
 
 
-def create_state(config: ml_collections.ConfigDict, num_points: int, window: int, key: Array,
-                 tx: optax.GradientTransformation) -> tuple[Denoiser, objective.TrainState]:
+def create_state(
+    config: ml_collections.ConfigDict, num_points: int, window: int, key: Array, tx: optax.GradientTransformation
+) -> tuple[Denoiser, objective.TrainState]:
   model = models.from_config('denoiser', config.model, num_points)
-  dummy = (jnp.zeros((1, window, num_points, 3)), jnp.zeros((1,), jnp.int32),
-           jnp.zeros((1, window, num_points, 2)), jnp.ones((1, window, num_points)), jnp.ones((1, window)))
+  dummy = (
+      jnp.zeros((1, window, num_points, 3)),
+      jnp.zeros((1,), jnp.int32),
+      jnp.zeros((1, window, num_points, 2)),
+      jnp.ones((1, window, num_points)),
+      jnp.ones((1, window)),
+  )
   params = jax.jit(model.init)(key, *dummy)
   return model, objective.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
@@ -195,8 +241,9 @@ def load_teacher(workdir: str, step: int | None = None):
   return config, model, params, meta
 
 
-def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
-                  log: Callable[[str], None] = print, evaluate: bool = True) -> dict[str, Any]:
+def train_teacher(
+    config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, evaluate: bool = True
+) -> dict[str, Any]:
   """Trains the denoiser in ``workdir`` (resuming), evaluates it, and caches pseudo-3D for the windows.
 
   Writes ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``teacher_eval.json``
@@ -222,8 +269,10 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
     targets = self_targets(config.teacher.student_workdir, train_ds, log=log)
   batch_size = config.train.batch_size
   num_steps = config.train.num_steps
-  log(f'teacher ({mode}): {train_ds.num_windows} windows of {train_ds.window_length} frames, '
-      f'{eval_ds.num_windows} eval windows; {num_steps} steps of {batch_size}')
+  log(
+      f'teacher ({mode}): {train_ds.num_windows} windows of {train_ds.window_length} frames, '
+      f'{eval_ds.num_windows} eval windows; {num_steps} steps of {batch_size}'
+  )
 
   tx = optim.make_optimizer(config, num_steps, data_lib.steps_per_epoch(train_ds.num_windows, batch_size))
   init_key, loop_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -231,38 +280,53 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
   schedule = schedule_of(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
   state, old_meta = ckpt.restore(state)
-  meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points),
-          'mode': mode, 'targets': _digest(targets)}
+  meta = {
+      'seed': int(config.seed),
+      'scale': float(train_ds.scale),
+      'num_points': int(train_ds.num_points),
+      'mode': mode,
+      'targets': _digest(targets),
+  }
   loop.check_resume(ckpt.directory, old_meta, meta, ('scale', 'mode', 'seed'), what='a teacher')
   if old_meta is not None and old_meta.get('targets', meta['targets']) != meta['targets']:
-    raise ValueError(f'{ckpt.directory} holds a teacher trained on other targets (in self mode: the student '
-                     f'in {config.teacher.student_workdir} changed since): use another --workdir.')
+    raise ValueError(
+        f'{ckpt.directory} holds a teacher trained on other targets (in self mode: the student '
+        f'in {config.teacher.student_workdir} changed since): use another --workdir.'
+    )
   if old_meta is not None:
     log(f'resuming from step {int(state.step)}')
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log(f'denoiser: {config.model.arch}, {n_params:,} parameters; {config.diffusion.schedule} schedule, '
-      f'T={schedule.num_timesteps}')
+  log(
+      f'denoiser: {config.model.arch}, {n_params:,} parameters; {config.diffusion.schedule} schedule, '
+      f'T={schedule.num_timesteps}'
+  )
 
-  def batch_fn(step):
-    idx = data_lib.batch_indices(train_ds.num_windows, batch_size, seed=config.seed, step=step)
-    full = train_ds.take(idx)
-    batch = {k: full[k] for k in ('keypoints', 'visibility', 'mask')}
-    batch['target'] = targets[idx]
-    return batch
-
+  batch_fn = loop.window_batches(train_ds, batch_size, config.seed, target=targets)
   state = loop.run_loop(
-      state, lambda s, b: teacher_step(s, b, loop_key, schedule), batch_fn, num_steps=num_steps, ckpt=ckpt,
-      meta=meta, writer=loop.MetricWriter(workdir), log=log, log_every=config.train.log_every,
-      checkpoint_every=config.train.checkpoint_every,
-      progress=lambda m, rate: f' | loss={float(m["loss"]):.4g} (MPJPE, normalised units)')
+      state,
+      lambda s, b: teacher_step(s, b, loop_key, schedule),
+      batch_fn,
+      num_steps=num_steps,
+      ckpt=ckpt,
+      meta=meta,
+      workdir=workdir,
+      train_config=config.train,
+      log=log,
+      progress=lambda m, rate: f' | loss={float(m["loss"]):.4g} (MPJPE, normalised units)',
+  )
   log(f'teacher training done in {loop.format_duration(time.time() - t_start)}')
   if not evaluate:
     return {}
   eval_path = os.path.join(workdir, 'teacher_eval.json')
   # The scores depend on the parameters and on every sampling / data / model setting.
-  provenance = {'step': int(state.step), 'params': _digest(*[np.asarray(x) for x in jax.tree.leaves(state.params)]),
-                'config': {k: config[k].to_dict() if hasattr(config[k], 'to_dict') else config[k]
-                           for k in ('seed', 'data', 'model', 'diffusion', 'eval')}}
+  provenance = {
+      'step': int(state.step),
+      'params': _digest(*[np.asarray(x) for x in jax.tree.leaves(state.params)]),
+      'config': {
+          k: config[k].to_dict() if hasattr(config[k], 'to_dict') else config[k]
+          for k in ('seed', 'data', 'model', 'diffusion', 'eval')
+      },
+  }
   provenance_path = os.path.join(workdir, 'teacher_eval.provenance.json')
   result = None
   if os.path.exists(eval_path) and os.path.exists(provenance_path):
@@ -279,8 +343,14 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str, *,
   return {'eval': result, 'pseudo3d': path}
 
 
-def evaluate_teacher(config: ml_collections.ConfigDict, apply_fn: Callable, params,
-                     dataset: data_lib.WindowDataset, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_teacher(
+    config: ml_collections.ConfigDict,
+    apply_fn: Callable,
+    params,
+    dataset: data_lib.WindowDataset,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
   """The teacher's own scores on ``dataset`` for every (H, K) in ``config.eval.grid`` and aggregation.
 
   Returns:
@@ -293,10 +363,18 @@ def evaluate_teacher(config: ml_collections.ConfigDict, apply_fn: Callable, para
   result = {}
   for h, k in [tuple(int(v) for v in hk) for hk in config.eval.grid]:
     t0 = time.time()
-    preds = predict(apply_fn, params, schedule, dataset, num_hypotheses=h, num_steps=k,
-                    eta=config.diffusion.eta, seed=config.seed, batch_size=config.train.eval_batch_size)
-    entry = {a: scoring.score(p * dataset.scale, dataset, protocol=protocol)['overall']
-             for a, p in preds.items()}
+    preds = predict(
+        apply_fn,
+        params,
+        schedule,
+        dataset,
+        num_hypotheses=h,
+        num_steps=k,
+        eta=config.diffusion.eta,
+        seed=config.seed,
+        batch_size=config.train.eval_batch_size,
+    )
+    entry = {a: scoring.score(p * dataset.scale, dataset, protocol=protocol)['overall'] for a, p in preds.items()}
     result[f'H{h}_K{k}'] = entry
     text = '; '.join(f'{a}: ' + ' '.join(f'{m}={v:.4g}' for m, v in s.items()) for a, s in entry.items())
     log(f'teacher H={h} K={k} ({time.time() - t0:.0f} s): {text}')
@@ -328,14 +406,14 @@ def _digest(*arrays) -> str:
 def pseudo3d_key(params, dataset: data_lib.WindowDataset, settings: dict[str, Any]) -> str:
   """Cache key: teacher parameters × training windows × sampling settings (16 hex digits)."""
   leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
-  data_key = _digest(dataset.keypoints, dataset.visibility, dataset.mask) + repr(
-      (dataset.names, float(dataset.scale)))
+  data_key = _digest(dataset.keypoints, dataset.visibility, dataset.mask) + repr((dataset.names, float(dataset.scale)))
   text = json.dumps({'params': _digest(*leaves), 'data': data_key, **settings}, sort_keys=True)
   return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.ConfigDict | None = None, *,
-                      log: Callable[[str], None] = print) -> str:
+def generate_pseudo3d(
+    teacher_workdir: str, student_config: ml_collections.ConfigDict | None = None, *, log: Callable[[str], None] = print
+) -> str:
   """Pseudo-3D for the student's training windows, computed once and cached.
 
   Args:
@@ -352,14 +430,23 @@ def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.Confi
   scfg = student_config if student_config is not None else tcfg
   train_ds = data_lib.make_dataset(scfg.data, 'train', seed=scfg.seed)
   if not np.isclose(float(meta['scale']), train_ds.scale, rtol=1e-6):
-    raise ValueError(f'The teacher in {teacher_workdir} was trained at 2D scale {meta["scale"]:.6g}; the '
-                     f'student\'s training windows have {train_ds.scale:.6g}: different data.')
+    raise ValueError(
+        f'The teacher in {teacher_workdir} was trained at 2D scale {meta["scale"]:.6g}; the '
+        f"student's training windows have {train_ds.scale:.6g}: different data."
+    )
   d = tcfg.diffusion
-  settings = {'H': int(d.num_hypotheses), 'K': int(d.num_steps), 'eta': float(d.eta),
-              'aggregation': d.aggregation, 'seed': int(tcfg.seed), 'schedule': d.schedule,
-              'T': int(d.num_timesteps), 'step': int(meta['step']),
-              # Settings that change the output without changing the parameters' shapes.
-              'model': tcfg.model.to_dict()}
+  settings = {
+      'H': int(d.num_hypotheses),
+      'K': int(d.num_steps),
+      'eta': float(d.eta),
+      'aggregation': d.aggregation,
+      'seed': int(tcfg.seed),
+      'schedule': d.schedule,
+      'T': int(d.num_timesteps),
+      'step': int(meta['step']),
+      # Settings that change the output without changing the parameters' shapes.
+      'model': tcfg.model.to_dict(),
+  }
   key = pseudo3d_key(params, train_ds, settings)
   path = os.path.join(os.path.abspath(teacher_workdir), 'pseudo3d', f'{key}.npz')
   if os.path.exists(path):
@@ -367,16 +454,35 @@ def generate_pseudo3d(teacher_workdir: str, student_config: ml_collections.Confi
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)
   t0 = time.time()
-  log(f'pseudo-3D: sampling {train_ds.num_windows} windows with H={settings["H"]}, K={settings["K"]}, '
-      f'{settings["aggregation"]} aggregation')
-  pred = predict(model.apply, params, schedule_of(tcfg), train_ds, num_hypotheses=settings['H'],
-                 num_steps=settings['K'], eta=settings['eta'], seed=settings['seed'],
-                 batch_size=tcfg.train.eval_batch_size, aggregations=(d.aggregation,), log=log)[d.aggregation]
+  log(
+      f'pseudo-3D: sampling {train_ds.num_windows} windows with H={settings["H"]}, K={settings["K"]}, '
+      f'{settings["aggregation"]} aggregation'
+  )
+  pred = predict(
+      model.apply,
+      params,
+      schedule_of(tcfg),
+      train_ds,
+      num_hypotheses=settings['H'],
+      num_steps=settings['K'],
+      eta=settings['eta'],
+      seed=settings['seed'],
+      batch_size=tcfg.train.eval_batch_size,
+      aggregations=(d.aggregation,),
+      log=log,
+  )[d.aggregation]
   tmp = path + '.tmp.npz'
   data_lib.save_pseudo3d(tmp, pred, train_ds)
   os.replace(tmp, path)
-  _write_json(os.path.join(os.path.dirname(path), f'{key}.json'),
-              dict(settings, teacher_workdir=os.path.abspath(teacher_workdir), windows=train_ds.num_windows,
-                   window=train_ds.window_length, scale=train_ds.scale))
+  _write_json(
+      os.path.join(os.path.dirname(path), f'{key}.json'),
+      dict(
+          settings,
+          teacher_workdir=os.path.abspath(teacher_workdir),
+          windows=train_ds.num_windows,
+          window=train_ds.window_length,
+          scale=train_ds.scale,
+      ),
+  )
   log(f'pseudo-3D: wrote {path} in {time.time() - t0:.0f} s')
   return path

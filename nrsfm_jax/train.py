@@ -28,8 +28,13 @@ from nrsfm_jax.models import Student
 Array = jax.Array
 
 
-def create_state(config: ml_collections.ConfigDict, num_points: int, window: int, key: Array,
-                 tx: optax.GradientTransformation | None = None) -> tuple[Student, objective.TrainState]:
+def create_state(
+    config: ml_collections.ConfigDict,
+    num_points: int,
+    window: int,
+    key: Array,
+    tx: optax.GradientTransformation | None = None,
+) -> tuple[Student, objective.TrainState]:
   """Initialises the Student from ``config.model`` and its TrainState."""
   model = models.from_config('student', config.model, num_points)
   dummy = (jnp.zeros((1, window, num_points, 2)), jnp.ones((1, window, num_points)), jnp.ones((1, window)))
@@ -39,8 +44,9 @@ def create_state(config: ml_collections.ConfigDict, num_points: int, window: int
   return model, objective.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       log: Callable[[str], None] = print, evaluate: bool = True) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, evaluate: bool = True
+) -> dict[str, Any]:
   """Trains the student from ``config`` in ``workdir`` (resuming if it holds a checkpoint), then evaluates.
 
   Writes ``config.json``, ``metrics.jsonl`` (loss terms every ``log_every``
@@ -58,9 +64,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batch_size = config.train.batch_size
   spe = data_lib.steps_per_epoch(train_ds.num_windows, batch_size)
   num_steps = config.train.num_epochs * spe if config.train.num_epochs else config.train.num_steps
-  log(f'data: {config.data.name}: {train_ds.num_windows} train windows of {train_ds.window_length} '
+  log(
+      f'data: {config.data.name}: {train_ds.num_windows} train windows of {train_ds.window_length} '
       f'frames ({len(train_ds.names)} sequences), {eval_ds.num_windows} eval windows; '
-      f'2D scale {train_ds.scale:.4g}; {spe} steps/epoch, {num_steps} steps')
+      f'2D scale {train_ds.scale:.4g}; {spe} steps/epoch, {num_steps} steps'
+  )
 
   tx = optim.make_optimizer(config, num_steps, spe)
   init_key, loop_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -79,25 +87,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mode = objective.choose_parallel(config.train.parallel, batch_size)
   step_fn = objective.make_step(lcfg, mode)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log(f'model: {n_params:,} parameters, receptive field {model.config.receptive_field} frames; '
-      f'parallel={mode} on {step_fn.num_devices} {jax.default_backend()} device(s)')
+  log(
+      f'model: {n_params:,} parameters, receptive field {model.config.receptive_field} frames; '
+      f'parallel={mode} on {step_fn.num_devices} {jax.default_backend()} device(s)'
+  )
 
-  def batch_fn(step):
-    idx = data_lib.batch_indices(train_ds.num_windows, batch_size, seed=config.seed, step=step)
-    full = train_ds.take(idx)
-    batch = {k: full[k] for k in ('keypoints', 'visibility', 'mask')}
-    if pseudo is not None:
-      batch['pseudo3d'] = pseudo[idx]
-    return batch
+  batch_fn = loop.window_batches(train_ds, batch_size, config.seed, pseudo3d=pseudo)
 
   def progress(m, rate):
     terms = ' '.join(f'{k}={float(m[k]):.4g}' for k in objective.LOSS_TERMS + ('total',) if k in m)
     return f', {rate * batch_size * train_ds.window_length:,.0f} frames/s | {terms}'
 
   dstate = loop.run_loop(
-      step_fn.prepare(state), lambda s, b: step_fn(s, b, loop_key), batch_fn, num_steps=num_steps, ckpt=ckpt,
-      meta=meta, writer=loop.MetricWriter(workdir), log=log, log_every=config.train.log_every,
-      checkpoint_every=config.train.checkpoint_every, finish=step_fn.finish, progress=progress)
+      step_fn.prepare(state),
+      lambda s, b: step_fn(s, b, loop_key),
+      batch_fn,
+      num_steps=num_steps,
+      ckpt=ckpt,
+      meta=meta,
+      workdir=workdir,
+      train_config=config.train,
+      log=log,
+      finish=step_fn.finish,
+      progress=progress,
+  )
   state = step_fn.finish(dstate)
   log(f'training done in {loop.format_duration(time.time() - t_start)}')
   if not evaluate:

@@ -28,8 +28,9 @@ def _tiny_lifter(row):
 
 def test_cross_subject_run_reports_every_fold_and_the_mean(tmp_path):
   lines = []
-  result = ablation.run_cmu17_cross_subject(str(tmp_path), ['lifter'], ['002', '003'],
-                                            student_config=_tiny_lifter, log=lines.append)
+  result = ablation.run_cmu17_cross_subject(
+      str(tmp_path), ['lifter'], ['002', '003'], student_config=_tiny_lifter, log=lines.append
+  )
   assert set(result['folds']) == {'002', '003'}
   for held_out, fold in result['folds'].items():
     assert set(fold) == {'lifter', 'depth0'}
@@ -50,8 +51,9 @@ def test_cross_subject_run_reports_every_fold_and_the_mean(tmp_path):
   with open(md_path) as f:
     assert table in f.read()
   # Rerunning resumes: the finished folds are only re-scored.
-  again = ablation.run_cmu17_cross_subject(str(tmp_path), ['lifter'], ['002', '003'],
-                                           student_config=_tiny_lifter, log=lines.append)
+  again = ablation.run_cmu17_cross_subject(
+      str(tmp_path), ['lifter'], ['002', '003'], student_config=_tiny_lifter, log=lines.append
+  )
   np.testing.assert_allclose(again['mean']['lifter']['mpjpe'], mean['mpjpe'], rtol=1e-5)
 
 
@@ -59,6 +61,7 @@ def test_override_flag_changes_every_row_and_names_bad_keys():
   from absl import app
 
   from experiments import ablation as script
+
   make = script.student_config_fn(['model.norm=batch', 'train.num_steps=7', 'loss.z_aug_deg=22.5'])
   for row in ablation.ROWS:
     cfg = make(row)

@@ -1,6 +1,5 @@
 """Tests for nrsfm_jax.checkpoint: orbax save / restore, flat export and its loader."""
 
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -50,8 +49,12 @@ def test_export_of_a_batchnorm_model_predicts_with_its_running_averages(tmp_path
   got = np.asarray(apply_fn(exported, keypoints))
   visibility = np.ones(keypoints.shape[:-1], np.float32)
   centred, _ = data.center_2d(keypoints, visibility)
-  ref = model.apply(params, jnp.asarray(centred / 2.0)[None], jnp.asarray(visibility)[None],
-                    jnp.ones((1, 12)))['reconstruction'][0] * 2.0
+  ref = (
+      model.apply(params, jnp.asarray(centred / 2.0)[None], jnp.asarray(visibility)[None], jnp.ones((1, 12)))[
+          'reconstruction'
+      ][0]
+      * 2.0
+  )
   np.testing.assert_allclose(got, np.asarray(ref), atol=1e-4)
   # Per frame: a frame's 3D does not depend on the rest of the window's batch statistics.
   np.testing.assert_allclose(np.asarray(apply_fn(exported, keypoints[:1])), got[:1], atol=1e-4)

@@ -94,9 +94,11 @@ def test_views_preserve_bone_lengths_and_depth(mocap):
   views = data.orthographic_views(points, azimuths_deg=(0.0, 90.0, 200.0), elevation_deg=-30.0)
   for view in views:
     for a, b in data.CMU_BONES:
-      np.testing.assert_allclose(np.linalg.norm(view[:, a] - view[:, b], axis=-1),
-                                 np.linalg.norm(points[:, a] - points[:, b], axis=-1),
-                                 rtol=1e-4)
+      np.testing.assert_allclose(
+          np.linalg.norm(view[:, a] - view[:, b], axis=-1),
+          np.linalg.norm(points[:, a] - points[:, b], axis=-1),
+          rtol=1e-4,
+      )
   # Depth is the third camera coordinate: the world point's component along R_cam's last row.
   rotation = data.camera_rotation(90.0, -30.0)
   np.testing.assert_allclose(views[1][..., 2], points @ rotation[2], rtol=1e-4, atol=1e-2)
@@ -127,9 +129,16 @@ def test_observe_noise_dropout_and_seed():
 # ----------------------------------------------------------------------------- nrsfm
 
 
-@pytest.mark.parametrize('name, shape', [('drink', (1102, 41, 3)), ('pickup', (357, 41, 3)),
-                                         ('yoga', (307, 41, 3)), ('stretch', (370, 41, 3)),
-                                         ('DANCE', (264, 75, 3))])
+@pytest.mark.parametrize(
+    'name, shape',
+    [
+        ('drink', (1102, 41, 3)),
+        ('pickup', (357, 41, 3)),
+        ('yoga', (307, 41, 3)),
+        ('stretch', (370, 41, 3)),
+        ('DANCE', (264, 75, 3)),
+    ],
+)
 def test_load_nrsfm_bundled(name, shape):
   points = data.load_nrsfm_sequence(name)
   assert points.shape == shape and points.dtype == np.float64
@@ -196,14 +205,19 @@ def test_tracks_errors(tmp_path):
     data.load_tracks(tmp_path / 'single.npy')
   cases = {
       'nokey': ({'kp': np.zeros((3, 4, 2))}, KeyError, r"no key 'keypoints'.*\['kp'\]"),
-      'ndim': ({'keypoints': np.zeros((3, 8))}, ValueError,
-               r'shape \(3, 8\), expected \(F, P, 2\)'),
+      'ndim': ({'keypoints': np.zeros((3, 8))}, ValueError, r'shape \(3, 8\), expected \(F, P, 2\)'),
       'axis': ({'keypoints': np.zeros((3, 4, 3))}, ValueError, r'expected \(F, P, 2\)'),
-      'vis': ({'keypoints': np.zeros((3, 4, 2)), 'visibility': np.ones((3, 5))}, ValueError,
-              r"'visibility' has shape \(3, 5\), expected \(3, 4\)"),
+      'vis': (
+          {'keypoints': np.zeros((3, 4, 2)), 'visibility': np.ones((3, 5))},
+          ValueError,
+          r"'visibility' has shape \(3, 5\), expected \(3, 4\)",
+      ),
       'empty': ({'keypoints': np.zeros((0, 4, 2))}, ValueError, 'empty'),
-      'invisible': ({'keypoints': np.zeros((3, 4, 2)), 'visibility': np.zeros((3, 4))},
-                    ValueError, r'invisible\.npz: every keypoint is missing.*entirely unusable'),
+      'invisible': (
+          {'keypoints': np.zeros((3, 4, 2)), 'visibility': np.zeros((3, 4))},
+          ValueError,
+          r'invisible\.npz: every keypoint is missing.*entirely unusable',
+      ),
   }
   for name, (arrays, error, message) in cases.items():
     np.savez(tmp_path / f'{name}.npz', **arrays)
@@ -226,19 +240,22 @@ def _h36m_files(tmp_path, frames_3d=10):
   frames_2d = {'S1': (12, 12, 12, 12), 'S5': (12, 9, 12, 12)}
   joint_values = np.broadcast_to(np.arange(32, dtype=np.float32)[:, None], (32, 3))
   positions_3d = {
-      subject: {'Walking': (joint_values + np.arange(frames_3d)[:, None, None] * 100)
-                .astype(np.float32), 'Eating 2': np.zeros((5, 32, 3), np.float32)}
-      for subject in ('S1', 'S5')}
+      subject: {
+          'Walking': (joint_values + np.arange(frames_3d)[:, None, None] * 100).astype(np.float32),
+          'Eating 2': np.zeros((5, 32, 3), np.float32),
+      }
+      for subject in ('S1', 'S5')
+  }
   positions_2d = {
-      subject: {'Walking': [np.full((n, 17, 2), c, np.float32)
-                            for c, n in enumerate(frames_2d[subject])],
-                'Eating 2': [np.zeros((5, 17, 2), np.float32)] * 4}
-      for subject in ('S1', 'S5')}
-  metadata = {'num_joints': 17, 'keypoints_symmetry': [[4, 5, 6, 11, 12, 13],
-                                                       [1, 2, 3, 14, 15, 16]]}
+      subject: {
+          'Walking': [np.full((n, 17, 2), c, np.float32) for c, n in enumerate(frames_2d[subject])],
+          'Eating 2': [np.zeros((5, 17, 2), np.float32)] * 4,
+      }
+      for subject in ('S1', 'S5')
+  }
+  metadata = {'num_joints': 17, 'keypoints_symmetry': [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
   np.savez_compressed(tmp_path / 'data_3d_h36m.npz', positions_3d=positions_3d)
-  np.savez_compressed(tmp_path / 'data_2d_h36m_gt.npz', positions_2d=positions_2d,
-                      metadata=metadata)
+  np.savez_compressed(tmp_path / 'data_2d_h36m_gt.npz', positions_2d=positions_2d, metadata=metadata)
   return tmp_path / 'data_3d_h36m.npz', tmp_path / 'data_2d_h36m_gt.npz'
 
 
@@ -250,10 +267,8 @@ def test_h36m_joint_selection_units_and_truncation(tmp_path):
   walking = only_3d['S1']['Walking']
   assert set(walking) == {'points3d'}
   assert walking['points3d'].shape == (10, 17, 3) and walking['points3d'].dtype == np.float32
-  np.testing.assert_array_equal(walking['points3d'][0, :, 0],
-                                np.array(h36m.H36M_KEPT_JOINTS) * 1000.0)
-  np.testing.assert_array_equal(walking['points3d'][3, :, 1],
-                                (np.array(h36m.H36M_KEPT_JOINTS) + 300) * 1000.0)
+  np.testing.assert_array_equal(walking['points3d'][0, :, 0], np.array(h36m.H36M_KEPT_JOINTS) * 1000.0)
+  np.testing.assert_array_equal(walking['points3d'][3, :, 1], (np.array(h36m.H36M_KEPT_JOINTS) + 300) * 1000.0)
 
   both = data.load_h36m(path_3d, path_2d, subjects=['S5'])
   assert list(both) == ['S5']
@@ -274,8 +289,7 @@ def test_h36m_errors(tmp_path):
     data.load_h36m(path_2d)
   with pytest.raises(FileNotFoundError, match='absent.npz'):
     data.load_h36m(path_3d, tmp_path / 'absent.npz')
-  np.savez_compressed(tmp_path / 'partial_2d.npz',
-                      positions_2d={'S1': {'Walking': [np.zeros((10, 17, 2))] * 4}})
+  np.savez_compressed(tmp_path / 'partial_2d.npz', positions_2d={'S1': {'Walking': [np.zeros((10, 17, 2))] * 4}})
   with pytest.raises(KeyError, match=r"partial_2d\.npz: no action 'Eating 2' for subject 'S1'"):
     data.load_h36m(path_3d, tmp_path / 'partial_2d.npz', subjects=['S1'])
   with pytest.raises(KeyError, match=r"partial_2d\.npz: no subject 'S5'"):
@@ -304,15 +318,13 @@ def test_windows_cover_every_frame_once(num_frames):
   assert mask.dtype == np.float32 and mask.sum() == num_frames
   assert np.all(windows[mask == 0] == -1)
   np.testing.assert_array_equal(data.unwindow(windows, mask), array)
-  np.testing.assert_array_equal(data.window_starts(num_frames, length),
-                                np.arange(0, num_frames, length))
+  np.testing.assert_array_equal(data.window_starts(num_frames, length), np.arange(0, num_frames, length))
   with pytest.raises(ValueError, match='at least one frame'):
     data.make_windows(array[:0], length)
 
 
 def test_center_2d_and_scale():
-  keypoints = np.array([[[0, 0], [2, 0], [100, 100], [1, 3]],
-                        [[5, 5], [5, 5], [5, 5], [5, 5]]], np.float32)
+  keypoints = np.array([[[0, 0], [2, 0], [100, 100], [1, 3]], [[5, 5], [5, 5], [5, 5], [5, 5]]], np.float32)
   visibility = np.array([[1, 1, 0, 1], [0, 0, 0, 0]], np.float32)
   centred, centroid = data.center_2d(keypoints, visibility)
   np.testing.assert_allclose(centroid, [[1, 1], [0, 0]])
@@ -349,8 +361,7 @@ def test_build_dataset_and_reassemble():
   for (name, view), points in parts.items():
     np.testing.assert_array_equal(points, sequences[name][0][view])
   # Un-normalising the 2D gives back the visible input keypoints.
-  restored = data.reassemble(
-      dataset, dataset.keypoints * dataset.scale + dataset.centroids[:, :, None])
+  restored = data.reassemble(dataset, dataset.keypoints * dataset.scale + dataset.centroids[:, :, None])
   vis = data.reassemble(dataset, dataset.visibility)
   for key, keypoints in restored.items():
     _, expected, visibility = (v[key[1]] for v in sequences[key[0]])
@@ -383,8 +394,8 @@ def test_cmu17_dataset(mocap):
   # A trial's observations do not depend on which other subjects are loaded.
   both = data.cmu17_dataset(['003', '006'], length=64, noise_std=2.0, dropout=0.1, seed=3)
   np.testing.assert_array_equal(
-      data.reassemble(both, both.visibility)[('003_01', 1)],
-      data.reassemble(dataset, dataset.visibility)[('003_01', 1)])
+      data.reassemble(both, both.visibility)[('003_01', 1)], data.reassemble(dataset, dataset.visibility)[('003_01', 1)]
+  )
 
 
 def test_nrsfm_and_tracks_datasets(tmp_path):
@@ -392,8 +403,7 @@ def test_nrsfm_and_tracks_datasets(tmp_path):
   assert dataset.names == ('pickup',) and dataset.num_windows == 4
   assert dataset.keypoints.shape == (4, 100, 41, 2)
   points = data.load_nrsfm_sequence('pickup')
-  np.testing.assert_allclose(data.reassemble(dataset, dataset.points3d)[('pickup', 0)], points,
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(data.reassemble(dataset, dataset.points3d)[('pickup', 0)], points, rtol=1e-6, atol=1e-6)
   path = data.save_tracks(tmp_path / 'mine.npz', points[..., :2])
   tracks = data.tracks_dataset(path, length=100, scale=dataset.scale)
   assert tracks.names == ('mine',) and tracks.points3d is None
@@ -408,17 +418,15 @@ def test_batch_indices_stateless_and_resumable():
   epoch0 = [data.batch_indices(num_windows, batch_size, seed=seed, step=s) for s in range(4)]
   flat = np.concatenate(epoch0)
   assert flat.dtype == np.int32 and len(set(flat.tolist())) == 20  # no repeats in an epoch
-  np.testing.assert_array_equal(
-      flat, np.random.default_rng([seed, 0]).permutation(num_windows)[:20])
-  epoch1 = np.concatenate([data.batch_indices(num_windows, batch_size, seed=seed, step=s)
-                           for s in range(4, 8)])
+  np.testing.assert_array_equal(flat, np.random.default_rng([seed, 0]).permutation(num_windows)[:20])
+  epoch1 = np.concatenate([data.batch_indices(num_windows, batch_size, seed=seed, step=s) for s in range(4, 8)])
   assert not np.array_equal(flat, epoch1)
-  np.testing.assert_array_equal(
-      data.batch_indices(num_windows, batch_size, seed=seed, step=6), epoch1[10:15])
+  np.testing.assert_array_equal(data.batch_indices(num_windows, batch_size, seed=seed, step=6), epoch1[10:15])
   # Full-permutation epochs without dropping the remainder.
   assert data.steps_per_epoch(num_windows, batch_size, drop_remainder=False) == 5
-  full = np.concatenate([data.batch_indices(num_windows, batch_size, seed=seed, step=s,
-                                            drop_remainder=False) for s in range(5)])
+  full = np.concatenate(
+      [data.batch_indices(num_windows, batch_size, seed=seed, step=s, drop_remainder=False) for s in range(5)]
+  )
   np.testing.assert_array_equal(np.sort(full), np.arange(num_windows))
   # Fewer windows than a batch: the permutation is cycled to fill it.
   small = data.batch_indices(3, 8, seed=seed, step=2)

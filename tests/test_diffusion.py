@@ -74,7 +74,8 @@ def test_ddim_with_an_oracle_denoiser_returns_x0_exactly(eta, num_steps):
   x0 = jax.random.normal(jax.random.PRNGKey(1), (3, 7, 5, 3))
   oracle = lambda x, t: x0
   out = jax.jit(lambda k: diffusion.ddim_sample(oracle, s, k, x0.shape, num_steps=num_steps, eta=eta))(
-      jax.random.PRNGKey(2))
+      jax.random.PRNGKey(2)
+  )
   np.testing.assert_array_equal(np.asarray(out), np.asarray(x0))
 
 
@@ -118,7 +119,7 @@ def test_ddim_at_eta_one_on_adjacent_steps_has_ddpm_variance():
   t = jnp.array([1, 50, 500, 999])
   zeros = jnp.zeros((4, 1))
   sigma = diffusion.ddim_step(s, zeros, t, t - 1, zeros, jnp.ones((4, 1)), eta=1.0)[:, 0]
-  np.testing.assert_allclose(sigma ** 2, s.posterior_variance[t], rtol=1e-3)  # float32 at t = 1
+  np.testing.assert_allclose(sigma**2, s.posterior_variance[t], rtol=1e-3)  # float32 at t = 1
 
 
 def test_ddim_step_inverts_q_sample_for_the_true_x0():
@@ -152,15 +153,15 @@ def test_hypotheses_are_independent_and_batched_once_per_step():
     calls.append(x.shape)
     return 0.5 * x
 
-  hyps = diffusion.sample_hypotheses(denoise, s, jax.random.PRNGKey(0), (2, 4, 3), num_hypotheses=3,
-                                     num_steps=4)
+  hyps = diffusion.sample_hypotheses(denoise, s, jax.random.PRNGKey(0), (2, 4, 3), num_hypotheses=3, num_steps=4)
   chex.assert_shape(hyps, (3, 2, 4, 3))
   assert calls == [(6, 4, 3)]  # Traced once inside scan, with batch H·B.
   assert not np.allclose(hyps[0], hyps[1])
   # With an oracle every hypothesis is x0.
   x0 = jax.random.normal(jax.random.PRNGKey(5), (2, 4, 3))
-  oracle = diffusion.sample_hypotheses(lambda x, t: jnp.tile(x0, (3, 1, 1)), s, jax.random.PRNGKey(0),
-                                       x0.shape, num_hypotheses=3, num_steps=2)
+  oracle = diffusion.sample_hypotheses(
+      lambda x, t: jnp.tile(x0, (3, 1, 1)), s, jax.random.PRNGKey(0), x0.shape, num_hypotheses=3, num_steps=2
+  )
   np.testing.assert_array_equal(oracle, jnp.broadcast_to(x0, (3,) + x0.shape))
 
 
@@ -189,15 +190,16 @@ def test_joint_reprojection_aggregation_picks_the_right_hypothesis_per_joint():
   vis[3] = 0.0
   out = np.asarray(diffusion.aggregate_joint_reprojection(jnp.asarray(hyps), keypoints, vis))
   np.testing.assert_allclose(out[3], hyps[:, 3].mean(0), rtol=1e-6)
-  np.testing.assert_allclose(diffusion.aggregate(jnp.asarray(hyps), keypoints, vis, method='mean'),
-                             hyps.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(
+      diffusion.aggregate(jnp.asarray(hyps), keypoints, vis, method='mean'), hyps.mean(0), rtol=1e-6
+  )
   with pytest.raises(ValueError, match='aggregation'):
     diffusion.aggregate(jnp.asarray(hyps), keypoints, vis, method='median')
 
 
 def test_joint_reprojection_ignores_image_translation_and_vmaps():
   rng = np.random.default_rng(1)
-  hyps = jnp.asarray(rng.normal(size=(3, 6, 4, 3)), jnp.float32)   # [H, B, P, 3]
+  hyps = jnp.asarray(rng.normal(size=(3, 6, 4, 3)), jnp.float32)  # [H, B, P, 3]
   kp = jnp.asarray(rng.normal(size=(6, 4, 2)), jnp.float32)
   vis = jnp.ones((6, 4))
   a = diffusion.aggregate_joint_reprojection(hyps, kp, vis)

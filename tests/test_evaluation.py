@@ -51,7 +51,7 @@ def test_subjects_split_uses_training_scale(run, loaded):
   own_scale = data.cmu17_dataset('006', length=config.data.window, azimuths_deg=config.data.azimuths).scale
   assert abs(own_scale - meta['scale']) > 1.0
   wrong = data.cmu17_dataset('006', length=config.data.window, scale=own_scale)
-  with pytest.raises(ValueError, match=r"normalised with scale .* trained with"):
+  with pytest.raises(ValueError, match=r'normalised with scale .* trained with'):
     evaluation.build_eval_dataset(config, meta, data=wrong)
   # With evaluation windows longer than training windows (the default config),
   # explicitly named subjects are still cut like the run's own eval split.
@@ -110,8 +110,12 @@ def test_export_matches_original_model(run, loaded, tmp_path):
   got = np.asarray(apply_fn(exported, raw_nan))
   scale = meta['scale']
   centred, _ = data.center_2d(raw, visibility)
-  ref = jax.jit(model.apply)(params, jnp.asarray(centred / scale)[None], jnp.asarray(visibility)[None],
-                             jnp.ones((1, len(raw))))['reconstruction'][0] * scale
+  ref = (
+      jax.jit(model.apply)(
+          params, jnp.asarray(centred / scale)[None], jnp.asarray(visibility)[None], jnp.ones((1, len(raw)))
+      )['reconstruction'][0]
+      * scale
+  )
   assert got.shape == (len(raw), 17, 3)
   np.testing.assert_allclose(got / scale, np.asarray(ref) / scale, atol=1e-5)
 
@@ -132,8 +136,16 @@ def test_canonical_study(loaded):
   study = evaluation.canonical_study(apply_fn, params, shapes, key=key, num_rotations=16, num_bins=12)
   assert len(calls) == 1
   np.testing.assert_allclose(study['bin_edges'][[0, -1]], [0.0, 180.0])
-  for k, shape in dict(bin_centers=(12,), mean=(12,), std=(12,), count=(12,), angles=(16,),
-                       values=(16, 5), per_rotation=(16,), rotations=(16, 3, 3)).items():
+  for k, shape in dict(
+      bin_centers=(12,),
+      mean=(12,),
+      std=(12,),
+      count=(12,),
+      angles=(16,),
+      values=(16, 5),
+      per_rotation=(16,),
+      rotations=(16, 3, 3),
+  ).items():
     assert study[k].shape == shape, k
   assert study['count'].sum() == 16 * 5
   assert np.isfinite(study['values']).all() and (study['values'] >= 0).all()
@@ -162,8 +174,9 @@ def test_canonical_study(loaded):
 
 def test_run_canonical_study_writes_csv_and_png(run, tmp_path):
   logs = []
-  result = evaluation.run_canonical_study(run[0], num_rotations=8, num_frames=6, num_bins=6,
-                                          output_dir=str(tmp_path), log=logs.append)
+  result = evaluation.run_canonical_study(
+      run[0], num_rotations=8, num_frames=6, num_bins=6, output_dir=str(tmp_path), log=logs.append
+  )
   assert result['num_shapes'] == 6 and result['count'].sum() == 48
   assert np.isfinite(result['values']).all()
   with open(result['csv']) as f:

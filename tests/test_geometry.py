@@ -62,7 +62,7 @@ class SO3Test(chex.TestCase):
     np.testing.assert_allclose(jnp.linalg.det(rot), 1.0, atol=1e-5)
     # Haar: E[R] = 0 (entries have variance 1/3), and tr(R) has mean 0 and
     # variance 1. Tolerances are 5 standard errors.
-    np.testing.assert_allclose(jnp.mean(rot, 0), np.zeros((3, 3)), atol=5 * (1 / 3)**0.5 / n**0.5)
+    np.testing.assert_allclose(jnp.mean(rot, 0), np.zeros((3, 3)), atol=5 * (1 / 3) ** 0.5 / n**0.5)
     trace = jnp.trace(rot, axis1=-2, axis2=-1)
     assert abs(float(jnp.mean(trace))) < 5 / n**0.5
     assert abs(float(jnp.var(trace)) - 1.0) < 0.03
@@ -90,8 +90,9 @@ class ProcrustesTest(chex.TestCase):
     keys = jax.random.split(jax.random.PRNGKey(1), 2)
     src = jax.random.normal(keys[0], (8, 10, 3))
     tgt = jax.random.normal(keys[1], (8, 10, 3))
-    np.testing.assert_allclose(jax.vmap(geometry.procrustes_rotation)(src, tgt),
-                               geometry.procrustes_rotation(src, tgt), atol=1e-6)
+    np.testing.assert_allclose(
+        jax.vmap(geometry.procrustes_rotation)(src, tgt), geometry.procrustes_rotation(src, tgt), atol=1e-6
+    )
 
   def test_mask_ignores_outliers(self):
     keys = jax.random.split(jax.random.PRNGKey(2), 3)
@@ -142,11 +143,18 @@ class ProcrustesTest(chex.TestCase):
     # Symmetric: points on the axes -> repeated singular values.
     sym = jnp.concatenate([jnp.eye(3), -jnp.eye(3)], 0)
     square = jnp.array([[1.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]])
-    cases = [(generic, generic), (line, line), (planar, planar), (sym, sym), (square, square),
-             (sym, geometry.rotate(sym, geometry.random_rotation(key))), (jnp.zeros((5, 3)), jnp.zeros((5, 3)))]
+    cases = [
+        (generic, generic),
+        (line, line),
+        (planar, planar),
+        (sym, sym),
+        (square, square),
+        (sym, geometry.rotate(sym, geometry.random_rotation(key))),
+        (jnp.zeros((5, 3)), jnp.zeros((5, 3))),
+    ]
 
     def loss(s, t):
-      return jnp.sum((geometry.similarity_align(s, t) - t)**2) + jnp.sum(geometry.procrustes_rotation(s, t))
+      return jnp.sum((geometry.similarity_align(s, t) - t) ** 2) + jnp.sum(geometry.procrustes_rotation(s, t))
 
     for src, tgt in cases:
       grads = jax.grad(loss, argnums=(0, 1))(src, tgt)
@@ -156,7 +164,7 @@ class ProcrustesTest(chex.TestCase):
   def test_identical_source_target_is_identity_with_zero_grad(self):
     src = _shape(jax.random.PRNGKey(9))
     np.testing.assert_allclose(geometry.procrustes_rotation(src, src), jnp.eye(3), atol=1e-5)
-    grad = jax.grad(lambda s: jnp.sum((geometry.similarity_align(s, src) - src)**2))(src)
+    grad = jax.grad(lambda s: jnp.sum((geometry.similarity_align(s, src) - src) ** 2))(src)
     np.testing.assert_allclose(grad, 0.0, atol=1e-4)
 
 

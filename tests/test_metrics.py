@@ -64,8 +64,9 @@ def test_stress_invariances_and_value():
   rot = np.asarray(geometry.random_rotation(jax.random.PRNGKey(1), (10,)))
   moved = np.einsum('fpj,fij->fpi', pred, rot) + 42.0
   np.testing.assert_allclose(metrics.stress(moved, gt), metrics.stress(pred, gt), rtol=1e-4)
-  np.testing.assert_allclose(metrics.stress(np.asarray(geometry.flip_depth(pred)), gt),
-                             metrics.stress(pred, gt), rtol=1e-4)
+  np.testing.assert_allclose(
+      metrics.stress(np.asarray(geometry.flip_depth(pred)), gt), metrics.stress(pred, gt), rtol=1e-4
+  )
   # Hand value: 3 points, one pair distance off by 1.
   g = np.array([[0.0, 0, 0], [3, 0, 0], [0, 4, 0]])
   p = np.array([[0.0, 0, 0], [4, 0, 0], [0, 4, 0]])  # d01: 3→4, d02: 4, d12: 5→√32.
@@ -98,8 +99,11 @@ def test_e3d_zero_on_truth_and_hand_value():
   # Explicit per-frame formula.
   noisy = gt + _pose(9, gt.shape) * 0.3
   c = lambda x: x - x.mean(1, keepdims=True)
-  per_frame = [min(np.linalg.norm(c(noisy)[f] - c(gt)[f]), np.linalg.norm(c(noisy)[f] * [1, 1, -1] - c(gt)[f]))
-               / np.linalg.norm(c(gt)[f]) for f in range(6)]
+  per_frame = [
+      min(np.linalg.norm(c(noisy)[f] - c(gt)[f]), np.linalg.norm(c(noisy)[f] * [1, 1, -1] - c(gt)[f]))
+      / np.linalg.norm(c(gt)[f])
+      for f in range(6)
+  ]
   np.testing.assert_allclose(metrics.e3d(noisy, gt), np.mean(per_frame), rtol=1e-4)
 
 

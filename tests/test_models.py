@@ -22,12 +22,22 @@ def _inputs(seed=0):
 
 
 def _small(**kw):
-  return StudentConfig(num_points=P, num_bases=4, lifter_width=32, lifter_blocks=1, canon_width=32,
-                       canon_blocks=1, tcn_channels=16, mlp_width=32, **kw)
+  return StudentConfig(
+      num_points=P,
+      num_bases=4,
+      lifter_width=32,
+      lifter_blocks=1,
+      canon_width=32,
+      canon_blocks=1,
+      tcn_channels=16,
+      mlp_width=32,
+      **kw,
+  )
 
 
-@pytest.mark.parametrize('kernel,dilations,expected', [(3, (1, 3, 9, 27), 81), (3, (1, 3), 9), (5, (1, 2), 13),
-                                                        (1, (1,), 1)])
+@pytest.mark.parametrize(
+    'kernel,dilations,expected', [(3, (1, 3, 9, 27), 81), (3, (1, 3), 9), (5, (1, 2), 13), (1, (1,), 1)]
+)
 def test_receptive_field(kernel, dilations, expected):
   assert receptive_field(kernel, dilations) == expected
   assert causal_shift(kernel, dilations, causal=True) == 0
@@ -45,7 +55,8 @@ def _refiner_grad_support(causal, dilations=(1, 3)):
   params = model.init(jax.random.PRNGKey(0), shapes, kp, vis, mask)
   # Make the zero-initialised output layer non-zero so gradients flow.
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params)
+      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
+  )
   t0 = 20
   grad = jax.grad(lambda s: jnp.sum(model.apply(params, s, kp, vis, mask)[:, t0]))(shapes)
   return np.nonzero(np.abs(np.asarray(grad)).sum(axis=(0, 2, 3)) > 0)[0], t0
@@ -92,7 +103,8 @@ def test_padding_does_not_leak_into_real_frames():
   vis = vis * mask[..., None]
   params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params)
+      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
+  )
   out = model.apply(params, kp, vis, mask)['points']
   garbage = kp.at[:, 30:].set(50.0)
   out2 = model.apply(params, garbage, vis, mask)['points']
@@ -132,6 +144,7 @@ def test_rotation_6d_lifter_starts_at_identity():
 @pytest.mark.parametrize('arch', ['frame', 'st'])
 def test_denoiser_shapes_root_and_padding(arch):
   from nrsfm_jax.models import Denoiser, DenoiserConfig
+
   model = Denoiser(DenoiserConfig(num_points=5, width=16, depth=1, num_heads=2, arch=arch))
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)

@@ -17,8 +17,7 @@ def setup():
   config = configs.get('tiny')
   train_ds, _ = data.make_datasets(config)
   tx = optim.make_optimizer(config, 10, 10)
-  model, state = train.create_state(config, train_ds.num_points, train_ds.window_length,
-                                    jax.random.PRNGKey(0), tx)
+  model, state = train.create_state(config, train_ds.num_points, train_ds.window_length, jax.random.PRNGKey(0), tx)
   idx = batch_indices(train_ds.num_windows, 8, seed=0, step=0)
   full = train_ds.take(idx)
   batch = {k: jnp.asarray(full[k]) for k in ('keypoints', 'visibility', 'mask')}
@@ -48,6 +47,7 @@ def test_loss_terms_present_and_finite(setup):
 
 def test_jit_step_compiles_once_and_learns(setup):
   _, _, state, batch, lcfg = setup
+
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(state, batch, key):
@@ -87,8 +87,13 @@ def bn_setup(setup):
   config.model.norm = 'batch'
   config.loss.z_aug_deg = 22.5
   config.loss.z_equivariance_deg = 22.5
-  model, state = train.create_state(config, batch['keypoints'].shape[2], batch['keypoints'].shape[1],
-                                    jax.random.PRNGKey(0), optim.make_optimizer(config, 10, 10))
+  model, state = train.create_state(
+      config,
+      batch['keypoints'].shape[2],
+      batch['keypoints'].shape[1],
+      jax.random.PRNGKey(0),
+      optim.make_optimizer(config, 10, 10),
+  )
   # flax's synced BatchNorm averages the devices' masked means with equal
   # weight, so the data-parallel step is exact when every device holds the
   # same number of real frames: no padded frames here (missing points stay).
@@ -103,8 +108,9 @@ def test_batchnorm_and_z_equivariance_data_parallel_match_single_device(bn_setup
   key = jax.random.PRNGKey(2)
   ref_state, ref_metrics = _single(state, batch, lcfg, key)
   # The running averages moved (the optimiser does not own them) ...
-  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ref_state.params['batch_stats'],
-                       state.params['batch_stats'])
+  moved = jax.tree.map(
+      lambda a, b: float(jnp.max(jnp.abs(a - b))), ref_state.params['batch_stats'], state.params['batch_stats']
+  )
   assert max(jax.tree.leaves(moved)) > 1e-4
   step = objective.make_step(lcfg, mode, devices=jax.local_devices()[:4])
   pstate, pmetrics = step(step.prepare(jax.tree.map(jnp.copy, state)), batch, key)
@@ -136,8 +142,6 @@ def test_non_finite_step_is_not_applied(setup):
   chex.assert_trees_all_equal(new_state.params, state.params)
 
 
-
-
 def test_loss_config_reads_the_term_table_and_names_bad_keys():
   config = configs.get('tiny')
   lcfg = objective.loss_config(config)
@@ -157,11 +161,13 @@ def test_a_registered_term_is_one_function_and_one_config_line(setup):
   _, _, state, batch, lcfg = setup
   name = 'test_depth_l2'
   try:
+
     @objective.register_term(name)
     def depth_term(out, batch, ctx, term):  # A depth-magnitude penalty, for the test.
       del ctx, term
-      return objective.Term(out['points'][..., 2] ** 2, jnp.broadcast_to(batch['mask'][..., None],
-                                                                        out['points'].shape[:-1]))
+      return objective.Term(
+          out['points'][..., 2] ** 2, jnp.broadcast_to(batch['mask'][..., None], out['points'].shape[:-1])
+      )
 
     cfg = lcfg.replace_term(name, weight=0.25)
     _, metrics = _single(state, batch, cfg, jax.random.PRNGKey(1))

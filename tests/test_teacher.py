@@ -100,10 +100,16 @@ def test_resumed_teacher_matches_uninterrupted(tmp_path):
 def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   """All the rows on tiny settings: the self teacher learns from the tcn row, the student uses it."""
   from nrsfm_jax import ablation
+
   workdir = str(tmp_path / 'cmu17')
   lines = []
-  results = ablation.run_cmu17(workdir, ['lifter', 'teacher'], student_config=_tiny_student,
-                               teacher_config=lambda: _fast(_tiny_teacher('self')), log=lines.append)
+  results = ablation.run_cmu17(
+      workdir,
+      ['lifter', 'teacher'],
+      student_config=_tiny_student,
+      teacher_config=lambda: _fast(_tiny_teacher('self')),
+      log=lines.append,
+  )
   assert set(results) == {'lifter', 'tcn', 'teacher', 'teacher_eval'}  # tcn comes with the teacher row.
   assert any('self targets' in line and os.path.join(workdir, 'tcn') in line for line in lines)
   with open(os.path.join(workdir, 'teacher', 'config.json')) as f:
@@ -113,8 +119,9 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   assert all('teacher' in r and np.isfinite(r['teacher']) for r in rows)
   table = ablation.cmu17_table(results)
   assert '+0.0%' in table and ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
-  png = plotting.plot_rows(workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'),
-                           titles=ablation.TITLES)
+  png = plotting.plot_rows(
+      workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'), titles=ablation.TITLES
+  )
   assert os.path.getsize(png) > 10_000
   diag = {'cmu17': {'lifter': ablation.depth_diagnostics(os.path.join(workdir, 'lifter'), configs.get('tiny'))}}
   assert diag['cmu17']['lifter']['depth_spread_ratio'] > 0 and diag['cmu17']['lifter']['relative_2d_error'] > 0
@@ -136,6 +143,7 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
 
 def test_nrsfm_table_marks_rows_that_beat_bmm():
   from nrsfm_jax import ablation
+
   entry = lambda e3d, akhter: {'per_sequence': {'drink': {'e3d': e3d, 'e3d_akhter': akhter}}}
   table = ablation.nrsfm_table({'drink': {'tcn': entry(0.5, 0.6), 'teacher': entry(0.01, 0.02)}})
   assert '0.5000 / 0.6000' in table and '0.0100 / **0.0200**' in table and '0.0266' in table

@@ -12,6 +12,7 @@ from nrsfm_jax import configs, loop, models, train
 
 def _params_of(workdir):
   from nrsfm_jax import checkpoint
+
   params, _ = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints')).restore_params()
   return params
 
@@ -36,6 +37,7 @@ def test_end_to_end_resume_matches_uninterrupted(tmp_path):
   def interrupt(line):
     if line.startswith('step 4/'):
       raise KeyboardInterrupt
+
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, cut_dir, log=interrupt)
   resumed_logs = []
@@ -71,7 +73,7 @@ def test_nrsfm_protocol_end_to_end(tmp_path):
 def test_unknown_config_keys_are_errors():
   config = configs.get('tiny')
   config.model.tcn_dilation = (1, 2)  # Typo for tcn_dilations.
-  with pytest.raises(ValueError, match="tcn_dilation"):
+  with pytest.raises(ValueError, match='tcn_dilation'):
     models.from_config('student', config.model, 17)
 
 
@@ -80,7 +82,7 @@ def test_check_resume_names_every_differing_key(tmp_path):
   loop.check_resume(str(tmp_path), None, new, ('seed', 'scale'))
   loop.check_resume(str(tmp_path), {'seed': 0, 'scale': 1.0 + 1e-9}, new, ('seed', 'scale'))
   loop.check_resume(str(tmp_path), {'scale': 1.0}, new, ('seed', 'scale'))  # Older metadata: no seed.
-  with pytest.raises(ValueError, match=r"seed 1 \(this config: 0\), scale 2.0.*another --workdir"):
+  with pytest.raises(ValueError, match=r'seed 1 \(this config: 0\), scale 2.0.*another --workdir'):
     loop.check_resume(str(tmp_path), {'seed': 1, 'scale': 2.0}, new, ('seed', 'scale'))
 
 

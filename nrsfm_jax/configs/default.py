@@ -28,17 +28,17 @@ def get_config(arg=None):
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'cmu17'            # 'cmu17' | 'nrsfm' | 'tracks'
-  c.data.path = ''                 # '' = bundled data (cmu17) / required for 'tracks'
-  c.data.sequence = 'drink'        # nrsfm: bundled name or .npz path
+  c.data.name = 'cmu17'  # 'cmu17' | 'nrsfm' | 'tracks'
+  c.data.path = ''  # '' = bundled data (cmu17) / required for 'tracks'
+  c.data.sequence = 'drink'  # nrsfm: bundled name or .npz path
   c.data.train_subjects = '002,003,005'
   c.data.val_subjects = '006'
   c.data.window = 81
-  c.data.eval_window = 243         # 0 = data.window
+  c.data.eval_window = 243  # 0 = data.window
   c.data.azimuths = (45.0, 135.0, 225.0, 315.0)
   c.data.elevation = 10.0
-  c.data.noise_std = 0.0           # 2D noise (data units, mm for cmu17)
-  c.data.dropout = 0.0             # keypoint dropout probability
+  c.data.noise_std = 0.0  # 2D noise (data units, mm for cmu17)
+  c.data.dropout = 0.0  # keypoint dropout probability
 
   # The student's hyperparameters start from StudentConfig's defaults (their one source; see its
   # docstring): K = 10 bases, so3 cameras, 256-wide 3-block lifter and Ψ, the paper's causal
@@ -59,29 +59,29 @@ def get_config(arg=None):
   # ('shape_init'), Ψ on `frames` random frames per window (0 = all).
   c.loss.terms.canon = dict(weight=1.0, kind='pseudo_huber', scale=0.03, n_rot=4, on='shape', frames=32)
   c.loss.terms.proc = dict(weight=0.0)  # λ_p (eq. 17; off as in eq. 19)
-  c.loss.z_aug_deg = 0.0          # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
+  c.loss.z_aug_deg = 0.0  # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
   c.loss.z_equivariance_deg = 0.0  # C3DPO z-equivariance: shape from a further-rotated input (deg)
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = 'adam'           # 'adam' | 'sgd'
+  c.optim.name = 'adam'  # 'adam' | 'sgd'
   c.optim.lr = 1e-3
-  c.optim.schedule = 'cosine'     # 'cosine' | 'step' | 'constant'
+  c.optim.schedule = 'cosine'  # 'cosine' | 'step' | 'constant'
   c.optim.warmup_steps = 50
   c.optim.decay_epochs = (60, 80)  # 'step' schedule: ×0.1 at these epochs
   c.optim.momentum = 0.9
   c.optim.weight_decay = 0.0
-  c.optim.grad_clip = 1.0         # global-norm clip (0 = off)
+  c.optim.grad_clip = 1.0  # global-norm clip (0 = off)
 
   c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 32         # windows per step, global over devices
+  c.train.batch_size = 32  # windows per step, global over devices
   c.train.num_steps = 2000
-  c.train.num_epochs = 0          # > 0 overrides num_steps
+  c.train.num_epochs = 0  # > 0 overrides num_steps
   c.train.log_every = 50
   c.train.checkpoint_every = 250
   c.train.max_checkpoints = 2
-  c.train.parallel = 'auto'       # 'auto' | 'none' | 'pmap' | 'shard_map'
+  c.train.parallel = 'auto'  # 'auto' | 'none' | 'pmap' | 'shard_map'
   c.train.eval_batch_size = 64
-  c.train.pseudo3d = ''           # .npz of cached teacher pseudo-3D for the train windows
+  c.train.pseudo3d = ''  # .npz of cached teacher pseudo-3D for the train windows
 
   c.model.use_refiner = variant in ('tcn', 'teacher')
   if variant == 'teacher':
@@ -98,5 +98,5 @@ def get_config(arg=None):
     c.optim.warmup_steps = 20
     c.loss.terms.canon.frames = 0
   if not c.model.use_refiner:
-    c.loss.terms.reproj_init.weight = 0.0     # Without the refiner the two reprojections coincide.
+    c.loss.terms.reproj_init.weight = 0.0  # Without the refiner the two reprojections coincide.
   return c

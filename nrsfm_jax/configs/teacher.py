@@ -34,7 +34,7 @@ def get_config(arg=None):
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.mode = 'self' if kind in ('self', 'nrsfm') else 'supervised'
-  c.teacher.student_workdir = ''   # self mode: the student run whose reconstructions are the targets
+  c.teacher.student_workdir = ''  # self mode: the student run whose reconstructions are the targets
 
   # The denoiser's hyperparameters (DenoiserConfig's defaults: 'frame' tokens, width 256, 2 blocks,
   # 8 heads, MLP ratio 2, root joint 0); the D3DP-like per-joint model is arch='st'.
@@ -43,8 +43,8 @@ def get_config(arg=None):
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = 'cosine'  # 'cosine' | 'linear'
   c.diffusion.num_timesteps = 1000
-  c.diffusion.num_hypotheses = 5   # H, for the pseudo-3D
-  c.diffusion.num_steps = 5        # K DDIM steps
+  c.diffusion.num_hypotheses = 5  # H, for the pseudo-3D
+  c.diffusion.num_steps = 5  # K DDIM steps
   c.diffusion.eta = 0.0
   c.diffusion.aggregation = 'mean'  # 'mean' | 'jpma' (joint-wise reprojection)
 

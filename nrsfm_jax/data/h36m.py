@@ -30,8 +30,9 @@ def _pickled_dict(path: PathLike, key: str) -> dict:
   return value
 
 
-def load_h36m(path_3d: PathLike, path_2d: PathLike | None = None,
-              subjects: Iterable[str] | str | None = None) -> dict[str, dict[str, dict]]:
+def load_h36m(
+    path_3d: PathLike, path_2d: PathLike | None = None, subjects: Iterable[str] | str | None = None
+) -> dict[str, dict[str, dict]]:
   """Loads Human3.6M 3D poses and, optionally, per-camera 2D keypoints.
 
   Args:
@@ -59,16 +60,16 @@ def load_h36m(path_3d: PathLike, path_2d: PathLike | None = None,
     subjects = [str(s) for s in ([subjects] if isinstance(subjects, str) else subjects)]
     unknown = [s for s in subjects if s not in positions_3d]
     if unknown:
-      raise ValueError(
-          f'{path_3d}: unknown subject(s) {unknown}; available: {list(positions_3d)}')
+      raise ValueError(f'{path_3d}: unknown subject(s) {unknown}; available: {list(positions_3d)}')
   result: dict[str, dict[str, dict]] = {}
   for subject in subjects:
     result[subject] = {}
     for action, points in positions_3d[subject].items():
       points = np.asarray(points)
       if points.ndim != 3 or points.shape[1:] not in ((32, 3), (17, 3)):
-        raise ValueError(f'{path_3d}: {subject}/{action} has shape {points.shape}, '
-                         'expected [F, 32, 3] (or [F, 17, 3])')
+        raise ValueError(
+            f'{path_3d}: {subject}/{action} has shape {points.shape}, ' 'expected [F, 32, 3] (or [F, 17, 3])'
+        )
       if points.shape[1] == 32:
         points = points[:, H36M_KEPT_JOINTS]
       entry = {'points3d': (points * 1000.0).astype(np.float32)}
@@ -76,15 +77,15 @@ def load_h36m(path_3d: PathLike, path_2d: PathLike | None = None,
         if subject not in positions_2d:
           raise KeyError(f'{path_2d}: no subject {subject!r} (found {list(positions_2d)})')
         if action not in positions_2d[subject]:
-          raise KeyError(f'{path_2d}: no action {action!r} for subject {subject!r} '
-                         f'(found {list(positions_2d[subject])})')
+          raise KeyError(
+              f'{path_2d}: no action {action!r} for subject {subject!r} ' f'(found {list(positions_2d[subject])})'
+          )
         cameras = [np.asarray(k) for k in positions_2d[subject][action]]
         if not cameras:
           raise ValueError(f'{path_2d}: {subject}/{action} has no cameras')
         for c, k in enumerate(cameras):
           if k.ndim != 3 or k.shape[1:] != (17, 2):
-            raise ValueError(f'{path_2d}: {subject}/{action} camera {c} has shape '
-                             f'{k.shape}, expected [F, 17, 2]')
+            raise ValueError(f'{path_2d}: {subject}/{action} camera {c} has shape ' f'{k.shape}, expected [F, 17, 2]')
         length = min(len(points), *(len(k) for k in cameras))
         entry['points3d'] = entry['points3d'][:length]
         entry['keypoints'] = np.stack([k[:length] for k in cameras]).astype(np.float32)

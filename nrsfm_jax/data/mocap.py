@@ -20,19 +20,28 @@ CMU_MOCAP_PATH: Path = ASSETS_DIR / 'cmu_mocap_17j.npz'
 NRSFM_DIR: Path = ASSETS_DIR / 'nrsfm_mocap'
 NRSFM_SEQUENCES: tuple[str, ...] = ('drink', 'pickup', 'yoga', 'stretch', 'dance')
 
-CMU_JOINTS: tuple[str, ...] = tuple(
-    json.loads(CMU_MOCAP_PATH.with_suffix('.json').read_text())['joints'])
+CMU_JOINTS: tuple[str, ...] = tuple(json.loads(CMU_MOCAP_PATH.with_suffix('.json').read_text())['joints'])
 
 _BONE_NAMES = (
-    ('Hip', 'RHip'), ('RHip', 'RKnee'), ('RKnee', 'RFoot'),
-    ('Hip', 'LHip'), ('LHip', 'LKnee'), ('LKnee', 'LFoot'),
-    ('Hip', 'Spine'), ('Spine', 'Thorax'), ('Thorax', 'Neck'), ('Neck', 'Head'),
-    ('Thorax', 'LShoulder'), ('LShoulder', 'LElbow'), ('LElbow', 'LWrist'),
-    ('Thorax', 'RShoulder'), ('RShoulder', 'RElbow'), ('RElbow', 'RWrist'),
+    ('Hip', 'RHip'),
+    ('RHip', 'RKnee'),
+    ('RKnee', 'RFoot'),
+    ('Hip', 'LHip'),
+    ('LHip', 'LKnee'),
+    ('LKnee', 'LFoot'),
+    ('Hip', 'Spine'),
+    ('Spine', 'Thorax'),
+    ('Thorax', 'Neck'),
+    ('Neck', 'Head'),
+    ('Thorax', 'LShoulder'),
+    ('LShoulder', 'LElbow'),
+    ('LElbow', 'LWrist'),
+    ('Thorax', 'RShoulder'),
+    ('RShoulder', 'RElbow'),
+    ('RElbow', 'RWrist'),
 )
 # Skeleton edges as (parent, child) joint indices into CMU_JOINTS (Human3.6M order).
-CMU_BONES: tuple[tuple[int, int], ...] = tuple(
-    (CMU_JOINTS.index(a), CMU_JOINTS.index(b)) for a, b in _BONE_NAMES)
+CMU_BONES: tuple[tuple[int, int], ...] = tuple((CMU_JOINTS.index(a), CMU_JOINTS.index(b)) for a, b in _BONE_NAMES)
 
 
 def _mocap_path(path: PathLike | None) -> Path:
@@ -73,8 +82,7 @@ def list_subjects(path: PathLike | None = None) -> list[str]:
     return sorted({_subject_of(key, info) for key in archive.files})
 
 
-def load_mocap(path: PathLike | None = None,
-               subjects: Iterable[str] | str | None = None) -> dict[str, np.ndarray]:
+def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | None = None) -> dict[str, np.ndarray]:
   """Loads 3D mocap trials.
 
   Args:
@@ -108,8 +116,7 @@ def load_mocap(path: PathLike | None = None,
   for key in sorted(arrays):
     points = arrays[key]
     if points.ndim != 3 or points.shape[-1] != 3 or 0 in points.shape:
-      raise ValueError(
-          f'{path}: trial {key!r} has shape {points.shape}, expected [F, J, 3] with F, J > 0')
+      raise ValueError(f'{path}: trial {key!r} has shape {points.shape}, expected [F, J, 3] with F, J > 0')
     trials[key] = points.astype(np.float32, copy=False)
   return trials
 
@@ -141,9 +148,9 @@ def camera_rotation(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
   return r_x @ r_y
 
 
-def orthographic_views(points: np.ndarray,
-                       azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
-                       elevation_deg: float = 10.0) -> np.ndarray:
+def orthographic_views(
+    points: np.ndarray, azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0), elevation_deg: float = 10.0
+) -> np.ndarray:
   """Camera-frame points seen by orthographic cameras around the vertical axis.
 
   Args:
@@ -162,8 +169,9 @@ def orthographic_views(points: np.ndarray,
   return np.einsum('vij,fpj->vfpi', rotations, points.astype(np.float64)).astype(np.float32)
 
 
-def observe(points_cam: np.ndarray, *, key_or_seed, noise_std: float = 0.0,
-            dropout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def observe(
+    points_cam: np.ndarray, *, key_or_seed, noise_std: float = 0.0, dropout: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
   """Orthographic 2D observations with optional Gaussian noise and keypoint dropout.
 
   Args:

@@ -17,13 +17,14 @@ def nrsfm_sequence_path(name_or_path: PathLike) -> Path:
   bundled name; anything else is a path.
   """
   path = Path(name_or_path)
-  is_name = (isinstance(name_or_path, str) and not path.suffix and len(path.parts) == 1
-             and not path.is_file())
+  is_name = isinstance(name_or_path, str) and not path.suffix and len(path.parts) == 1 and not path.is_file()
   if is_name:
     name = str(name_or_path).lower()
     if name not in NRSFM_SEQUENCES:
-      raise ValueError(f'unknown NRSfM sequence {name_or_path!r}; bundled: '
-                       f'{list(NRSFM_SEQUENCES)} (or pass the path of a .npz file)')
+      raise ValueError(
+          f'unknown NRSfM sequence {name_or_path!r}; bundled: '
+          f'{list(NRSFM_SEQUENCES)} (or pass the path of a .npz file)'
+      )
     return NRSFM_DIR / f'{name}.npz'
   return path
 

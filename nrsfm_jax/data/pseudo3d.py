@@ -20,9 +20,15 @@ def save_pseudo3d(path: str, pseudo3d: np.ndarray, dataset: WindowDataset) -> No
       units / ``dataset.scale``), in ``dataset``'s window order.
     dataset: the training windows it was computed for.
   """
-  np.savez(path, pseudo3d=np.asarray(pseudo3d, np.float32), scale=np.float64(dataset.scale),
-           names=np.asarray(dataset.names), sequence_ids=dataset.sequence_ids,
-           view_ids=dataset.view_ids, starts=dataset.starts)
+  np.savez(
+      path,
+      pseudo3d=np.asarray(pseudo3d, np.float32),
+      scale=np.float64(dataset.scale),
+      names=np.asarray(dataset.names),
+      sequence_ids=dataset.sequence_ids,
+      view_ids=dataset.view_ids,
+      starts=dataset.starts,
+  )
 
 
 def load_pseudo3d(path: str, dataset: WindowDataset) -> np.ndarray:

@@ -36,9 +36,11 @@ _DATASETS: dict[str, tuple[Callable[..., windows.WindowDataset], str | None]] = 
 
 def register_dataset(name: str, protocol: str | None):
   """Decorator: registers ``fn(data_config, split, *, length, scale, seed) -> WindowDataset`` as ``name``."""
+
   def wrap(fn):
     _DATASETS[name] = (fn, protocol)
     return fn
+
   return wrap
 
 
@@ -72,8 +74,9 @@ def window_length(data_config, split: str) -> int:
   return int(data_config.window)
 
 
-def make_dataset(data_config, split: str, *, scale: float | None = None, seed: int = 0,
-                 length: int | None = None) -> windows.WindowDataset:
+def make_dataset(
+    data_config, split: str, *, scale: float | None = None, seed: int = 0, length: int | None = None
+) -> windows.WindowDataset:
   """The ``split`` windows of ``config.data``.
 
   Args:
@@ -107,30 +110,36 @@ def _subjects(d, split: str) -> list[str]:
 
 
 def _camera_kwargs(d, seed: int) -> dict[str, Any]:
-  return dict(azimuths_deg=tuple(d.azimuths), elevation_deg=d.elevation, noise_std=d.noise_std,
-              dropout=d.dropout, seed=seed)
+  return dict(
+      azimuths_deg=tuple(d.azimuths), elevation_deg=d.elevation, noise_std=d.noise_std, dropout=d.dropout, seed=seed
+  )
 
 
 @register_dataset('cmu17', 'cmu17')
 def _cmu17(d, split, *, length, scale, seed):
-  return windows.cmu17_dataset(_subjects(d, split), length=length, path=d.path or None, scale=scale,
-                               **_camera_kwargs(d, seed))
+  return windows.cmu17_dataset(
+      _subjects(d, split), length=length, path=d.path or None, scale=scale, **_camera_kwargs(d, seed)
+  )
 
 
 # Human3.6M's world frame has z up; the cameras of BENCHMARKS.md A turn about y up.
 _Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], np.float32)
 
 
-def h36m_dataset(path, subjects: Sequence[str] | str | None, *, length: int = 243,
-                 scale: float | None = None, **camera_kwargs) -> windows.WindowDataset:
+def h36m_dataset(
+    path, subjects: Sequence[str] | str | None, *, length: int = 243, scale: float | None = None, **camera_kwargs
+) -> windows.WindowDataset:
   """Human3.6M 3D (VideoPose3D's ``data_3d_h36m.npz``) seen by the cmu17 orthographic cameras.
 
   World z-up is turned to y-up first; trials are named ``'<subject>/<action>'``.
   ``camera_kwargs``: ``azimuths_deg``, ``elevation_deg``, ``noise_std``,
   ``dropout``, ``seed`` as :func:`windows.cmu17_dataset`.
   """
-  trials = {f'{s}/{a}': entry['points3d'] @ _Z_UP_TO_Y_UP.T
-            for s, actions in load_h36m(path, subjects=subjects).items() for a, entry in actions.items()}
+  trials = {
+      f'{s}/{a}': entry['points3d'] @ _Z_UP_TO_Y_UP.T
+      for s, actions in load_h36m(path, subjects=subjects).items()
+      for a, entry in actions.items()
+  }
   return windows.views_dataset(trials, length=length, scale=scale, **camera_kwargs)
 
 

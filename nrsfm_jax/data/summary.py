@@ -45,13 +45,16 @@ def summarize_bundled() -> dict:
 def format_summary(summary: dict) -> str:
   """Human-readable text of `summarize_bundled()`."""
   cmu = summary['cmu17']
-  lines = [f"cmu17: {cmu['num_trials']} trials, {cmu['total_frames']} frames, "
-           f"fps {cmu['fps']}, {len(cmu['joints'])} joints"]
+  lines = [
+      f"cmu17: {cmu['num_trials']} trials, {cmu['total_frames']} frames, "
+      f"fps {cmu['fps']}, {len(cmu['joints'])} joints"
+  ]
   for subject in cmu['subjects']:
-    lines.append(f"  subject {subject}: {cmu['trials_per_subject'][subject]} trials, "
-                 f"{cmu['frames_per_subject'][subject]} frames")
-  lines.append('  descriptions: ' + ', '.join(f'{d} ({n})' for d, n in
-                                              cmu['descriptions'].items()))
+    lines.append(
+        f"  subject {subject}: {cmu['trials_per_subject'][subject]} trials, "
+        f"{cmu['frames_per_subject'][subject]} frames"
+    )
+  lines.append('  descriptions: ' + ', '.join(f'{d} ({n})' for d, n in cmu['descriptions'].items()))
   lines.append('nrsfm-mocap:')
   for name, counts in summary['nrsfm_mocap'].items():
     lines.append(f"  {name}: {counts['frames']} frames, {counts['points']} points")

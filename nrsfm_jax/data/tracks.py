@@ -17,8 +17,10 @@ def _check_tracks(where: str, keypoints: np.ndarray, visibility: np.ndarray | No
   if keypoints.shape[0] == 0 or keypoints.shape[1] == 0:
     raise ValueError(f"{where}: 'keypoints' is empty, shape {keypoints.shape}")
   if visibility is not None and visibility.shape != keypoints.shape[:2]:
-    raise ValueError(f"{where}: 'visibility' has shape {visibility.shape}, expected "
-                     f"{keypoints.shape[:2]} to match 'keypoints' {keypoints.shape}")
+    raise ValueError(
+        f"{where}: 'visibility' has shape {visibility.shape}, expected "
+        f"{keypoints.shape[:2]} to match 'keypoints' {keypoints.shape}"
+    )
 
 
 def load_tracks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -52,12 +54,13 @@ def load_tracks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
   if not (np.isfinite(visibility).all() and (visibility >= 0).all() and (visibility <= 1).all()):
     raise ValueError(f"{path}: 'visibility' must be finite and in [0, 1]")
   if np.isinf(keypoints).any():
-    raise ValueError(f"{path}: 'keypoints' has {int(np.isinf(keypoints).sum())} infinite "
-                     'coordinates (use NaN to mark missing points)')
+    raise ValueError(
+        f"{path}: 'keypoints' has {int(np.isinf(keypoints).sum())} infinite "
+        'coordinates (use NaN to mark missing points)'
+    )
   nan = np.isnan(keypoints)
   if nan.any():
-    warnings.warn(f'{path}: {int(nan.sum())} NaN keypoint coordinates treated as missing',
-                  stacklevel=2)
+    warnings.warn(f'{path}: {int(nan.sum())} NaN keypoint coordinates treated as missing', stacklevel=2)
     missing = np.asarray(nan.any(axis=-1))
     visibility = np.where(missing, 0.0, visibility).astype(np.float32)
     keypoints = np.where(missing[..., None], 0.0, keypoints).astype(np.float32)
@@ -66,8 +69,7 @@ def load_tracks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
   return keypoints, visibility
 
 
-def save_tracks(path: PathLike, keypoints: np.ndarray,
-                visibility: np.ndarray | None = None) -> Path:
+def save_tracks(path: PathLike, keypoints: np.ndarray, visibility: np.ndarray | None = None) -> Path:
   """Writes tracks that `load_tracks` reads back.
 
   Args:

@@ -34,8 +34,7 @@ def window_starts(num_frames: int, length: int) -> np.ndarray:
   return np.arange(0, num_frames, length)
 
 
-def make_windows(array: np.ndarray, length: int, *,
-                 pad_value: float = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_windows(array: np.ndarray, length: int, *, pad_value: float = 0) -> tuple[np.ndarray, np.ndarray]:
   """Cuts a sequence into windows of `length` frames, padding the last one.
 
   Args:
@@ -53,8 +52,7 @@ def make_windows(array: np.ndarray, length: int, *,
   pad = num_windows * length - num_frames
   padded = np.concatenate([array, np.full((pad, *array.shape[1:]), pad_value, array.dtype)])
   mask = (np.arange(num_windows * length) < num_frames).astype(np.float32)
-  return (padded.reshape(num_windows, length, *array.shape[1:]),
-          mask.reshape(num_windows, length))
+  return (padded.reshape(num_windows, length, *array.shape[1:]), mask.reshape(num_windows, length))
 
 
 def unwindow(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -73,8 +71,7 @@ def unwindow(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return windows.reshape(-1, *windows.shape[2:])[mask.reshape(-1) > 0]
 
 
-def center_2d(keypoints: np.ndarray,
-              visibility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def center_2d(keypoints: np.ndarray, visibility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Centres each frame on the visibility-weighted mean of its points.
 
   Args:
@@ -89,8 +86,9 @@ def center_2d(keypoints: np.ndarray,
   keypoints = np.asarray(keypoints, np.float32)
   visibility = np.asarray(visibility, np.float32)
   if keypoints.shape[-1] != 2 or visibility.shape != keypoints.shape[:-1]:
-    raise ValueError(f'expected keypoints [..., P, 2] and visibility [..., P], got '
-                     f'{keypoints.shape} and {visibility.shape}')
+    raise ValueError(
+        f'expected keypoints [..., P, 2] and visibility [..., P], got ' f'{keypoints.shape} and {visibility.shape}'
+    )
   weight = visibility[..., None]
   total = weight.sum(axis=-2)
   centroid = (keypoints * weight).sum(axis=-2) / np.maximum(total, 1e-12)
@@ -117,7 +115,7 @@ def dataset_scale(centred_keypoints: np.ndarray, visibility: np.ndarray) -> floa
   total = visibility.sum()
   if total <= 0:
     raise ValueError('no visible keypoint to compute a scale from')
-  scale = float(np.sqrt((visibility * (keypoints ** 2).sum(-1)).sum() / (2 * total)))
+  scale = float(np.sqrt((visibility * (keypoints**2).sum(-1)).sum() / (2 * total)))
   if not np.isfinite(scale) or scale <= 0:
     raise ValueError(f'degenerate keypoint scale {scale} (all visible points coincide?)')
   return scale
@@ -157,10 +155,16 @@ class WindowDataset:
 
   def __post_init__(self):
     n, length, p = self.keypoints.shape[:3]
-    expected = {'keypoints': (n, length, p, 2), 'visibility': (n, length, p),
-                'mask': (n, length), 'points3d': (n, length, p, 3),
-                'sequence_ids': (n,), 'view_ids': (n,), 'starts': (n,),
-                'centroids': (n, length, 2)}
+    expected = {
+        'keypoints': (n, length, p, 2),
+        'visibility': (n, length, p),
+        'mask': (n, length),
+        'points3d': (n, length, p, 3),
+        'sequence_ids': (n,),
+        'view_ids': (n,),
+        'starts': (n,),
+        'centroids': (n, length, 2),
+    }
     for field, shape in expected.items():
       value = getattr(self, field)
       if value is not None and value.shape != shape:
@@ -189,16 +193,16 @@ class WindowDataset:
       'points3d' `[B, L, P, 3]` (only if the dataset has 3D), 'index' int32 `[B]`}.
     """
     indices = np.asarray(indices, np.int32)
-    batch = {'keypoints': self.keypoints[indices], 'visibility': self.visibility[indices],
-             'mask': self.mask[indices]}
+    batch = {'keypoints': self.keypoints[indices], 'visibility': self.visibility[indices], 'mask': self.mask[indices]}
     if self.points3d is not None:
       batch['points3d'] = self.points3d[indices]
     batch['index'] = indices
     return batch
 
 
-def build_dataset(sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, np.ndarray]],
-                  length: int, scale: float | None = None) -> WindowDataset:
+def build_dataset(
+    sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, np.ndarray]], length: int, scale: float | None = None
+) -> WindowDataset:
   """Windows every (sequence, view) separately and normalises the 2D.
 
   Args:
@@ -216,24 +220,25 @@ def build_dataset(sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, n
     raise ValueError('build_dataset needs at least one sequence')
   if len({points is None for points, _, _ in sequences.values()}) > 1:
     raise ValueError('either every sequence has points_cam or none has')
-  parts: dict[str, list[np.ndarray]] = {k: [] for k in ('keypoints', 'visibility', 'mask', 'points3d', 'centroids',
-                           'sequence_ids', 'view_ids', 'starts')}
+  parts: dict[str, list[np.ndarray]] = {
+      k: [] for k in ('keypoints', 'visibility', 'mask', 'points3d', 'centroids', 'sequence_ids', 'view_ids', 'starts')
+  }
   num_points = None
   for seq_id, (name, (points, keypoints, visibility)) in enumerate(sequences.items()):
     keypoints = np.asarray(keypoints, np.float32)
     visibility = np.asarray(visibility, np.float32)
     if keypoints.ndim != 4 or keypoints.shape[-1] != 2:
-      raise ValueError(f'sequence {name!r}: keypoints has shape {keypoints.shape}, '
-                       'expected [V, F, P, 2]')
+      raise ValueError(f'sequence {name!r}: keypoints has shape {keypoints.shape}, ' 'expected [V, F, P, 2]')
     if visibility.shape != keypoints.shape[:-1]:
-      raise ValueError(f'sequence {name!r}: visibility has shape {visibility.shape}, '
-                       f'expected {keypoints.shape[:-1]}')
+      raise ValueError(
+          f'sequence {name!r}: visibility has shape {visibility.shape}, ' f'expected {keypoints.shape[:-1]}'
+      )
     if points is not None and np.shape(points) != keypoints.shape[:-1] + (3,):
-      raise ValueError(f'sequence {name!r}: points_cam has shape {np.shape(points)}, '
-                       f'expected {keypoints.shape[:-1] + (3,)}')
+      raise ValueError(
+          f'sequence {name!r}: points_cam has shape {np.shape(points)}, ' f'expected {keypoints.shape[:-1] + (3,)}'
+      )
     if num_points is not None and keypoints.shape[2] != num_points:
-      raise ValueError(f'sequence {name!r} has {keypoints.shape[2]} points, the previous '
-                       f'ones {num_points}')
+      raise ValueError(f'sequence {name!r} has {keypoints.shape[2]} points, the previous ' f'ones {num_points}')
     num_points = keypoints.shape[2]
     centred, centroid = center_2d(keypoints, visibility)
     for view in range(keypoints.shape[0]):
@@ -243,8 +248,7 @@ def build_dataset(sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, n
       parts['visibility'].append(make_windows(visibility[view], length)[0])
       parts['centroids'].append(make_windows(centroid[view], length)[0])
       if points is not None:
-        parts['points3d'].append(
-            make_windows(np.asarray(points[view], np.float32), length)[0])
+        parts['points3d'].append(make_windows(np.asarray(points[view], np.float32), length)[0])
       n = len(mask)
       parts['sequence_ids'].append(np.full(n, seq_id, np.int32))
       parts['view_ids'].append(np.full(n, view, np.int32))
@@ -258,11 +262,18 @@ def build_dataset(sequences: Mapping[str, tuple[np.ndarray | None, np.ndarray, n
   return WindowDataset(scale=float(scale), names=tuple(sequences), **arrays)
 
 
-def cmu17_dataset(subjects: Sequence[str] | str | None, *, length: int = 243,
-                  path: PathLike | None = None,
-                  azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
-                  elevation_deg: float = 10.0, noise_std: float = 0.0, dropout: float = 0.0,
-                  seed: int = 0, scale: float | None = None) -> WindowDataset:
+def cmu17_dataset(
+    subjects: Sequence[str] | str | None,
+    *,
+    length: int = 243,
+    path: PathLike | None = None,
+    azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
+    elevation_deg: float = 10.0,
+    noise_std: float = 0.0,
+    dropout: float = 0.0,
+    seed: int = 0,
+    scale: float | None = None,
+) -> WindowDataset:
   """The "cmu17" benchmark data: mocap trials seen by orthographic cameras, windowed.
 
   Args:
@@ -280,15 +291,29 @@ def cmu17_dataset(subjects: Sequence[str] | str | None, *, length: int = 243,
   Returns:
     A `WindowDataset` with names = trial keys and 3D in camera-frame mm.
   """
-  return views_dataset(load_mocap(path, subjects), length=length, azimuths_deg=azimuths_deg,
-                       elevation_deg=elevation_deg, noise_std=noise_std, dropout=dropout, seed=seed,
-                       scale=scale)
+  return views_dataset(
+      load_mocap(path, subjects),
+      length=length,
+      azimuths_deg=azimuths_deg,
+      elevation_deg=elevation_deg,
+      noise_std=noise_std,
+      dropout=dropout,
+      seed=seed,
+      scale=scale,
+  )
 
 
-def views_dataset(trials: Mapping[str, np.ndarray], *, length: int = 243,
-                  azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
-                  elevation_deg: float = 10.0, noise_std: float = 0.0, dropout: float = 0.0,
-                  seed: int = 0, scale: float | None = None) -> WindowDataset:
+def views_dataset(
+    trials: Mapping[str, np.ndarray],
+    *,
+    length: int = 243,
+    azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
+    elevation_deg: float = 10.0,
+    noise_std: float = 0.0,
+    dropout: float = 0.0,
+    seed: int = 0,
+    scale: float | None = None,
+) -> WindowDataset:
   """World-frame trials ``{name: [F, J, 3]}`` (y up) seen by orthographic cameras, windowed.
 
   The arguments are :func:`cmu17_dataset`'s; the trials may come from any source.
@@ -296,14 +321,14 @@ def views_dataset(trials: Mapping[str, np.ndarray], *, length: int = 243,
   sequences = {}
   for key, points in trials.items():
     views = orthographic_views(points, azimuths_deg, elevation_deg)
-    keypoints, visibility = observe(views, key_or_seed=[seed, zlib.crc32(key.encode())],
-                                    noise_std=noise_std, dropout=dropout)
+    keypoints, visibility = observe(
+        views, key_or_seed=[seed, zlib.crc32(key.encode())], noise_std=noise_std, dropout=dropout
+    )
     sequences[key] = (views, keypoints, visibility)
   return build_dataset(sequences, length, scale)
 
 
-def nrsfm_dataset(name_or_path: PathLike, *, length: int = 243,
-                  scale: float | None = None) -> WindowDataset:
+def nrsfm_dataset(name_or_path: PathLike, *, length: int = 243, scale: float | None = None) -> WindowDataset:
   """One NRSfM benchmark sequence as one view: 2D = `points3d[..., :2]`, 3D kept for evaluation.
 
   Args:
@@ -320,16 +345,13 @@ def nrsfm_dataset(name_or_path: PathLike, *, length: int = 243,
   return build_dataset({name: (points, points[..., :2], visibility)}, length, scale)
 
 
-def tracks_dataset(path: PathLike, *, length: int = 243,
-                   scale: float | None = None) -> WindowDataset:
+def tracks_dataset(path: PathLike, *, length: int = 243, scale: float | None = None) -> WindowDataset:
   """A user's 2D tracks (see `load_tracks`) as one view without 3D; name = the file's stem."""
   keypoints, visibility = load_tracks(path)
-  return build_dataset({Path(path).stem: (None, keypoints[None], visibility[None])},
-                       length, scale)
+  return build_dataset({Path(path).stem: (None, keypoints[None], visibility[None])}, length, scale)
 
 
-def reassemble(dataset: WindowDataset,
-               per_window: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+def reassemble(dataset: WindowDataset, per_window: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
   """Puts per-window values back into full sequences, every real frame exactly once.
 
   Args:
@@ -341,8 +363,9 @@ def reassemble(dataset: WindowDataset,
   """
   per_window = np.asarray(per_window)
   if per_window.shape[:2] != dataset.mask.shape:
-    raise ValueError(f'per_window has shape {per_window.shape}, expected '
-                     f'[{dataset.num_windows}, {dataset.window_length}, ...]')
+    raise ValueError(
+        f'per_window has shape {per_window.shape}, expected ' f'[{dataset.num_windows}, {dataset.window_length}, ...]'
+    )
   groups: dict[tuple[int, int], list[int]] = {}
   for i, (seq, view) in enumerate(zip(dataset.sequence_ids, dataset.view_ids)):
     groups.setdefault((int(seq), int(view)), []).append(i)
@@ -356,15 +379,15 @@ def reassemble(dataset: WindowDataset,
 def steps_per_epoch(num_windows: int, batch_size: int, *, drop_remainder: bool = True) -> int:
   """Batches per epoch: `max(1, num_windows // batch_size)` (ceil if not `drop_remainder`)."""
   if num_windows < 1 or batch_size < 1:
-    raise ValueError(f'need num_windows >= 1 and batch_size >= 1, got {num_windows}, '
-                     f'{batch_size}')
+    raise ValueError(f'need num_windows >= 1 and batch_size >= 1, got {num_windows}, ' f'{batch_size}')
   if drop_remainder:
     return max(1, num_windows // batch_size)
   return -(-num_windows // batch_size)
 
 
-def batch_indices(num_windows: int, batch_size: int, *, seed: int, step: int,
-                  drop_remainder: bool = True) -> np.ndarray:
+def batch_indices(
+    num_windows: int, batch_size: int, *, seed: int, step: int, drop_remainder: bool = True
+) -> np.ndarray:
   """The window indices of batch `step`: a stateless, deterministic data order.
 
   Epoch `e = step // steps_per_epoch` shuffles with
@@ -387,11 +410,12 @@ def batch_indices(num_windows: int, batch_size: int, *, seed: int, step: int,
   order = np.random.default_rng([seed, epoch]).permutation(num_windows)
   if num_windows < batch_size:
     return np.resize(order, batch_size).astype(np.int32)
-  return order[index * batch_size:(index + 1) * batch_size].astype(np.int32)
+  return order[index * batch_size : (index + 1) * batch_size].astype(np.int32)
 
 
-def batch_iterator(dataset: WindowDataset, batch_size: int, *, seed: int,
-                   start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def batch_iterator(
+    dataset: WindowDataset, batch_size: int, *, seed: int, start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches `dataset.take(batch_indices(..., step=s))` for s = start_step, ...
 
   Resuming at `start_step = k` yields exactly what an uninterrupted iterator yields from its

@@ -24,10 +24,26 @@ def from_config(name: str, model_config, num_points: int):
 def defaults(name: str) -> dict:
   """The default hyperparameters of ``MODELS[name]`` (what a config's ``model`` section starts from)."""
   import dataclasses
+
   _, config_cls = MODELS[name]
   return {f.name: f.default for f in dataclasses.fields(config_cls) if f.name != 'num_points'}
 
 
-__all__ = ['MODELS', 'from_config', 'defaults', 'Canonicalizer', 'Denoiser', 'DenoiserConfig', 'Lifter', 'MLPTrunk', 'ResidualBottleneck', 'ShapeBasis', 'Student',
-           'StudentConfig', 'TemporalRefiner', 'causal_shift', 'center_on_visible',
-           'receptive_field']
+__all__ = [
+    'MODELS',
+    'from_config',
+    'defaults',
+    'Canonicalizer',
+    'Denoiser',
+    'DenoiserConfig',
+    'Lifter',
+    'MLPTrunk',
+    'ResidualBottleneck',
+    'ShapeBasis',
+    'Student',
+    'StudentConfig',
+    'TemporalRefiner',
+    'causal_shift',
+    'center_on_visible',
+    'receptive_field',
+]

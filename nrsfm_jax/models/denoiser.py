@@ -43,6 +43,7 @@ class DenoiserConfig:
       temporal attention only (``depth`` blocks; cheaper on a CPU).
     root: joint whose 3D is 0 in the output (root-relative), or -1 for none.
   """
+
   num_points: int = flax.struct.field(pytree_node=False, default=17)
   width: int = flax.struct.field(pytree_node=False, default=256)
   depth: int = flax.struct.field(pytree_node=False, default=2)
@@ -62,6 +63,7 @@ def sinusoidal_embedding(positions: Array, dim: int, max_period: float = 10000.0
 
 class Block(nn.Module):
   """Pre-LayerNorm transformer block over the second-to-last axis: ``[N, S, C] -> [N, S, C]``."""
+
   num_heads: int
   mlp_ratio: int
 
@@ -69,8 +71,7 @@ class Block(nn.Module):
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     c = x.shape[-1]
     h = nn.LayerNorm()(x)
-    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=c, out_features=c)(
-        h, h, mask=mask)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=c, out_features=c)(h, h, mask=mask)
     h = nn.LayerNorm()(x)
     h = nn.Dense(self.mlp_ratio * c)(h)
     return x + nn.Dense(c)(nn.gelu(h))
@@ -78,6 +79,7 @@ class Block(nn.Module):
 
 class Denoiser(nn.Module):
   """``(x_t, t, keypoints, visibility, mask) -> x0_hat`` (see module docstring)."""
+
   config: DenoiserConfig
 
   @nn.compact
@@ -100,7 +102,7 @@ class Denoiser(nn.Module):
     tokens = jnp.concatenate([x_t, keypoints * vis, vis], -1)
     temb = sinusoidal_embedding(t, c.width)
     temb = nn.Dense(c.width)(nn.gelu(nn.Dense(c.width)(temb)))
-    key_mask = (mask > 0)
+    key_mask = mask > 0
     if c.arch == 'frame':
       x = nn.Dense(c.width, name='embed')(tokens.reshape(b, length, p * 6))
       x = x + sinusoidal_embedding(jnp.arange(length), c.width)[None] + temb[:, None, :]

@@ -29,12 +29,14 @@ class ResidualBottleneck(nn.Module):
   or C3DPO's BatchNorm (``norm='batch'``: statistics over the batch, synced
   over ``axis_name`` in the data-parallel step, running averages at test time).
   """
+
   ratio: int = 4
   norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool = False, axis_name: str | None = None,
-               mask: Array | None = None) -> Array:
+  def __call__(
+      self, x: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
+  ) -> Array:
     width = x.shape[-1]
     inner = max(width // self.ratio, 1)
     norm = lambda: _norm(self.norm, train, axis_name, mask)
@@ -53,13 +55,15 @@ class MLPTrunk(nn.Module):
   ``mask``: optional ``[...]`` weights of the leading axes; BatchNorm's
   statistics use only the examples where it is positive (padding excluded).
   """
+
   width: int = 256
   num_blocks: int = 3
   norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool = False, axis_name: str | None = None,
-               mask: Array | None = None) -> Array:
+  def __call__(
+      self, x: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
+  ) -> Array:
     x = nn.Dense(self.width)(x)
     if self.norm == 'batch':
       x = _norm(self.norm, train, axis_name, mask)(x)
@@ -75,14 +79,14 @@ class ShapeBasis(nn.Module):
   Shared by the lifter and the canonicalizer Ψ (eq. 18 compares shapes built
   from the same basis).
   """
+
   num_points: int
   num_bases: int = 10
   init_std: float = 0.01
 
   @nn.compact
   def __call__(self, alpha: Array) -> Array:
-    flat = nn.Dense(3 * self.num_points, name='basis',
-                    kernel_init=nn.initializers.normal(self.init_std))(alpha)
+    flat = nn.Dense(3 * self.num_points, name='basis', kernel_init=nn.initializers.normal(self.init_std))(alpha)
     return flat.reshape(*alpha.shape[:-1], self.num_points, 3)
 
 
@@ -100,6 +104,7 @@ class Lifter(nn.Module):
     num_blocks: residual bottleneck blocks (C3DPO: 6).
     num_bases: K, shape coefficients per frame (C3DPO: 10).
   """
+
   width: int = 256
   num_blocks: int = 3
   num_bases: int = 10
@@ -108,8 +113,15 @@ class Lifter(nn.Module):
   norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, keypoints: Array, visibility: Array, *, train: bool = False,
-               axis_name: str | None = None, mask: Array | None = None) -> tuple[Array, Array]:
+  def __call__(
+      self,
+      keypoints: Array,
+      visibility: Array,
+      *,
+      train: bool = False,
+      axis_name: str | None = None,
+      mask: Array | None = None,
+  ) -> tuple[Array, Array]:
     """Predicts coefficients and rotation vectors.
 
     Args:
@@ -123,8 +135,9 @@ class Lifter(nn.Module):
       vectors, ``R = so3_exp(ω)``) or, with ``rotation='6d'``, ``[..., 6]``
       (``R = rotation_6d(·)``, identity at initialisation).
     """
-    h = MLPTrunk(self.width, self.num_blocks, self.norm)(lifter_input(keypoints, visibility), train=train,
-                                                         axis_name=axis_name, mask=mask)
+    h = MLPTrunk(self.width, self.num_blocks, self.norm)(
+        lifter_input(keypoints, visibility), train=train, axis_name=axis_name, mask=mask
+    )
     # Small heads (C3DPO: std 0.01): shapes start near 0 and rotations near I,
     # so basis and cameras grow together instead of fitting 2D with shape alone.
     init = nn.initializers.normal(self.init_std)
@@ -141,6 +154,7 @@ class Lifter(nn.Module):
 
 class Canonicalizer(nn.Module):
   """Ψ: a rotated canonical shape ``[..., P, 3]`` → coefficients ``α' [..., K]`` (eq. 18)."""
+
   width: int = 256
   num_blocks: int = 3
   num_bases: int = 10
@@ -148,8 +162,10 @@ class Canonicalizer(nn.Module):
   norm: str = 'layer'
 
   @nn.compact
-  def __call__(self, shape: Array, *, train: bool = False, axis_name: str | None = None,
-               mask: Array | None = None) -> Array:
-    h = MLPTrunk(self.width, self.num_blocks, self.norm)(shape.reshape(*shape.shape[:-2], -1), train=train,
-                                                         axis_name=axis_name, mask=mask)
+  def __call__(
+      self, shape: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
+  ) -> Array:
+    h = MLPTrunk(self.width, self.num_blocks, self.norm)(
+        shape.reshape(*shape.shape[:-2], -1), train=train, axis_name=axis_name, mask=mask
+    )
     return nn.Dense(self.num_bases, name='alpha', kernel_init=nn.initializers.normal(self.init_std))(h)

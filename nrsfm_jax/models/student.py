@@ -40,6 +40,7 @@ class StudentConfig:
       ``replace_keypoints_with_input``; orthographic 2D *is* the camera-frame
       x, y up to translation). False: the model's own reprojection.
   """
+
   num_points: int = flax.struct.field(pytree_node=False, default=17)
   num_bases: int = flax.struct.field(pytree_node=False, default=10)
   rotation: str = flax.struct.field(pytree_node=False, default='so3')
@@ -79,6 +80,7 @@ def _rotate_2d(keypoints: Array, rotation: Array) -> Array:
 
 class Student(nn.Module):
   """Lifter → shape basis → (TCN refiner) → camera-frame 3D, plus Ψ for eq. 18."""
+
   config: StudentConfig
 
   def setup(self):
@@ -87,12 +89,21 @@ class Student(nn.Module):
     self.basis = ShapeBasis(c.num_points, c.num_bases)
     self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, norm=c.norm)
     if c.use_refiner:
-      self.refiner = TemporalRefiner(c.tcn_channels, c.tcn_kernel, tuple(c.tcn_dilations),
-                                     c.tcn_causal, c.mlp_width, c.tcn_use_2d)
+      self.refiner = TemporalRefiner(
+          c.tcn_channels, c.tcn_kernel, tuple(c.tcn_dilations), c.tcn_causal, c.mlp_width, c.tcn_use_2d
+      )
 
-  def __call__(self, keypoints: Array, visibility: Array, mask: Array, *,
-               z_aug: Array | None = None, z_eq: Array | None = None, train: bool = False,
-               axis_name: str | None = None) -> dict[str, Array]:
+  def __call__(
+      self,
+      keypoints: Array,
+      visibility: Array,
+      mask: Array,
+      *,
+      z_aug: Array | None = None,
+      z_eq: Array | None = None,
+      train: bool = False,
+      axis_name: str | None = None,
+  ) -> dict[str, Array]:
     """Reconstructs a batch of windows.
 
     Args:
@@ -143,11 +154,19 @@ class Student(nn.Module):
       reconstruction = jnp.concatenate([xy, points[..., 2:]], -1)
     else:
       reconstruction = points
-    return dict(alpha=alpha, rotation=rotation, shape_init=shape_init, shape=shape,
-                points_init=points_init, points=points, reconstruction=reconstruction)
+    return dict(
+        alpha=alpha,
+        rotation=rotation,
+        shape_init=shape_init,
+        shape=shape,
+        points_init=points_init,
+        points=points,
+        reconstruction=reconstruction,
+    )
 
-  def canonicalize(self, rotated_shape: Array, *, train: bool = False, axis_name: str | None = None,
-                   mask: Array | None = None) -> Array:
+  def canonicalize(
+      self, rotated_shape: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
+  ) -> Array:
     """Ψ then the shared basis: ``[..., P, 3] -> [..., P, 3]`` (eq. 18's ``Ψ(R X)``).
 
     ``train``, ``axis_name``, ``mask`` (``[...]``): as in :meth:`__call__`, for BatchNorm.

@@ -29,6 +29,7 @@ def conv_padding(kernel_size: int, dilation: int, causal: bool) -> tuple[int, in
 
 class TemporalBlock(nn.Module):
   """``H(X) = ReLU(X + f(W ∗ X))`` with a dilated conv ``W`` and ``f = Dense ∘ ReLU ∘ LN``."""
+
   kernel_size: int
   dilation: int
   causal: bool = True
@@ -37,8 +38,7 @@ class TemporalBlock(nn.Module):
   def __call__(self, x: Array, mask: Array) -> Array:
     channels = x.shape[-1]
     pad = conv_padding(self.kernel_size, self.dilation, self.causal)
-    h = nn.Conv(channels, (self.kernel_size,), kernel_dilation=(self.dilation,),
-                padding=(pad,), name='conv')(x)
+    h = nn.Conv(channels, (self.kernel_size,), kernel_dilation=(self.dilation,), padding=(pad,), name='conv')(x)
     h = nn.Dense(channels, name='proj')(nn.relu(nn.LayerNorm()(h)))
     return nn.relu(x + h) * mask[..., None]
 
@@ -54,6 +54,7 @@ class TemporalRefiner(nn.Module):
     mlp_width: hidden width of the ΔS MLP.
     use_2d: feed the 2D keypoints and visibility to the TCN beside X_t.
   """
+
   channels: int = 128
   kernel_size: int = 3
   dilations: tuple[int, ...] = (1, 3, 9, 27)
@@ -83,8 +84,7 @@ class TemporalRefiner(nn.Module):
     for i, d in enumerate(self.dilations):
       h = TemporalBlock(self.kernel_size, d, self.causal, name=f'block{i}')(h, mask)
     # Eq. 9: linear fusion of the frame's own shape and its temporal features.
-    fused = nn.Dense(self.mlp_width, name='fuse_x')(flat_x) + nn.Dense(
-        self.mlp_width, use_bias=False, name='fuse_f')(h)
+    fused = nn.Dense(self.mlp_width, name='fuse_x')(flat_x) + nn.Dense(self.mlp_width, use_bias=False, name='fuse_f')(h)
     delta = nn.Dense(self.mlp_width, name='mlp_hidden')(nn.relu(fused))
     delta = nn.Dense(flat_x.shape[-1], name='mlp_out', kernel_init=nn.initializers.zeros)(nn.relu(delta))
     return delta.reshape(shapes.shape) * mask[..., None, None]
