@@ -24,7 +24,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nrsfm_jax import geometry, models
+from nrsfm_jax import models
+from nrsfm_jax.data.windows import center_2d
 from nrsfm_jax.models import Student
 
 CONFIG_KEY = '__config__'
@@ -176,9 +177,8 @@ def load_exported(path: str) -> tuple[Callable, Any]:
     # frame with no visible point is still a frame of the sequence).
     mask = jnp.ones(keypoints.shape[:-2]) if frame_mask is None else jnp.asarray(frame_mask, jnp.float32)
     mask = mask.reshape(keypoints.shape[:-2])
-    # The same visibility-weighted centring and training scale as data.center_2d / build_dataset.
-    centroid = geometry.weighted_centroid(keypoints, visibility)
-    kp = jnp.where(visibility[..., None] > 0, (keypoints - centroid) / scale, 0.0)
+    # The datasets' normalisation: data.center_2d's centring, then the training scale.
+    kp = center_2d(keypoints, visibility, xp=jnp)[0] / scale
     out = model.apply(params, kp, visibility * mask[..., None], mask)['reconstruction'] * scale
     return out[0] if squeeze else out
 

@@ -358,7 +358,7 @@ def evaluate_teacher(
   """
   if dataset.points3d is None:
     return {}
-  protocol = 'nrsfm' if config.data.name == 'nrsfm' else 'cmu17'
+  protocol = data_lib.protocol_of(config.data) or 'cmu17'
   schedule = schedule_of(config)
   result = {}
   for h, k in [tuple(int(v) for v in hk) for hk in config.eval.grid]:

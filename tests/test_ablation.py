@@ -26,6 +26,7 @@ def _tiny_lifter(row):
   return c
 
 
+@pytest.mark.slow
 def test_cross_subject_run_reports_every_fold_and_the_mean(tmp_path):
   lines = []
   result = ablation.run_cmu17_cross_subject(

@@ -36,6 +36,7 @@ def supervised_run(tmp_path_factory):
   return workdir, out, lines
 
 
+@pytest.mark.slow
 def test_supervised_teacher_scores_and_caches_pseudo3d(supervised_run):
   workdir, out, lines = supervised_run
   with open(os.path.join(workdir, 'teacher_eval.json')) as f:
@@ -58,6 +59,7 @@ def test_supervised_teacher_scores_and_caches_pseudo3d(supervised_run):
   np.testing.assert_allclose(pseudo[..., 0, :], 0.0, atol=1e-6)  # Root-relative.
 
 
+@pytest.mark.slow
 def test_teacher_predictions_do_not_depend_on_batch_size(supervised_run):
   workdir, _, _ = supervised_run
   config, model, params, _ = teacher.load_teacher(workdir)
@@ -84,6 +86,7 @@ def _fast(c):
   return c
 
 
+@pytest.mark.slow
 def test_resumed_teacher_matches_uninterrupted(tmp_path):
   c = _fast(_tiny_teacher())
   full = teacher.train_teacher(c, str(tmp_path / 'full'), log=lambda s: None)
@@ -97,6 +100,7 @@ def test_resumed_teacher_matches_uninterrupted(tmp_path):
   np.testing.assert_array_equal(np.load(full['pseudo3d'])['pseudo3d'], np.load(resumed['pseudo3d'])['pseudo3d'])
 
 
+@pytest.mark.slow
 def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   """All the rows on tiny settings: the self teacher learns from the tcn row, the student uses it."""
   from nrsfm_jax import ablation

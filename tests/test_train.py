@@ -17,6 +17,7 @@ def _params_of(workdir):
   return params
 
 
+@pytest.mark.slow
 def test_end_to_end_resume_matches_uninterrupted(tmp_path):
   config = configs.get('tiny')
   config.train.parallel = 'none'
@@ -46,6 +47,7 @@ def test_end_to_end_resume_matches_uninterrupted(tmp_path):
   chex.assert_trees_all_equal(_params_of(cut_dir), _params_of(full_dir))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_named_term(tmp_path):
   config = configs.get('tiny')
   config.train.parallel = 'none'
@@ -55,6 +57,7 @@ def test_non_finite_loss_stops_with_named_term(tmp_path):
   assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', '0'))
 
 
+@pytest.mark.slow
 def test_nrsfm_protocol_end_to_end(tmp_path):
   config = configs.get('nrsfm', 'pickup')
   tiny = configs.get('tiny')

@@ -71,30 +71,35 @@ def unwindow(windows: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return windows.reshape(-1, *windows.shape[2:])[mask.reshape(-1) > 0]
 
 
-def center_2d(keypoints: np.ndarray, visibility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def center_2d(keypoints: np.ndarray, visibility: np.ndarray, xp: Any = np) -> tuple[np.ndarray, np.ndarray]:
   """Centres each frame on the visibility-weighted mean of its points.
+
+  The one definition of the 2D normalisation's centring: datasets use it with
+  numpy, the exported predictor (``checkpoint.load_exported``) with
+  ``xp=jax.numpy`` inside jit.
 
   Args:
     keypoints: `[..., P, 2]`.
     visibility: `[..., P]` weights in [0, 1].
+    xp: the array namespace, `numpy` (default) or `jax.numpy`.
 
   Returns:
     (centred `[..., P, 2]` with invisible points set to 0 so that their dummy
     coordinates never reach a model, centroid `[..., 2]`, 0 for frames without a visible
     point). Both float32.
   """
-  keypoints = np.asarray(keypoints, np.float32)
-  visibility = np.asarray(visibility, np.float32)
+  keypoints = xp.asarray(keypoints, xp.float32)
+  visibility = xp.asarray(visibility, xp.float32)
   if keypoints.shape[-1] != 2 or visibility.shape != keypoints.shape[:-1]:
     raise ValueError(
         f'expected keypoints [..., P, 2] and visibility [..., P], got ' f'{keypoints.shape} and {visibility.shape}'
     )
   weight = visibility[..., None]
   total = weight.sum(axis=-2)
-  centroid = (keypoints * weight).sum(axis=-2) / np.maximum(total, 1e-12)
-  centroid = np.where(total > 0, centroid, 0.0).astype(np.float32)
-  centred = np.where(weight > 0, keypoints - centroid[..., None, :], 0.0)
-  return centred.astype(np.float32), centroid
+  centroid = (keypoints * weight).sum(axis=-2) / xp.maximum(total, 1e-12)
+  centroid = xp.where(total > 0, centroid, 0.0).astype(xp.float32)
+  centred = xp.where(weight > 0, keypoints - centroid[..., None, :], 0.0)
+  return centred.astype(xp.float32), centroid
 
 
 def dataset_scale(centred_keypoints: np.ndarray, visibility: np.ndarray) -> float:
