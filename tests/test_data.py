@@ -512,3 +512,16 @@ def test_h36m_dataset_turns_z_up_to_y_up(tmp_path):
   # Azimuth 0, elevation 0: camera = world (y up), so the camera y is H36M's z and depth is -y.
   np.testing.assert_allclose(ds.points3d[0, 0, :, 1], first[0, :, 2], rtol=1e-5)
   np.testing.assert_allclose(ds.points3d[0, 0, :, 2], -first[0, :, 1], rtol=1e-5)
+
+
+def test_transductive_train_split_adds_the_eval_2d_without_any_3d():
+  config = configs.get('tiny')
+  config.data.transductive = True
+  train_ds, eval_ds = data.make_datasets(config)
+  assert train_ds.points3d is None and eval_ds.points3d is not None
+  subjects = {n.split('_')[0] for n in train_ds.names}
+  assert subjects == {'002', '006'}
+  plain = data.make_dataset(configs.get('tiny').data, 'train')
+  assert train_ds.num_windows > plain.num_windows
+  # The eval windows are the eval subject's own 2D, at the train split's scale.
+  assert eval_ds.scale == train_ds.scale and {n.split('_')[0] for n in eval_ds.names} == {'006'}

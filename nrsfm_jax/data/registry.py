@@ -17,10 +17,15 @@ Sources:
 * ``nrsfm``: one nrsfm-mocap sequence (``data.sequence``), transductive: the
   same frames for both splits (BENCHMARKS.md B);
 * ``tracks``: a user's 2D tracks (``data.path``), transductive, no 3D.
+
+``data.transductive`` (cmu17, h36m; default False): the train split adds the
+eval subjects' 2D and drops all 3D, NRSfM's setting (fit the test 2D, never
+see its 3D). Off, the eval subjects are never seen at all (BENCHMARKS.md A).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,7 +111,20 @@ def _subjects(d, split: str) -> list[str]:
   names = parse_names(d[key])
   if not names:
     raise ValueError(f'config.data.{key} names no subject.')
+  if split == 'train' and d.get('transductive', False):
+    names += [s for s in _subjects(d, 'eval') if s not in names]
   return names
+
+
+def _without_eval_3d(d, split: str, dataset: windows.WindowDataset) -> windows.WindowDataset:
+  """With ``data.transductive`` the train split also holds the eval subjects' 2D, and no 3D at all.
+
+  NRSfM's setting: the test 2D may be fitted, the test 3D never (so a
+  supervised teacher on such a split fails, naming the missing 3D).
+  """
+  if split == 'train' and d.get('transductive', False):
+    return dataclasses.replace(dataset, points3d=None)
+  return dataset
 
 
 def _camera_kwargs(d, seed: int) -> dict[str, Any]:
@@ -117,9 +135,10 @@ def _camera_kwargs(d, seed: int) -> dict[str, Any]:
 
 @register_dataset('cmu17', 'cmu17')
 def _cmu17(d, split, *, length, scale, seed):
-  return windows.cmu17_dataset(
+  dataset = windows.cmu17_dataset(
       _subjects(d, split), length=length, path=d.path or None, scale=scale, **_camera_kwargs(d, seed)
   )
+  return _without_eval_3d(d, split, dataset)
 
 
 # Human3.6M's world frame has z up; the cameras of BENCHMARKS.md A turn about y up.
@@ -147,7 +166,8 @@ def h36m_dataset(
 def _h36m(d, split, *, length, scale, seed):
   if not d.path:
     raise ValueError("config.data.name='h36m' needs config.data.path (VideoPose3D's data_3d_h36m.npz).")
-  return h36m_dataset(d.path, _subjects(d, split), length=length, scale=scale, **_camera_kwargs(d, seed))
+  dataset = h36m_dataset(d.path, _subjects(d, split), length=length, scale=scale, **_camera_kwargs(d, seed))
+  return _without_eval_3d(d, split, dataset)
 
 
 @register_dataset('nrsfm', 'nrsfm')
