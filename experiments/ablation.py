@@ -29,7 +29,14 @@ from nrsfm_jax import ablation, configs, plotting
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
 flags.DEFINE_list('benchmarks', ['cmu17', 'nrsfm'], 'Benchmarks to run: cmu17, nrsfm.')
-flags.DEFINE_list('rows', list(ablation.ROWS), 'Rows to run (the teacher row also runs tcn).')
+flags.DEFINE_list('rows', list(ablation.ROWS), f'Rows to run, of {ablation.ALL_ROWS} (the teacher row also runs tcn).')
+flags.DEFINE_bool(
+    'stack',
+    True,
+    'cmu17: every row after the lifter starts from the lifter row and trains 500 more steps on windows at '
+    'lr 3e-4 (ablation.STACK_OVERRIDES; chosen on the cross-subject mean); add the windows row as the '
+    'control. --nostack trains every row from scratch.',
+)
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
 flags.DEFINE_enum(
     'teacher_mode',
@@ -113,14 +120,17 @@ def main(argv):
         FLAGS.subjects or None,
         teacher_mode=FLAGS.teacher_mode,
         student_config=student_config,
+        stack=FLAGS.stack,
     )
     print(ablation.cross_subject_table(cross))
   if 'cmu17' in FLAGS.benchmarks and FLAGS.dev_split:
     cdir = os.path.join(workdir, 'cmu17')
-    cmu17 = ablation.run_cmu17(cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode, student_config=student_config)
+    cmu17 = ablation.run_cmu17(
+        cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode, student_config=student_config, stack=FLAGS.stack
+    )
     print(ablation.cmu17_table(cmu17))
     diagnostics['cmu17'] = {
-        r: ablation.depth_diagnostics(os.path.join(cdir, r), student_config(r)) for r in ablation.ROWS if r in cmu17
+        r: ablation.depth_diagnostics(os.path.join(cdir, r), student_config(r)) for r in ablation.ALL_ROWS if r in cmu17
     }
     plotting.plot_rows(
         cdir, student_config('tcn'), FLAGS.rows, os.path.join(workdir, 'cmu17.png'), titles=ablation.TITLES

@@ -32,8 +32,12 @@ from nrsfm_jax import data as data_lib
 from nrsfm_jax import train as train_lib
 
 ROWS = ('lifter', 'smooth', 'tcn', 'teacher')
+# Rows that may be asked for; 'windows' (the lifter trained on windows, no smoothness) is the
+# control that separates a temporal term's effect from more training on windows under `stack`.
+ALL_ROWS = ('lifter', 'windows', 'smooth', 'tcn', 'teacher')
 TITLES = {
     'lifter': 'lifter only (C3DPO baseline)',
+    'windows': 'lifter + window training (no smoothness)',
     'smooth': '+ smoothness',
     'tcn': '+ smoothness + TCN',
     'teacher': '+ smoothness + TCN + teacher',
@@ -47,11 +51,26 @@ ConfigFn = Callable[[str], ml_collections.ConfigDict]
 
 
 def _check_rows(rows):
-  bad = [r for r in rows if r not in ROWS]
+  bad = [r for r in rows if r not in ALL_ROWS]
   if bad:
-    raise ValueError(f'Unknown ablation rows {bad}; expected a subset of {ROWS}.')
+    raise ValueError(f'Unknown ablation rows {bad}; expected a subset of {ALL_ROWS}.')
   # The teacher row builds on the tcn row (self mode) and is compared with it.
-  return [r for r in ROWS if r in rows or (r == 'tcn' and 'teacher' in rows)]
+  return [r for r in ALL_ROWS if r in rows or (r == 'tcn' and 'teacher' in rows)]
+
+
+# Stage 2 of a stacked ablation (`stack=True`): every row after the lifter starts from the
+# lifter row's parameters and trains this much more on windows.
+STACK_OVERRIDES = {'train.num_steps': 500, 'optim.lr': 3e-4, 'optim.warmup_steps': 20}
+
+
+def stacked(cfg: ml_collections.ConfigDict, lifter_dir: str) -> ml_collections.ConfigDict:
+  """``cfg`` as stage 2 of a stacked ablation: initialised from ``lifter_dir``, :data:`STACK_OVERRIDES` applied."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.train.init_from = lifter_dir
+  for key, value in STACK_OVERRIDES.items():
+    section, name = key.split('.')
+    cfg[section][name] = value
+  return cfg
 
 
 def _check_same_pseudo3d(row_dir: str, path: str) -> None:
@@ -79,10 +98,16 @@ def _run_rows(
     workdir: str,
     rows,
     log: Callable[[str], None],
+    stack: bool = False,
 ) -> dict[str, Any]:
   results = {}
-  for row in _check_rows(rows):
+  rows = _check_rows(rows)
+  if stack and 'lifter' not in rows:
+    raise ValueError('stack=True builds every row on the lifter row: include lifter in the rows.')
+  for row in rows:
     cfg = student_config(row)
+    if stack and row != 'lifter':
+      cfg = stacked(cfg, os.path.join(workdir, 'lifter'))
     row_dir = os.path.join(workdir, row)
     t0 = time.time()
     if row == 'teacher':
@@ -109,11 +134,15 @@ def run_cmu17(
     student_config: ConfigFn | None = None,
     teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
     log: Callable[[str], None] = print,
+    stack: bool = False,
 ) -> dict[str, Any]:
-  """Trains and scores the rows on the cmu17 development split; ``{row: score()}``."""
+  """Trains and scores the rows on the cmu17 development split; ``{row: score()}``.
+
+  ``stack``: every row after the lifter starts from the lifter row (:func:`stacked`).
+  """
   student_config = student_config or (lambda row: configs.get('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
-  return _run_rows(student_config, teacher_config, workdir, rows, log)
+  return _run_rows(student_config, teacher_config, workdir, rows, log, stack=stack)
 
 
 def cross_subject_folds(subjects) -> list[tuple[str, list[str]]]:
@@ -133,6 +162,7 @@ def run_cmu17_cross_subject(
     student_config: ConfigFn | None = None,
     teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
     log: Callable[[str], None] = print,
+    stack: bool = False,
 ) -> dict[str, Any]:
   """Every row on every leave-one-subject-out fold of cmu17 (BENCHMARKS.md A, "cross-subject mean").
 
@@ -143,7 +173,7 @@ def run_cmu17_cross_subject(
     workdir: the ablation's cmu17 cross-subject directory.
     rows: rows to run.
     subjects: the subjects to fold over (default: every subject in the data).
-    teacher_mode, student_config, teacher_config, log: as :func:`run_cmu17`.
+    teacher_mode, student_config, teacher_config, log, stack: as :func:`run_cmu17`.
 
   Returns:
     ``{'folds': {s: {row: score(), 'depth0': score()}}, 'mean': {row: {metric: mean over folds}}}``;
@@ -165,9 +195,9 @@ def run_cmu17_cross_subject(
       return cfg
 
     log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
-    result = _run_rows(fold_config, teacher_config, os.path.join(workdir, f'fold_{held_out}'), rows, log)
+    result = _run_rows(fold_config, teacher_config, os.path.join(workdir, f'fold_{held_out}'), rows, log, stack=stack)
     # Every row is scored on the same frames: its evaluation already holds the depth-0 reference.
-    result['depth0'] = next(result[r]['depth0'] for r in ROWS if r in result)
+    result['depth0'] = next(result[r]['depth0'] for r in ALL_ROWS if r in result)
     folds[held_out] = result
   return {'folds': folds, 'mean': fold_means(folds)}
 
@@ -175,7 +205,7 @@ def run_cmu17_cross_subject(
 def fold_means(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
   """``{row: {metric: mean over the folds that have the row}}`` of the folds' overall scores."""
   means = {}
-  for row in ROWS + ('depth0',):
+  for row in ALL_ROWS + ('depth0',):
     scores = [f[row]['overall'] for f in folds.values() if row in f]
     if scores:
       means[row] = {k: float(np.mean([o[k] for o in scores])) for k in scores[0]}
@@ -194,7 +224,7 @@ def cross_subject_table(results: dict[str, Any]) -> str:
   )
   lines = [head, '|---' * (len(names) + 5) + '|']
   titles = dict(TITLES, depth0='depth 0 (reference)')
-  for row in ('depth0',) + ROWS:
+  for row in ('depth0',) + ALL_ROWS:
     if row not in results['mean']:
       continue
     cells = [f'{folds[s][row]["overall"]["mpjpe"]:.1f}' if row in folds[s] else '–' for s in names]
@@ -239,7 +269,7 @@ def cmu17_table(results: dict[str, Any]) -> str:
   """Markdown: MPJPE, PA-MPJPE, Stress, acceleration error, MPJPE cut vs the lifter row."""
   base = results.get('lifter', {}).get('overall', {}).get('mpjpe')
   lines = ['| row | MPJPE | PA-MPJPE | Stress | accel | MPJPE cut vs lifter only |', '|---|---|---|---|---|---|']
-  for row in ROWS:
+  for row in ALL_ROWS:
     if row not in results:
       continue
     o = results[row]['overall']
@@ -265,7 +295,7 @@ def teacher_table(teacher_eval: dict[str, Any], metric: str = 'mpjpe') -> str:
 
 def nrsfm_table(results: dict[str, Any]) -> str:
   """Markdown: e3D / e3D-akhter per sequence and row, next to BMM and EM-PND's e3D-akhter."""
-  rows = [r for r in ROWS if any(r in v for v in results.values())]
+  rows = [r for r in ALL_ROWS if any(r in v for v in results.values())]
   lines = [
       '| sequence | ' + ' | '.join(TITLES[r] for r in rows) + ' | BMM | EM-PND |',
       '|---|' + '---|' * (len(rows) + 2),

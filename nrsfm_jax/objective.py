@@ -203,11 +203,15 @@ def initial_reprojection_term(out, batch, ctx, term):
 
 @register_term('smooth')
 def smoothness_term(out, batch, ctx, term):
-  """Eq. 16: first and ``beta``-weighted second differences of the root-relative points."""
+  """Eq. 16: first and ``beta``-weighted second differences of the root-relative ``out[term.on]``.
+
+  ``on``: ``'points'`` (the camera-frame ``R_t S_t``, the paper's) or
+  ``'shape'`` (the canonical ``S_t``: the pose's changes only, not the camera's).
+  """
   del ctx
   return Term(
       *losses.smoothness_loss(
-          geometry.root_relative(out['points']),
+          geometry.root_relative(out[term.get('on', 'points')]),
           mask=batch['mask'],
           beta=term.get('beta', 1.0),
           kind=term.kind,

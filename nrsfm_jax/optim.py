@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 import optax
 
@@ -31,4 +32,15 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int, steps_per_
     parts.append(optax.adamw(lr, weight_decay=o.weight_decay) if o.weight_decay else optax.adam(lr))
   else:
     raise ValueError(f"Unknown optim.name {o.name!r}; expected 'adam' or 'sgd'.")
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  freeze = tuple(o.get('freeze', ()))
+  if freeze:
+    # Frozen modules (top-level names under each collection, e.g. 'lifter') get no update; the
+    # rest see the chain above, gradient clipping included, as if the frozen ones were absent.
+    def labels(params):
+      return jax.tree_util.tree_map_with_path(
+          lambda path, _: 'frozen' if len(path) > 1 and getattr(path[1], 'key', None) in freeze else 'train', params
+      )
+
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+  return tx

@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import loop, models, objective, optim, scoring
+from nrsfm_jax import loop, models, objective, optim, runs, scoring
 from nrsfm_jax.models import Student
 
 Array = jax.Array
@@ -42,6 +44,37 @@ def create_state(
   params = jax.jit(functools.partial(model.init, method=Student.init_all))(key, *dummy)
   tx = tx if tx is not None else optim.make_optimizer(config, 1, 1)
   return model, objective.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def init_params_from(workdir: str, params, scale: float, log: Callable[[str], None] = print):
+  """``params`` with every leaf that a trained run in ``workdir`` also has (same path and shape) taken from it.
+
+  Stacks training stages: e.g. the refiner rows start from the lifter row
+  (the TCN's output layer starts at zero, so the stacked model starts as
+  exactly the lifter). The optimiser state and step start afresh; a resumed
+  run's own checkpoint takes precedence over this.
+
+  Raises:
+    ValueError: the run was trained at another 2D scale (other data), or it
+      shares no parameter with this model.
+  """
+  _, _, source, meta = runs.load_run(workdir)
+  if not np.isclose(float(meta['scale']), scale, rtol=1e-5):
+    raise ValueError(
+        f'train.init_from={workdir} was trained at 2D scale {float(meta["scale"]):.6g}, this data has {scale:.6g}.'
+    )
+  flat = flax.traverse_util.flatten_dict(params, sep='/')
+  loaded = flax.traverse_util.flatten_dict(jax.device_get(source), sep='/')
+  taken = [k for k, v in flat.items() if k in loaded and np.shape(loaded[k]) == np.shape(v)]
+  if not taken:
+    raise ValueError(f'train.init_from={workdir}: no parameter of this model matches that run.')
+  merged = {k: (jnp.asarray(loaded[k], v.dtype) if k in taken else v) for k, v in flat.items()}
+  fresh = sorted({k.split('/')[1] for k in flat if k not in taken})
+  log(
+      f'initialised {len(taken)} of {len(flat)} parameter arrays from {workdir} (step {meta["step"]}); '
+      f'new: {", ".join(fresh) or "none"}'
+  )
+  return flax.traverse_util.unflatten_dict(merged, sep='/')
 
 
 def train_and_evaluate(
@@ -73,6 +106,8 @@ def train_and_evaluate(
   tx = optim.make_optimizer(config, num_steps, spe)
   init_key, loop_key = jax.random.split(jax.random.PRNGKey(config.seed))
   model, state = create_state(config, train_ds.num_points, train_ds.window_length, init_key, tx)
+  if config.train.get('init_from', ''):
+    state = state.replace(params=init_params_from(config.train.init_from, state.params, train_ds.scale, log))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
   state, old_meta = ckpt.restore(state)
   meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points)}

@@ -195,3 +195,28 @@ def test_z_equivariance_takes_the_shape_from_the_rotated_input():
   chex.assert_trees_all_close(eq['alpha'], rotated['alpha'], atol=1e-5)
   chex.assert_trees_all_close(eq['rotation'], base['rotation'], atol=1e-6)
   assert not np.allclose(eq['alpha'], base['alpha'], atol=1e-4)
+
+
+def test_coefficient_refinement_stays_in_the_shape_space():
+  import dataclasses
+
+  model = Student(dataclasses.replace(_small(), refine_space='coefficients'))
+  kp, vis, mask = _inputs()
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  out = model.apply(params, kp, vis, mask)
+  np.testing.assert_allclose(out['shape'], out['shape_init'], atol=1e-6)  # Δα = 0 at init.
+  # Any Δα: the refined shape is B(α + Δα), a point of the basis' span.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
+  )
+  out = model.apply(params, kp, vis, mask)
+  assert float(jnp.max(jnp.abs(out['shape'] - out['shape_init']))) > 1e-3
+  mean = model.apply(params, method=Student.mean_shape)
+  bases = jax.vmap(lambda a: model.apply(params, a, method=lambda m, a: m.basis(a)))(jnp.eye(4)) - mean
+  flat = (out['shape'] - mean).reshape(-1, P * 3)
+  coeffs, *_ = np.linalg.lstsq(np.asarray(bases.reshape(4, -1)).T, np.asarray(flat).T, rcond=None)
+  np.testing.assert_allclose(coeffs.T @ np.asarray(bases.reshape(4, -1)), flat, atol=1e-4)
+  with pytest.raises(ValueError, match='refine_space'):
+    Student(dataclasses.replace(_small(), refine_space='nope')).init(
+        jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all
+    )

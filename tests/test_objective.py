@@ -177,3 +177,22 @@ def test_a_registered_term_is_one_function_and_one_config_line(setup):
   finally:
     objective.TERMS.pop(name, None)
     objective.LOSS_TERMS = tuple(objective.TERMS)
+
+
+def test_frozen_modules_are_not_updated(setup):
+  config, _, state, batch, lcfg = setup
+  config = configs.get('tiny')
+  config.optim.freeze = ('lifter', 'basis')
+  state = state.replace(tx=optim.make_optimizer(config, 10, 10))
+  state = state.replace(opt_state=state.tx.init(state.params))
+  new_state = state
+  for _ in range(2):  # The warm-up's first learning rate is 0.
+    new_state, _ = _single(new_state, batch, lcfg, jax.random.PRNGKey(1))
+  for name in ('lifter', 'basis'):
+    chex.assert_trees_all_equal(new_state.params['params'][name], state.params['params'][name])
+  moved = jax.tree.map(
+      lambda a, b: float(jnp.max(jnp.abs(a - b))),
+      new_state.params['params']['refiner'],
+      state.params['params']['refiner'],
+  )
+  assert max(jax.tree.leaves(moved)) > 0

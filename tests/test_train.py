@@ -4,6 +4,7 @@ import json
 import os
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -99,3 +100,30 @@ def test_save_config_reports_changed_keys(tmp_path):
   assert logs and 'train.num_steps' in logs[0]
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['train']['num_steps'] == 7
+
+
+def test_init_from_takes_every_matching_parameter(run, loaded):
+  import flax.traverse_util
+
+  workdir, _ = run
+  _, _, source, meta = loaded
+  config = configs.get('tiny', 'lifter')  # No refiner: a strict subset of the tcn run's parameters.
+  _, state = train.create_state(config, 17, 1, jax.random.PRNGKey(7))
+  logs = []
+  params = train.init_params_from(workdir, state.params, meta['scale'], logs.append)
+  flat = flax.traverse_util.flatten_dict(params, sep='/')
+  src = flax.traverse_util.flatten_dict(jax.device_get(source), sep='/')
+  assert flat and all(np.array_equal(v, src[k]) for k, v in flat.items())
+  assert 'new: none' in logs[0]
+  with pytest.raises(ValueError, match='2D scale'):
+    train.init_params_from(workdir, state.params, 2 * meta['scale'])
+
+
+def test_stacked_rows_start_from_the_lifter_row():
+  from nrsfm_jax import ablation
+
+  cfg = ablation.stacked(configs.get('tiny', 'tcn'), '/runs/lifter')
+  assert cfg.train.init_from == '/runs/lifter' and cfg.train.num_steps == ablation.STACK_OVERRIDES['train.num_steps']
+  assert cfg.optim.lr == ablation.STACK_OVERRIDES['optim.lr']
+  with pytest.raises(ValueError, match='include lifter'):
+    ablation.run_cmu17('/nonexistent', ['tcn'], stack=True)

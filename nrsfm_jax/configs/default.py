@@ -14,12 +14,13 @@ from nrsfm_jax import models
 
 # Ablation rows of the paper's Table II (the teacher row needs train.pseudo3d,
 # from experiments/train_teacher.py).
-VARIANTS = ('lifter', 'smooth', 'tcn', 'teacher')
+VARIANTS = ('lifter', 'windows', 'smooth', 'tcn', 'teacher')
 
 
 def get_config(arg=None):
   """``arg``: an ablation variant, ``'lifter'`` (C3DPO baseline), ``'smooth'``
-  (+ smoothness), ``'tcn'`` (+ smoothness + TCN refiner; the default) or
+  (+ smoothness), ``'windows'`` (the lifter on windows, no smoothness: a control), ``'tcn'``
+  (+ smoothness + TCN refiner; the default) or
   ``'teacher'`` (+ the teacher term λ_t; set ``train.pseudo3d``)."""
   variant = arg or 'tcn'
   if variant not in VARIANTS:
@@ -54,8 +55,8 @@ def get_config(arg=None):
   c.loss.terms.reproj = dict(weight=1.0, kind='pseudo_huber', scale=0.03)
   # Reprojection of the lifter's own output R_t X_t (before the refiner).
   c.loss.terms.reproj_init = dict(weight=1.0, kind='pseudo_huber', scale=0.03)
-  # λ_s; beta weighs the second differences.
-  c.loss.terms.smooth = dict(weight=1.0, kind='pseudo_huber', scale=0.03, beta=1.0)
+  # λ_s; beta weighs the second differences; on: 'points' (camera frame, the paper's) or 'shape' (canonical).
+  c.loss.terms.smooth = dict(weight=1.0, kind='pseudo_huber', scale=0.03, beta=1.0, on='points')
   c.loss.terms.teacher = dict(weight=0.0, kind='l2', scale=0.03)  # λ_t (needs train.pseudo3d)
   # λ_c, eq. 18: n_rot random rotations per frame, on the refined S_t ('shape') or the lifter's X_t
   # ('shape_init'), Ψ on `frames` random frames per window (0 = all).
@@ -72,6 +73,7 @@ def get_config(arg=None):
   c.optim.decay_epochs = (60, 80)  # 'step' schedule: ×0.1 at these epochs
   c.optim.momentum = 0.9
   c.optim.weight_decay = 0.0
+  c.optim.freeze = ()  # modules left as they are, e.g. ('lifter', 'basis') over train.init_from
   c.optim.grad_clip = 1.0  # global-norm clip (0 = off)
 
   c.train = ml_collections.ConfigDict()
@@ -83,11 +85,15 @@ def get_config(arg=None):
   c.train.max_checkpoints = 2
   c.train.parallel = 'auto'  # 'auto' | 'none' | 'pmap' | 'shard_map'
   c.train.eval_batch_size = 64
+  c.train.init_from = ''  # a trained run whose matching parameters initialise this one
   c.train.pseudo3d = ''  # .npz of cached teacher pseudo-3D for the train windows
 
   c.model.use_refiner = variant in ('tcn', 'teacher')
   if variant == 'teacher':
     c.loss.terms.teacher.weight = 1.0
+  if variant == 'windows':
+    # The lifter trained on windows without smoothness: the control of a stacked ablation.
+    c.loss.terms.smooth.weight = 0.0
   if variant == 'lifter':
     c.loss.terms.smooth.weight = 0.0
     # C3DPO's regime: batches of 1024 independent frames, not 32 windows of 81

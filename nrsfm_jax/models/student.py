@@ -28,6 +28,10 @@ class StudentConfig:
     use_refiner: run the TCN (eqs. 8–11); off gives the C3DPO baseline.
     tcn_channels, tcn_kernel, tcn_dilations, tcn_causal, tcn_use_2d, mlp_width:
       the refiner (paper: 4 layers of 128 channels, causal).
+    refine_space: where the refiner acts: ``'points'`` (the paper's eq. 10,
+      a free per-point ``ΔS``) or ``'coefficients'`` (a ``Δα`` added to the
+      lifter's shape coefficients, ``S_t = B(α_t + Δα_t)``, so the refined
+      shape stays in the learned low-rank shape space).
     norm: the lifter's and Ψ's normalisation, ``'layer'`` or C3DPO's
       ``'batch'`` (batch statistics in training, synced over the data-parallel
       axis; running averages in the ``batch_stats`` collection at test time).
@@ -49,6 +53,7 @@ class StudentConfig:
   canon_width: int = flax.struct.field(pytree_node=False, default=256)
   canon_blocks: int = flax.struct.field(pytree_node=False, default=3)
   use_refiner: bool = flax.struct.field(pytree_node=False, default=True)
+  refine_space: str = flax.struct.field(pytree_node=False, default='points')
   tcn_channels: int = flax.struct.field(pytree_node=False, default=128)
   tcn_kernel: int = flax.struct.field(pytree_node=False, default=3)
   tcn_dilations: tuple[int, ...] = flax.struct.field(pytree_node=False, default=(1, 3, 9, 27))
@@ -88,9 +93,17 @@ class Student(nn.Module):
     self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation, norm=c.norm)
     self.basis = ShapeBasis(c.num_points, c.num_bases)
     self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, norm=c.norm)
+    if c.refine_space not in ('points', 'coefficients'):
+      raise ValueError(f"model.refine_space={c.refine_space!r}; expected 'points' or 'coefficients'.")
     if c.use_refiner:
       self.refiner = TemporalRefiner(
-          c.tcn_channels, c.tcn_kernel, tuple(c.tcn_dilations), c.tcn_causal, c.mlp_width, c.tcn_use_2d
+          c.tcn_channels,
+          c.tcn_kernel,
+          tuple(c.tcn_dilations),
+          c.tcn_causal,
+          c.mlp_width,
+          c.tcn_use_2d,
+          out_features=c.num_bases if c.refine_space == 'coefficients' else None,
       )
 
   def __call__(
@@ -143,7 +156,9 @@ class Student(nn.Module):
     if z_aug is not None:
       rotation = jnp.swapaxes(r_aug, -1, -2) @ rotation
     shape_init = self.basis(alpha)
-    if self.config.use_refiner:
+    if self.config.use_refiner and self.config.refine_space == 'coefficients':
+      shape = self.basis(alpha + self.refiner(shape_init, keypoints, visibility, mask))
+    elif self.config.use_refiner:
       shape = shape_init + self.refiner(shape_init, keypoints, visibility, mask)
     else:
       shape = shape_init

@@ -53,6 +53,8 @@ class TemporalRefiner(nn.Module):
     causal: only past frames (paper) or a centred window.
     mlp_width: hidden width of the ΔS MLP.
     use_2d: feed the 2D keypoints and visibility to the TCN beside X_t.
+    out_features: None: the output is ``ΔS [B, T, P, 3]``; an int F: a
+      per-frame ``[B, T, F]`` (e.g. shape-coefficient refinements ``Δα``).
   """
 
   channels: int = 128
@@ -61,6 +63,7 @@ class TemporalRefiner(nn.Module):
   causal: bool = True
   mlp_width: int = 256
   use_2d: bool = True
+  out_features: int | None = None
 
   @nn.compact
   def __call__(self, shapes: Array, keypoints: Array, visibility: Array, mask: Array) -> Array:
@@ -86,5 +89,8 @@ class TemporalRefiner(nn.Module):
     # Eq. 9: linear fusion of the frame's own shape and its temporal features.
     fused = nn.Dense(self.mlp_width, name='fuse_x')(flat_x) + nn.Dense(self.mlp_width, use_bias=False, name='fuse_f')(h)
     delta = nn.Dense(self.mlp_width, name='mlp_hidden')(nn.relu(fused))
-    delta = nn.Dense(flat_x.shape[-1], name='mlp_out', kernel_init=nn.initializers.zeros)(nn.relu(delta))
+    size = flat_x.shape[-1] if self.out_features is None else self.out_features
+    delta = nn.Dense(size, name='mlp_out', kernel_init=nn.initializers.zeros)(nn.relu(delta))
+    if self.out_features is not None:
+      return delta * mask[..., None]
     return delta.reshape(shapes.shape) * mask[..., None, None]
