@@ -19,4 +19,6 @@ def get_config(arg=None):
   c.optim.grad_clip = 0.0
   c.train.batch_size = 32
   c.train.num_epochs = 120
+  if c.loss.terms.smooth.weight:  # The paper's λ_s = 1 (default.py uses 0.1, chosen on cmu17).
+    c.loss.terms.smooth.weight = 1.0
   return c
