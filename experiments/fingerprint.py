@@ -43,16 +43,11 @@ def state_digest(tree) -> tuple[str, dict[str, str]]:
   return total.hexdigest(), per_leaf
 
 
-def _restore_state(workdir: str, kind: str):
+def _restore_state(workdir: str):
   """The saved train state (params, opt_state, step) as plain arrays, from the workdir's latest checkpoint."""
   from nrsfm_jax import checkpoint as ckpt_lib
 
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  step = ckpt.latest_step()
-  import orbax.checkpoint as ocp
-
-  restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored['state']
+  return ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints')).restore_tree()[0]
 
 
 def run(config, kind: str, steps: int, workdir: str) -> str:
@@ -66,7 +61,7 @@ def run(config, kind: str, steps: int, workdir: str) -> str:
     from nrsfm_jax import teacher
 
     teacher.train_teacher(config, workdir, evaluate=False)
-  digest, per_leaf = state_digest(_restore_state(workdir, kind))
+  digest, per_leaf = state_digest(_restore_state(workdir))
   if FLAGS.verbose:
     for name, h in per_leaf.items():
       print(f'{h[:16]}  {name}')

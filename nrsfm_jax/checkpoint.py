@@ -73,15 +73,20 @@ class Checkpointer:
     state = state.replace(params=tree['params'], opt_state=tree['opt_state'], step=tree['step'])
     return state, dict(restored['meta'])
 
-  def restore_params(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Parameters (and meta) alone, with no optimizer or config needed."""
+  def restore_tree(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved ``{params, opt_state, step}`` as plain arrays (no target structure needed), and meta."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
     )
-    return restored['state']['params'], dict(restored['meta'])
+    return restored['state'], dict(restored['meta'])
+
+  def restore_params(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Parameters (and meta) alone, with no optimizer or config needed."""
+    tree, meta = self.restore_tree(step)
+    return tree['params'], meta
 
 
 # ----------------------------------------------------------------------------
@@ -122,16 +127,35 @@ def load_params(path: str, init_params) -> Any:
   """
   with np.load(path, allow_pickle=False) as f:
     stored = {k: f[k] for k in f.files if k not in (CONFIG_KEY, META_KEY)}
+  return merge_params(init_params, stored, source=path)[0]
+
+
+def merge_params(init_params, stored: dict[str, Any], *, source: str, strict: bool = True) -> tuple[Any, list[str]]:
+  """``init_params`` with its leaves replaced by ``stored`` ones (``{'a/b/c': array}``, see :func:`flatten_params`).
+
+  Args:
+    init_params: the model's (possibly abstract) parameters: structure, shapes, dtypes.
+    stored: flat arrays to take.
+    source: names the origin in errors.
+    strict: every leaf must be stored with its shape and nothing else may be
+      (an export); False takes the leaves whose path and shape match and keeps
+      the rest (a run that shares part of the model).
+
+  Returns:
+    ``(params, the '/'-joined paths taken)``.
+  """
   flat = flax.traverse_util.flatten_dict(init_params, sep='/')
-  missing = sorted(set(flat) - set(stored))
-  extra = sorted(set(stored) - set(flat))
-  if missing or extra:
-    raise KeyError(f'{path}: parameter keys do not match the model: missing {missing[:5]}, ' f'unexpected {extra[:5]}.')
-  for k, v in flat.items():
-    if stored[k].shape != v.shape:
-      raise ValueError(f'{path}: parameter {k!r} has shape {stored[k].shape}, the model expects {v.shape}.')
-  merged = {k: jnp.asarray(stored[k], v.dtype) for k, v in flat.items()}
-  return flax.traverse_util.unflatten_dict(merged, sep='/')
+  if strict:
+    missing = sorted(set(flat) - set(stored))
+    extra = sorted(set(stored) - set(flat))
+    if missing or extra:
+      raise KeyError(f'{source}: parameter keys do not match the model: missing {missing[:5]}, unexpected {extra[:5]}.')
+    for k, v in flat.items():
+      if np.shape(stored[k]) != v.shape:
+        raise ValueError(f'{source}: parameter {k!r} has shape {np.shape(stored[k])}, the model expects {v.shape}.')
+  taken = [k for k, v in flat.items() if k in stored and np.shape(stored[k]) == v.shape]
+  merged = {k: (jnp.asarray(stored[k], v.dtype) if k in taken else v) for k, v in flat.items()}
+  return flax.traverse_util.unflatten_dict(merged, sep='/'), taken
 
 
 def load_exported(path: str) -> tuple[Callable, Any]:
@@ -185,4 +209,4 @@ def load_exported(path: str) -> tuple[Callable, Any]:
   return jax.jit(apply_fn), params
 
 
-__all__ = ['Checkpointer', 'export_params', 'flatten_params', 'load_exported', 'load_params']
+__all__ = ['Checkpointer', 'export_params', 'flatten_params', 'load_exported', 'load_params', 'merge_params']

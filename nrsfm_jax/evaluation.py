@@ -111,19 +111,12 @@ def build_eval_dataset(
     wanted = data_lib.parse_names(subjects)
     if not wanted:
       raise ValueError(f'subjects={subjects!r} names no subject.')
-    # config.data.path is a mocap file only for cmu17 runs (a tracks run keeps its tracks there).
-    path = (d.path or None) if d.name == 'cmu17' else None
-    dataset = data_lib.cmu17_dataset(
-        wanted,
-        length=window,
-        path=path,
-        azimuths_deg=tuple(d.azimuths),
-        elevation_deg=d.elevation,
-        noise_std=d.noise_std,
-        dropout=d.dropout,
-        seed=config.seed,
-        scale=scale,
-    )
+    # The run's cameras and noise on these subjects; config.data.path is a mocap file only for
+    # cmu17 runs (a tracks run keeps its tracks there: then the bundled mocap).
+    cmu = ml_collections.ConfigDict(d.to_dict())
+    cmu.name, cmu.val_subjects = 'cmu17', ','.join(wanted)
+    cmu.path = d.path if d.name == 'cmu17' else ''
+    dataset = data_lib.make_dataset(cmu, 'eval', scale=scale, seed=config.seed, length=window)
     what, protocol = f'cmu17 subjects {",".join(wanted)}', protocol or 'cmu17'
     name = 'cmu17_' + '_'.join(wanted)
   elif tracks is not None:

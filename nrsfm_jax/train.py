@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -63,18 +62,18 @@ def init_params_from(workdir: str, params, scale: float, log: Callable[[str], No
     raise ValueError(
         f'train.init_from={workdir} was trained at 2D scale {float(meta["scale"]):.6g}, this data has {scale:.6g}.'
     )
-  flat = flax.traverse_util.flatten_dict(params, sep='/')
-  loaded = flax.traverse_util.flatten_dict(jax.device_get(source), sep='/')
-  taken = [k for k, v in flat.items() if k in loaded and np.shape(loaded[k]) == np.shape(v)]
+  merged, taken = ckpt_lib.merge_params(
+      params, ckpt_lib.flatten_params(source), source=f'train.init_from={workdir}', strict=False
+  )
   if not taken:
     raise ValueError(f'train.init_from={workdir}: no parameter of this model matches that run.')
-  merged = {k: (jnp.asarray(loaded[k], v.dtype) if k in taken else v) for k, v in flat.items()}
+  flat = ckpt_lib.flatten_params(params)
   fresh = sorted({k.split('/')[1] for k in flat if k not in taken})
   log(
       f'initialised {len(taken)} of {len(flat)} parameter arrays from {workdir} (step {meta["step"]}); '
       f'new: {", ".join(fresh) or "none"}'
   )
-  return flax.traverse_util.unflatten_dict(merged, sep='/')
+  return merged
 
 
 def train_and_evaluate(
