@@ -4,6 +4,7 @@ r"""The paper's Table II ablation on both benchmarks, from one command.
   python -m experiments.ablation --workdir=runs/ablation --benchmarks=nrsfm --sequences=pickup,yoga
   python -m experiments.ablation --workdir=runs/ablation --benchmarks=cmu17 --teacher_mode=self
   python -m experiments.ablation --workdir=runs/loso --benchmarks=cmu17 --cross_subject --nodev_split
+  python -m experiments.ablation --workdir=runs/loso --benchmarks=cmu17 --cross_subject --nodev_split --folds=002
 
 Rows: lifter only (C3DPO baseline), + smoothness, + smoothness + TCN,
 + smoothness + TCN + diffusion teacher. cmu17 uses ``configs/default.py:<row>``
@@ -37,6 +38,12 @@ flags.DEFINE_bool(
     'lr 3e-4 (ablation.STACK_OVERRIDES; chosen on the cross-subject mean); add the windows row as the '
     'control. --nostack trains every row from scratch.',
 )
+flags.DEFINE_multi_string(
+    'stack_override',
+    [],
+    'cmu17 with --stack: change the stage-2 settings (ablation.STACK_OVERRIDES), as [row:]section.key=value '
+    '(every stacked row, or only that row); repeatable, e.g. --stack_override=teacher:train.num_steps=2000.',
+)
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
 flags.DEFINE_enum(
     'teacher_mode',
@@ -51,12 +58,25 @@ flags.DEFINE_bool(
     '(train on the other subjects, test on one) and report per-fold numbers and the mean.',
 )
 flags.DEFINE_list('subjects', [], 'Subjects for --cross_subject (default: every subject in the data).')
+flags.DEFINE_list(
+    'folds',
+    None,
+    '--cross_subject: held-out subjects to run in this process (default: all). Other folds are '
+    'collected from their fold_results.json; --folds= (empty) only collects. Lets folds run in '
+    'parallel processes (experiments/parallel_folds.sh).',
+)
 flags.DEFINE_bool('dev_split', True, 'cmu17: run the development split (train 002, 003, 005; test 006).')
 flags.DEFINE_multi_string(
     'override',
     [],
     'cmu17: a config override applied to every student row, as '
     '``a.b=value`` (value parsed as a Python literal, else kept as a string); repeatable.',
+)
+flags.DEFINE_multi_string(
+    'teacher_override',
+    [],
+    'cmu17: a config override of the teacher (configs/teacher.py:<teacher_mode>), as ``a.b=value``; '
+    'repeatable, e.g. --teacher_override=train.num_steps=10000.',
 )
 flags.DEFINE_string('plot_sequence', 'pickup', 'nrsfm sequence drawn in nrsfm_<sequence>.png.')
 
@@ -68,31 +88,41 @@ def _parse_value(text: str):
     return text
 
 
-def student_config_fn(overrides):
-  """``row -> configs.get('default', row)`` with ``a.b=value`` overrides applied (errors name the key)."""
+def _parse_overrides(overrides, flag: str):
   parsed = []
   for item in overrides:
     if '=' not in item:
-      raise app.UsageError(f'--override {item!r}: expected a.b=value')
+      raise app.UsageError(f'--{flag} {item!r}: expected a.b=value')
     key, value = item.split('=', 1)
     parsed.append((key.strip(), _parse_value(value.strip())))
+  return parsed
 
-  def make(row):
-    cfg = configs.get('default', row)
-    for key, value in parsed:
-      node, *path = key.split('.')
-      parent = cfg
-      for part in [node] + path[:-1]:
-        if part not in parent:
-          raise app.UsageError(f'--override {key}: no config key {part!r}')
-        parent = parent[part]
-      leaf = path[-1] if path else node
-      if leaf not in parent:
-        raise app.UsageError(f'--override {key}: no config key {leaf!r}')
-      parent[leaf] = value
-    return cfg
 
-  return make
+def _apply_overrides(cfg, parsed, flag: str):
+  for key, value in parsed:
+    node, *path = key.split('.')
+    parent = cfg
+    for part in [node] + path[:-1]:
+      if part not in parent:
+        raise app.UsageError(f'--{flag} {key}: no config key {part!r}')
+      parent = parent[part]
+    leaf = path[-1] if path else node
+    if leaf not in parent:
+      raise app.UsageError(f'--{flag} {key}: no config key {leaf!r}')
+    parent[leaf] = value
+  return cfg
+
+
+def student_config_fn(overrides):
+  """``row -> configs.get('default', row)`` with ``a.b=value`` overrides applied (errors name the key)."""
+  parsed = _parse_overrides(overrides, 'override')
+  return lambda row: _apply_overrides(configs.get('default', row), parsed, 'override')
+
+
+def teacher_config_fn(overrides, mode: str):
+  """``() -> configs.get('teacher', mode)`` with ``a.b=value`` overrides applied."""
+  parsed = _parse_overrides(overrides, 'teacher_override')
+  return lambda: _apply_overrides(configs.get('teacher', mode), parsed, 'teacher_override')
 
 
 def main(argv):
@@ -113,6 +143,18 @@ def main(argv):
   diagnostics = previous.get('diagnostics') or {}
   cross = previous.get('cmu17_cross_subject')
   student_config = student_config_fn(FLAGS.override)
+  teacher_config = teacher_config_fn(FLAGS.teacher_override, FLAGS.teacher_mode)
+  teacher_config()  # Unknown keys fail now, not after the student rows.
+  stack = FLAGS.stack
+  if FLAGS.stack_override:
+    if not stack:
+      raise app.UsageError('--stack_override changes stacked rows: drop --nostack.')
+    stack = dict(_parse_overrides(FLAGS.stack_override, 'stack_override'))
+    for key in stack:
+      row, _, name = key.rpartition(':')
+      if name.count('.') != 1 or (row and row not in ablation.ALL_ROWS):
+        raise app.UsageError(f'--stack_override {key}: expected [row:]section.key=value, row of {ablation.ALL_ROWS}')
+      _apply_overrides(student_config('tcn'), [(name, stack[key])], 'stack_override')
   if 'cmu17' in FLAGS.benchmarks and FLAGS.cross_subject:
     cross = ablation.run_cmu17_cross_subject(
         os.path.join(workdir, 'cmu17_cross_subject'),
@@ -120,13 +162,20 @@ def main(argv):
         FLAGS.subjects or None,
         teacher_mode=FLAGS.teacher_mode,
         student_config=student_config,
-        stack=FLAGS.stack,
+        teacher_config=teacher_config,
+        stack=stack,
+        folds=FLAGS.folds,
     )
     print(ablation.cross_subject_table(cross))
   if 'cmu17' in FLAGS.benchmarks and FLAGS.dev_split:
     cdir = os.path.join(workdir, 'cmu17')
     cmu17 = ablation.run_cmu17(
-        cdir, FLAGS.rows, teacher_mode=FLAGS.teacher_mode, student_config=student_config, stack=FLAGS.stack
+        cdir,
+        FLAGS.rows,
+        teacher_mode=FLAGS.teacher_mode,
+        student_config=student_config,
+        teacher_config=teacher_config,
+        stack=stack,
     )
     print(ablation.cmu17_table(cmu17))
     diagnostics['cmu17'] = {

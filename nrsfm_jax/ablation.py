@@ -63,14 +63,33 @@ def _check_rows(rows):
 STACK_OVERRIDES = {'train.num_steps': 500, 'optim.lr': 3e-4, 'optim.warmup_steps': 20}
 
 
-def stacked(cfg: ml_collections.ConfigDict, lifter_dir: str) -> ml_collections.ConfigDict:
-  """``cfg`` as stage 2 of a stacked ablation: initialised from ``lifter_dir``, :data:`STACK_OVERRIDES` applied."""
+def stacked(
+    cfg: ml_collections.ConfigDict, lifter_dir: str, overrides: dict[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+  """``cfg`` as stage 2 of a stacked ablation: initialised from ``lifter_dir``, :data:`STACK_OVERRIDES` applied.
+
+  ``overrides`` (``{'section.key': value}``) change or add to :data:`STACK_OVERRIDES`.
+  """
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   cfg.train.init_from = lifter_dir
-  for key, value in STACK_OVERRIDES.items():
+  for key, value in dict(STACK_OVERRIDES, **(overrides or {})).items():
     section, name = key.split('.')
     cfg[section][name] = value
   return cfg
+
+
+def _stack_overrides_for(stack: bool | dict[str, Any], row: str) -> dict[str, Any]:
+  """The stage-2 overrides of ``row``: keys ``section.key`` (every row) and ``<row>:section.key``."""
+  if not isinstance(stack, dict):
+    return {}
+  out = {}
+  for key, value in stack.items():
+    target, _, name = key.rpartition(':')
+    if target and target not in ALL_ROWS:
+      raise ValueError(f'stack override {key!r}: unknown row {target!r}; expected one of {ALL_ROWS}.')
+    if not target or target == row:
+      out[name] = value
+  return out
 
 
 def _check_same_pseudo3d(row_dir: str, path: str) -> None:
@@ -98,7 +117,7 @@ def _run_rows(
     workdir: str,
     rows,
     log: Callable[[str], None],
-    stack: bool = False,
+    stack: bool | dict[str, Any] = False,
 ) -> dict[str, Any]:
   results = {}
   rows = _check_rows(rows)
@@ -107,7 +126,7 @@ def _run_rows(
   for row in rows:
     cfg = student_config(row)
     if stack and row != 'lifter':
-      cfg = stacked(cfg, os.path.join(workdir, 'lifter'))
+      cfg = stacked(cfg, os.path.join(workdir, 'lifter'), _stack_overrides_for(stack, row))
     row_dir = os.path.join(workdir, row)
     t0 = time.time()
     if row == 'teacher':
@@ -134,11 +153,13 @@ def run_cmu17(
     student_config: ConfigFn | None = None,
     teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
     log: Callable[[str], None] = print,
-    stack: bool = False,
+    stack: bool | dict[str, Any] = False,
 ) -> dict[str, Any]:
   """Trains and scores the rows on the cmu17 development split; ``{row: score()}``.
 
-  ``stack``: every row after the lifter starts from the lifter row (:func:`stacked`).
+  ``stack``: every row after the lifter starts from the lifter row (:func:`stacked`); a dict
+  also changes :data:`STACK_OVERRIDES`, for every row (``{'train.num_steps': 2000}``) or for
+  one (``{'teacher:train.num_steps': 2000}``).
   """
   student_config = student_config or (lambda row: configs.get('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
@@ -162,31 +183,53 @@ def run_cmu17_cross_subject(
     student_config: ConfigFn | None = None,
     teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
     log: Callable[[str], None] = print,
-    stack: bool = False,
+    stack: bool | dict[str, Any] = False,
+    folds: list[str] | None = None,
 ) -> dict[str, Any]:
   """Every row on every leave-one-subject-out fold of cmu17 (BENCHMARKS.md A, "cross-subject mean").
 
   Fold ``s`` trains on the other subjects and tests on every frame of ``s``;
   it lives in ``<workdir>/fold_<s>/<row>`` and resumes like :func:`run_cmu17`.
+  Each fold's scores are also written to ``fold_<s>/fold_results.json``, so
+  folds can run as separate processes or machines (``folds``) and be
+  collected afterwards.
 
   Args:
     workdir: the ablation's cmu17 cross-subject directory.
     rows: rows to run.
     subjects: the subjects to fold over (default: every subject in the data).
     teacher_mode, student_config, teacher_config, log, stack: as :func:`run_cmu17`.
+    folds: held-out subjects to run now (default: all). The other folds are
+      read from their ``fold_results.json`` where one exists (not retrained or
+      re-scored), and left out otherwise; ``[]`` only collects.
 
   Returns:
-    ``{'folds': {s: {row: score(), 'depth0': score()}}, 'mean': {row: {metric: mean over folds}}}``;
-    the mean is the unweighted mean of the folds' overall metrics (each
-    subject counts once, however many frames it has).
+    ``{'folds': {s: {row: score(), 'depth0': score(), 'teacher_alone': ...}},
+    'mean': {row: {metric: mean over folds}}}``; the mean is the unweighted mean
+    of the folds' overall metrics (each subject counts once, however many
+    frames it has). ``teacher_alone`` is the teacher's own score at the
+    settings that made the student's pseudo-3D (H, K, aggregation).
   """
   student_config = student_config or (lambda row: configs.get('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
   if subjects is None:
     base = student_config(ROWS[0]).data
     subjects = data_lib.list_subjects(base.path or None)
-  folds = {}
-  for held_out, train_subjects in cross_subject_folds(subjects):
+  all_folds = cross_subject_folds(subjects)
+  if folds is not None:
+    unknown = sorted(set(map(str, folds)) - {s for s, _ in all_folds})
+    if unknown:
+      raise ValueError(f'folds {unknown} are not among the subjects {[s for s, _ in all_folds]}.')
+  results = {}
+  for held_out, train_subjects in all_folds:
+    fold_dir = os.path.join(workdir, f'fold_{held_out}')
+    saved = os.path.join(fold_dir, 'fold_results.json')
+    if folds is not None and held_out not in map(str, folds):
+      if os.path.exists(saved):
+        with open(saved) as f:
+          results[held_out] = json.load(f)
+        log(f'=== cross-subject fold {held_out}: collected from {saved} ===')
+      continue
 
     def fold_config(row, held_out=held_out, train_subjects=train_subjects):
       cfg = student_config(row)
@@ -195,17 +238,30 @@ def run_cmu17_cross_subject(
       return cfg
 
     log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
-    result = _run_rows(fold_config, teacher_config, os.path.join(workdir, f'fold_{held_out}'), rows, log, stack=stack)
+    result = _run_rows(fold_config, teacher_config, fold_dir, rows, log, stack=stack)
     # Every row is scored on the same frames: its evaluation already holds the depth-0 reference.
     result['depth0'] = next(result[r]['depth0'] for r in ALL_ROWS if r in result)
-    folds[held_out] = result
-  return {'folds': folds, 'mean': fold_means(folds)}
+    if result.get('teacher_eval'):
+      d = teacher_config().diffusion
+      entry = result['teacher_eval'].get(f'H{d.num_hypotheses}_K{d.num_steps}', {}).get(d.aggregation)
+      if entry is not None:
+        result['teacher_alone'] = {'overall': entry}
+    _write_json_atomic(saved, result)
+    results[held_out] = result
+  return {'folds': results, 'mean': fold_means(results)}
+
+
+def _write_json_atomic(path: str, payload: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=1)
+  os.replace(tmp, path)
 
 
 def fold_means(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
   """``{row: {metric: mean over the folds that have the row}}`` of the folds' overall scores."""
   means = {}
-  for row in ALL_ROWS + ('depth0',):
+  for row in ALL_ROWS + ('depth0', 'teacher_alone'):
     scores = [f[row]['overall'] for f in folds.values() if row in f]
     if scores:
       means[row] = {k: float(np.mean([o[k] for o in scores])) for k in scores[0]}
@@ -223,8 +279,8 @@ def cross_subject_table(results: dict[str, Any]) -> str:
       + ' | mean MPJPE | mean PA-MPJPE | mean Stress | mean accel |'
   )
   lines = [head, '|---' * (len(names) + 5) + '|']
-  titles = dict(TITLES, depth0='depth 0 (reference)')
-  for row in ('depth0',) + ALL_ROWS:
+  titles = dict(TITLES, depth0='depth 0 (reference)', teacher_alone='teacher alone (its pseudo-3D setting)')
+  for row in ('depth0',) + ALL_ROWS + ('teacher_alone',):
     if row not in results['mean']:
       continue
     cells = [f'{folds[s][row]["overall"]["mpjpe"]:.1f}' if row in folds[s] else '–' for s in names]

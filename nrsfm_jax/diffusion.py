@@ -343,6 +343,18 @@ def aggregate_joint_reprojection(hypotheses: Array, keypoints: Array, visibility
   return jnp.where(visibility[..., None] > 0, chosen, aggregate_mean(hypotheses))
 
 
+def hypothesis_spread(hypotheses: Array, root: int | None = 0) -> Array:
+  """Per-joint disagreement of the hypotheses: RMS distance to their mean, ``[H, ..., P, 3] -> [..., P]``.
+
+  Computed on root-relative 3D (``root=None``: as given), so a shared
+  translation does not count; the teacher's per-joint uncertainty.
+  """
+  if root is not None:
+    hypotheses = hypotheses - hypotheses[..., root : root + 1, :]
+  dev = hypotheses - jnp.mean(hypotheses, axis=0, keepdims=True)
+  return jnp.sqrt(jnp.mean(jnp.sum(dev**2, axis=-1), axis=0))
+
+
 def aggregate(hypotheses: Array, keypoints: Array, visibility: Array, *, method: str = 'mean') -> Array:
   """``'mean'`` or ``'jpma'`` (joint-wise reprojection) aggregation of ``[H, ..., P, 3]``."""
   if method == 'mean':

@@ -189,6 +189,19 @@ def teacher_loss(
   return _zero_masked(robust(sq, kind=kind, scale=scale), mask)
 
 
+def spread_confidence(spread: Array, tau: float | Array) -> Array:
+  """Per-joint confidence from the teacher hypotheses' spread: ``1 / (1 + (spread / τ)²)``.
+
+  Args:
+    spread: ``[..., P]`` RMS distance of the hypotheses to their mean (``diffusion.hypothesis_spread``).
+    tau: the spread at which a joint's weight halves (same units; > 0).
+
+  Returns:
+    ``[..., P]`` weights in ``(0, 1]``: 1 where the hypotheses agree.
+  """
+  return 1.0 / (1.0 + jnp.square(spread / tau))
+
+
 def canonical_loss(
     shape: Array, reconstruction: Array, *, mask: Array | None = None, kind: str = 'pseudo_huber', scale: float = 1.0
 ) -> tuple[Array, Array]:

@@ -222,13 +222,17 @@ def smoothness_term(out, batch, ctx, term):
 
 @register_term('teacher', needs=('pseudo3d',))
 def teacher_term(out, batch, ctx, term):
-  """λ_t: distance to the teacher's pseudo-3D ``batch['pseudo3d']``."""
+  """λ_t: distance to the teacher's pseudo-3D ``batch['pseudo3d']``.
+
+  With ``confidence_scale > 0`` the trainer adds ``batch['pseudo3d_weight']``
+  (``[B, T, P]``, :func:`losses.spread_confidence` of the hypotheses' spread)
+  and each joint counts by how much the teacher's hypotheses agree on it.
+  """
   del ctx
-  return Term(
-      *losses.teacher_loss(
-          out['points'], batch['pseudo3d'], mask=batch['mask'][..., None], kind=term.kind, scale=term.scale
-      )
-  )
+  mask = batch['mask'][..., None]
+  if 'pseudo3d_weight' in batch:
+    mask = mask * batch['pseudo3d_weight']
+  return Term(*losses.teacher_loss(out['points'], batch['pseudo3d'], mask=mask, kind=term.kind, scale=term.scale))
 
 
 @register_term('canon')

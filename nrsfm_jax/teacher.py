@@ -170,6 +170,9 @@ def predict(
 ) -> dict[str, np.ndarray]:
   """Aggregated teacher 3D for every window: ``{aggregation: [N, L, P, 3]}`` (normalised units).
 
+  ``aggregations`` are :func:`diffusion.aggregate` methods, and ``'spread'``:
+  the hypotheses' per-joint disagreement ``[N, L, P]`` (:func:`diffusion.hypothesis_spread`).
+
   Window i's hypotheses use ``fold_in(PRNGKey(seed), i)``-derived keys, so the
   result does not depend on ``batch_size``.
   """
@@ -195,7 +198,8 @@ def predict(
         out_axes=1,
     )(jnp.asarray(b['index']), b['keypoints'], b['visibility'], b['mask'])
     for a in aggregations:
-      outs[a].append(np.asarray(_aggregate(hyps, b['keypoints'], b['visibility'], method=a))[:count])
+      agg = _spread(hyps) if a == 'spread' else _aggregate(hyps, b['keypoints'], b['visibility'], method=a)
+      outs[a].append(np.asarray(agg)[:count])
     done += count
     if log is not None and time.time() - t0 > 10 and done < n:
       log(f'  sampled {done}/{n} windows ({time.time() - t0:.0f} s)')
@@ -204,6 +208,7 @@ def predict(
 
 
 _aggregate = jax.jit(diffusion.aggregate, static_argnames='method')
+_spread = jax.jit(diffusion.hypothesis_spread)
 
 
 # ----------------------------------------------------------------------------
@@ -443,6 +448,7 @@ def generate_pseudo3d(
       'seed': int(tcfg.seed),
       'schedule': d.schedule,
       'T': int(d.num_timesteps),
+      'spread': True,  # the file also holds the hypotheses' spread (files made before lack it)
       'step': int(meta['step']),
       # Settings that change the output without changing the parameters' shapes.
       'model': tcfg.model.to_dict(),
@@ -458,7 +464,7 @@ def generate_pseudo3d(
       f'pseudo-3D: sampling {train_ds.num_windows} windows with H={settings["H"]}, K={settings["K"]}, '
       f'{settings["aggregation"]} aggregation'
   )
-  pred = predict(
+  preds = predict(
       model.apply,
       params,
       schedule_of(tcfg),
@@ -468,11 +474,11 @@ def generate_pseudo3d(
       eta=settings['eta'],
       seed=settings['seed'],
       batch_size=tcfg.train.eval_batch_size,
-      aggregations=(d.aggregation,),
+      aggregations=(d.aggregation, 'spread'),
       log=log,
-  )[d.aggregation]
+  )
   tmp = path + '.tmp.npz'
-  data_lib.save_pseudo3d(tmp, pred, train_ds)
+  data_lib.save_pseudo3d(tmp, preds[d.aggregation], train_ds, spread=preds['spread'])
   os.replace(tmp, path)
   _write_json(
       os.path.join(os.path.dirname(path), f'{key}.json'),

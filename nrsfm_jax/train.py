@@ -23,7 +23,7 @@ import optax
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import loop, models, objective, optim, runs, scoring
+from nrsfm_jax import loop, losses, models, objective, optim, runs, scoring
 from nrsfm_jax.models import Student
 
 Array = jax.Array
@@ -76,6 +76,35 @@ def init_params_from(workdir: str, params, scale: float, log: Callable[[str], No
   return merged
 
 
+def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable[[str], None]):
+  """``(pseudo3d [N, L, P, 3] | None, per-joint weights [N, L, P] | None)`` for the teacher term.
+
+  The weights are :func:`losses.spread_confidence` of the hypotheses' spread
+  with ``τ = loss.terms.teacher.confidence_scale`` × the median spread over the
+  training set's visible joints (so the setting carries across datasets and
+  units); ``confidence_scale = 0`` (default) weighs every joint alike.
+  """
+  if not config.train.pseudo3d:
+    if lcfg.weight('teacher'):
+      log('note: loss.terms.teacher.weight > 0 but train.pseudo3d is empty: the teacher term is off.')
+    return None, None
+  term = lcfg.term('teacher')
+  c = float(term.get('confidence_scale', 0.0)) if term is not None else 0.0
+  if c < 0:
+    raise ValueError(f'loss.terms.teacher.confidence_scale must be >= 0, got {c}.')
+  if not c:
+    return data_lib.load_pseudo3d(config.train.pseudo3d, train_ds), None
+  pseudo, spread = data_lib.load_pseudo3d(config.train.pseudo3d, train_ds, spread=True)
+  visible = (train_ds.visibility * train_ds.mask[..., None]) > 0
+  tau = c * float(np.median(spread[visible])) + 1e-12
+  weight = np.asarray(losses.spread_confidence(spread, tau), np.float32)
+  log(
+      f'teacher confidence: τ = {tau:.4g} ({c:g} × median spread); mean joint weight '
+      f'{float(weight[visible].mean()):.3f}'
+  )
+  return pseudo, weight
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, evaluate: bool = True
 ) -> dict[str, Any]:
@@ -114,8 +143,8 @@ def train_and_evaluate(
   if old_meta is not None:
     log(f'resuming from the checkpoint at step {int(state.step)} in {ckpt.directory}')
 
-  pseudo = data_lib.load_pseudo3d(config.train.pseudo3d, train_ds) if config.train.pseudo3d else None
   lcfg = objective.loss_config(config)
+  pseudo, pseudo_weight = _teacher_targets(config, lcfg, train_ds, log)
   if lcfg.weight('teacher') and pseudo is None:
     log('note: loss.terms.teacher.weight > 0 but train.pseudo3d is empty: the teacher term is off.')
   mode = objective.choose_parallel(config.train.parallel, batch_size)
@@ -126,7 +155,7 @@ def train_and_evaluate(
       f'parallel={mode} on {step_fn.num_devices} {jax.default_backend()} device(s)'
   )
 
-  batch_fn = loop.window_batches(train_ds, batch_size, config.seed, pseudo3d=pseudo)
+  batch_fn = loop.window_batches(train_ds, batch_size, config.seed, pseudo3d=pseudo, pseudo3d_weight=pseudo_weight)
 
   def progress(m, rate):
     terms = ' '.join(f'{k}={float(m[k]):.4g}' for k in objective.LOSS_TERMS + ('total',) if k in m)

@@ -1,5 +1,6 @@
 """Tests for nrsfm_jax.ablation's cross-subject (leave-one-subject-out) protocol."""
 
+import json
 import os
 
 import numpy as np
@@ -56,6 +57,20 @@ def test_cross_subject_run_reports_every_fold_and_the_mean(tmp_path):
       str(tmp_path), ['lifter'], ['002', '003'], student_config=_tiny_lifter, log=lines.append
   )
   np.testing.assert_allclose(again['mean']['lifter']['mpjpe'], mean['mpjpe'], rtol=1e-5)
+  # Folds run apart (one process each) are collected from their fold_results.json, not rerun.
+  collected = ablation.run_cmu17_cross_subject(
+      str(tmp_path), ['lifter'], ['002', '003'], student_config=_tiny_lifter, log=lines.append, folds=[]
+  )
+  assert collected['folds'] == json.loads(json.dumps(again['folds']))
+  assert sum('collected from' in line for line in lines) == 2
+  only = ablation.run_cmu17_cross_subject(
+      str(tmp_path / 'other'), ['lifter'], ['002', '003'], student_config=_tiny_lifter, log=lines.append, folds=[]
+  )
+  assert only['folds'] == {} and only['mean'] == {}
+  with pytest.raises(ValueError, match="folds \\['007'\\]"):
+    ablation.run_cmu17_cross_subject(
+        str(tmp_path), ['lifter'], ['002', '003'], student_config=_tiny_lifter, folds=['007']
+    )
 
 
 def test_override_flag_changes_every_row_and_names_bad_keys():
@@ -71,3 +86,26 @@ def test_override_flag_changes_every_row_and_names_bad_keys():
     script.student_config_fn(['model.nope=1'])('lifter')
   with pytest.raises(app.UsageError, match='a.b=value'):
     script.student_config_fn(['model.norm'])
+
+
+def test_stack_overrides_apply_to_every_row_or_to_the_named_one():
+  base = configs.get('tiny', 'tcn')
+  assert ablation._stack_overrides_for(True, 'tcn') == {}
+  stack = {'optim.lr': 1e-4, 'teacher:train.num_steps': 2000}
+  assert ablation._stack_overrides_for(stack, 'tcn') == {'optim.lr': 1e-4}
+  assert ablation._stack_overrides_for(stack, 'teacher') == {'optim.lr': 1e-4, 'train.num_steps': 2000}
+  cfg = ablation.stacked(base, '/runs/lifter', ablation._stack_overrides_for(stack, 'teacher'))
+  assert (cfg.optim.lr, cfg.train.num_steps, cfg.optim.warmup_steps) == (1e-4, 2000, 20)
+  with pytest.raises(ValueError, match="unknown row 'tnc'"):
+    ablation._stack_overrides_for({'tnc:optim.lr': 1.0}, 'tcn')
+
+
+def test_teacher_override_flag_changes_the_teacher_config():
+  from absl import app
+
+  from experiments import ablation as script
+
+  cfg = script.teacher_config_fn(['train.num_steps=10', 'diffusion.num_hypotheses=3'], 'self')()
+  assert (cfg.train.num_steps, cfg.diffusion.num_hypotheses, cfg.teacher.mode) == (10, 3, 'self')
+  with pytest.raises(app.UsageError, match="--teacher_override train.nope: no config key 'nope'"):
+    script.teacher_config_fn(['train.nope=1'], 'supervised')()

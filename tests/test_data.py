@@ -478,6 +478,16 @@ def test_pseudo3d_file_must_match_the_training_windows(tmp_path):
     data.load_pseudo3d(str(tmp_path / 'bare.npz'), train_ds)
   with pytest.raises(FileNotFoundError, match='nope.npz'):
     data.load_pseudo3d(str(tmp_path / 'nope.npz'), train_ds)
+  # The hypotheses' spread travels beside the 3D; a file without it names what is missing.
+  with pytest.raises(KeyError, match='confidence'):
+    data.load_pseudo3d(path, train_ds, spread=True)
+  spread = np.abs(pseudo[..., 0])
+  data.save_pseudo3d(path, pseudo, train_ds, spread=spread)
+  got, got_spread = data.load_pseudo3d(path, train_ds, spread=True)
+  np.testing.assert_array_equal(got, pseudo)
+  np.testing.assert_array_equal(got_spread, spread)
+  with pytest.raises(ValueError, match='spread has shape'):
+    data.save_pseudo3d(path, pseudo, train_ds, spread=spread[..., :-1])
 
 
 # ----------------------------------------------------------------------------- registry

@@ -207,3 +207,16 @@ def test_joint_reprojection_ignores_image_translation_and_vmaps():
   np.testing.assert_allclose(a, b, atol=1e-6)
   per_example = jax.vmap(diffusion.aggregate_joint_reprojection, in_axes=(1, 0, 0))(hyps, kp, vis)
   np.testing.assert_allclose(per_example, a, atol=1e-6)
+
+
+def test_hypothesis_spread_is_rms_distance_to_the_mean_and_ignores_shared_translation():
+  rng = np.random.default_rng(0)
+  hyps = rng.normal(size=(4, 2, 3, 5, 3)).astype(np.float32)
+  spread = diffusion.hypothesis_spread(jnp.asarray(hyps), root=None)
+  dev = hyps - hyps.mean(0)
+  np.testing.assert_allclose(spread, np.sqrt((dev**2).sum(-1).mean(0)), rtol=1e-5)
+  # Root-relative: moving each hypothesis as a whole changes nothing; agreeing hypotheses have 0 spread.
+  shifted = hyps + rng.normal(size=(4, 2, 3, 1, 3))
+  np.testing.assert_allclose(diffusion.hypothesis_spread(shifted), diffusion.hypothesis_spread(hyps), atol=1e-5)
+  same = np.broadcast_to(hyps[:1], hyps.shape)
+  np.testing.assert_allclose(diffusion.hypothesis_spread(same), 0.0, atol=1e-6)

@@ -125,6 +125,13 @@ def test_teacher_loss_root_relative_mpjpe():
   chex.assert_tree_all_finite(jax.grad(lambda p: losses.masked_mean(*losses.teacher_loss(p, p)))(pred))
 
 
+def test_spread_confidence_halves_at_tau_and_orders_joints():
+  spread = jnp.array([0.0, 0.5, 1.0, 4.0])
+  w = losses.spread_confidence(spread, 1.0)
+  np.testing.assert_allclose(w, [1.0, 0.8, 0.5, 1 / 17], rtol=1e-6)
+  assert bool(jnp.all(jnp.diff(w) < 0))
+
+
 def test_canonical_loss_mask():
   x = _random(5, (8, 17, 3))
   y = _random(6, (8, 17, 3))

@@ -196,3 +196,14 @@ def test_frozen_modules_are_not_updated(setup):
       state.params['params']['refiner'],
   )
   assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_teacher_term_weighs_joints_by_pseudo3d_weight(setup):
+  _, _, state, batch, lcfg = setup
+  key = jax.random.PRNGKey(1)
+  plain = _single(state, batch, lcfg, key)[1]['teacher']
+  ones = dict(batch, pseudo3d_weight=jnp.ones(batch['visibility'].shape))
+  np.testing.assert_allclose(_single(state, ones, lcfg, key)[1]['teacher'], plain, rtol=1e-6)
+  # Only joint 4 counts: the term becomes that joint's mean distance.
+  only = dict(batch, pseudo3d_weight=jnp.zeros(batch['visibility'].shape).at[..., 4].set(1.0))
+  assert not np.isclose(_single(state, only, lcfg, key)[1]['teacher'], plain)

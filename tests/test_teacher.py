@@ -57,6 +57,8 @@ def test_supervised_teacher_scores_and_caches_pseudo3d(supervised_run):
   pseudo = data.load_pseudo3d(out['pseudo3d'], train_ds)
   assert pseudo.shape == train_ds.points3d.shape and np.all(np.isfinite(pseudo))
   np.testing.assert_allclose(pseudo[..., 0, :], 0.0, atol=1e-6)  # Root-relative.
+  _, spread = data.load_pseudo3d(out['pseudo3d'], train_ds, spread=True)
+  assert spread.shape == pseudo.shape[:-1] and np.all(spread >= 0) and np.any(spread > 0)
 
 
 @pytest.mark.slow

@@ -127,3 +127,28 @@ def test_stacked_rows_start_from_the_lifter_row():
   assert cfg.optim.lr == ablation.STACK_OVERRIDES['optim.lr']
   with pytest.raises(ValueError, match='include lifter'):
     ablation.run_cmu17('/nonexistent', ['tcn'], stack=True)
+
+
+def test_teacher_confidence_weights_from_the_cached_spread(tmp_path):
+  from nrsfm_jax import data, objective
+
+  config = configs.get('tiny', 'teacher')
+  train_ds, _ = data.make_datasets(config)
+  pseudo = np.zeros(train_ds.keypoints.shape[:-1] + (3,), np.float32)
+  spread = np.ones(pseudo.shape[:-1], np.float32)
+  spread[..., 3] = 3.0  # One joint the hypotheses disagree on.
+  path = str(tmp_path / 'p.npz')
+  data.save_pseudo3d(path, pseudo, train_ds, spread=spread)
+  config.train.pseudo3d = path
+  lines = []
+  off = train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)
+  assert off[1] is None and off[0].shape == pseudo.shape
+  config.loss.terms.teacher.confidence_scale = 1.0
+  _, weight = train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)
+  # τ = the median spread (1): agreeing joints weigh 1/2, the disputed one 1/10.
+  np.testing.assert_allclose(weight[..., 0], 0.5, rtol=1e-5)
+  np.testing.assert_allclose(weight[..., 3], 0.1, rtol=1e-5)
+  assert any('median spread' in line for line in lines)
+  config.loss.terms.teacher.confidence_scale = -1.0
+  with pytest.raises(ValueError, match='confidence_scale'):
+    train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)

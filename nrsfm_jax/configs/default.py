@@ -59,7 +59,9 @@ def get_config(arg=None):
   # λ_s = 0.1, chosen on the cmu17 cross-subject mean with stacked rows (README): 108.6 mm for the
   # smooth row against 122.4 at the paper's 1.0 (TCN row 116.4 against 121.9).
   c.loss.terms.smooth = dict(weight=0.1, kind='pseudo_huber', scale=0.03, beta=1.0, on='points')
-  c.loss.terms.teacher = dict(weight=0.0, kind='l2', scale=0.03)  # λ_t (needs train.pseudo3d)
+  # λ_t (needs train.pseudo3d); confidence_scale > 0 weighs each joint by the teacher hypotheses'
+  # agreement (1 / (1 + (spread / τ)²), τ = confidence_scale × the median spread; 0 = off).
+  c.loss.terms.teacher = dict(weight=0.0, kind='l2', scale=0.03, confidence_scale=0.0)
   # λ_c, eq. 18: n_rot random rotations per frame, on the refined S_t ('shape') or the lifter's X_t
   # ('shape_init'), Ψ on `frames` random frames per window (0 = all).
   c.loss.terms.canon = dict(weight=1.0, kind='pseudo_huber', scale=0.03, n_rot=4, on='shape', frames=32)
