@@ -25,7 +25,8 @@ import sys
 
 from absl import app, flags, logging
 
-from nrsfm_jax import ablation, configs, plotting
+from nrsfm_jax import ablation, configs, plotting, scoring
+from nrsfm_jax import data as data_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
@@ -146,6 +147,15 @@ def main(argv):
   teacher_config = teacher_config_fn(FLAGS.teacher_override, FLAGS.teacher_mode)
   teacher_config()  # Unknown keys fail now, not after the student rows.
   stack = FLAGS.stack
+  split = student_config('lifter').data
+  dev = (
+      split.name == 'cmu17'
+      and (
+          ','.join(data_lib.parse_names(split.train_subjects)),
+          ','.join(data_lib.parse_names(split.val_subjects)),
+      )
+      == scoring.DEV_SPLIT
+  )
   if FLAGS.stack_override:
     if not stack:
       raise app.UsageError('--stack_override changes stacked rows: drop --nostack.')
@@ -177,7 +187,7 @@ def main(argv):
         teacher_config=teacher_config,
         stack=stack,
     )
-    print(ablation.cmu17_table(cmu17))
+    print(ablation.cmu17_table(cmu17, c3dpo=dev))
     diagnostics['cmu17'] = {
         r: ablation.depth_diagnostics(os.path.join(cdir, r), student_config(r)) for r in ablation.ALL_ROWS if r in cmu17
     }
@@ -207,7 +217,7 @@ def main(argv):
   command = 'python -m experiments.ablation ' + ' '.join(sys.argv[1:])
   commands = [c for c in previous.get('commands', []) if c != command] + [command]
   print(ablation.diagnostics_table(diagnostics))
-  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands, diagnostics, cross)
+  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands, diagnostics, cross, c3dpo=dev)
   print(f'wrote {json_path}, {md_path} and the plots in {workdir}')
 
 

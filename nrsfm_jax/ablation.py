@@ -50,12 +50,12 @@ NRSFM_SEQUENCES = tuple(BMM)
 ConfigFn = Callable[[str], ml_collections.ConfigDict]
 
 
-def _check_rows(rows):
+def _check_rows(rows, self_teacher: bool = True):
   bad = [r for r in rows if r not in ALL_ROWS]
   if bad:
     raise ValueError(f'Unknown ablation rows {bad}; expected a subset of {ALL_ROWS}.')
-  # The teacher row builds on the tcn row (self mode) and is compared with it.
-  return [r for r in ALL_ROWS if r in rows or (r == 'tcn' and 'teacher' in rows)]
+  # A self-mode teacher learns from the tcn row's reconstructions, so that row comes with it.
+  return [r for r in ALL_ROWS if r in rows or (r == 'tcn' and 'teacher' in rows and self_teacher)]
 
 
 # Stage 2 of a stacked ablation (`stack=True`): every row after the lifter starts from the
@@ -120,7 +120,7 @@ def _run_rows(
     stack: bool | dict[str, Any] = False,
 ) -> dict[str, Any]:
   results = {}
-  rows = _check_rows(rows)
+  rows = _check_rows(rows, 'teacher' in rows and teacher_config().teacher.mode == 'self')
   if stack and 'lifter' not in rows:
     raise ValueError('stack=True builds every row on the lifter row: include lifter in the rows.')
   for row in rows:
@@ -138,10 +138,17 @@ def _run_rows(
       out = teacher.train_teacher(tcfg, os.path.join(workdir, f'teacher_{tcfg.teacher.mode}'), log=log)
       cfg.train.pseudo3d = out['pseudo3d']
       results['teacher_eval'] = out['eval']
+      d = tcfg.diffusion
+      alone = out['eval'].get(f'H{d.num_hypotheses}_K{d.num_steps}', {}).get(d.aggregation)
+      if alone is not None:  # The teacher's own score at the settings that made the pseudo-3D.
+        results['teacher_alone'] = {'overall': alone}
       _check_same_pseudo3d(row_dir, out['pseudo3d'])
     log(f'== {os.path.basename(workdir)}: {row} ({TITLES[row]}) ==')
     result = train_lib.train_and_evaluate(cfg, row_dir, log=log)
     results[row] = dict(result, seconds_this_call=round(time.time() - t0, 1))
+  if any('depth0' in results[r] for r in rows):
+    # Every row is scored on the same frames: its evaluation already holds the depth-0 reference.
+    results['depth0'] = next(results[r]['depth0'] for r in rows if 'depth0' in results[r])
   return results
 
 
@@ -239,13 +246,6 @@ def run_cmu17_cross_subject(
 
     log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
     result = _run_rows(fold_config, teacher_config, fold_dir, rows, log, stack=stack)
-    # Every row is scored on the same frames: its evaluation already holds the depth-0 reference.
-    result['depth0'] = next(result[r]['depth0'] for r in ALL_ROWS if r in result)
-    if result.get('teacher_eval'):
-      d = teacher_config().diffusion
-      entry = result['teacher_eval'].get(f'H{d.num_hypotheses}_K{d.num_steps}', {}).get(d.aggregation)
-      if entry is not None:
-        result['teacher_alone'] = {'overall': entry}
     _write_json_atomic(saved, result)
     results[held_out] = result
   return {'folds': results, 'mean': fold_means(results)}
@@ -279,7 +279,7 @@ def cross_subject_table(results: dict[str, Any]) -> str:
       + ' | mean MPJPE | mean PA-MPJPE | mean Stress | mean accel |'
   )
   lines = [head, '|---' * (len(names) + 5) + '|']
-  titles = dict(TITLES, depth0='depth 0 (reference)', teacher_alone='teacher alone (its pseudo-3D setting)')
+  titles = dict(TITLES, **REFERENCE_TITLES)
   for row in ('depth0',) + ALL_ROWS + ('teacher_alone',):
     if row not in results['mean']:
       continue
@@ -321,17 +321,30 @@ def run_nrsfm(
 # ----------------------------------------------------------------------------
 
 
-def cmu17_table(results: dict[str, Any]) -> str:
-  """Markdown: MPJPE, PA-MPJPE, Stress, acceleration error, MPJPE cut vs the lifter row."""
+REFERENCE_TITLES = {
+    'depth0': 'depth 0 (reference)',
+    'teacher_alone': 'teacher alone (its pseudo-3D setting)',
+    'c3dpo': 'official C3DPO, 25 CPU-minutes (reference)',
+}
+
+
+def cmu17_table(results: dict[str, Any], c3dpo: bool = False) -> str:
+  """Markdown: MPJPE, PA-MPJPE, Stress, acceleration error, MPJPE cut vs the lifter row.
+
+  Also the references where ``results`` has them (depth 0; the teacher on its own) and, with
+  ``c3dpo`` (the development split), official C3DPO's scores on the same frames.
+  """
   base = results.get('lifter', {}).get('overall', {}).get('mpjpe')
   lines = ['| row | MPJPE | PA-MPJPE | Stress | accel | MPJPE cut vs lifter only |', '|---|---|---|---|---|---|']
-  for row in ALL_ROWS:
-    if row not in results:
+  extra = {'c3dpo': {'overall': scoring.C3DPO_REFERENCE}} if c3dpo else {}
+  titles = dict(TITLES, **REFERENCE_TITLES)
+  for row in ('depth0',) + ALL_ROWS + ('teacher_alone', 'c3dpo'):
+    if row not in results and row not in extra:
       continue
-    o = results[row]['overall']
-    cut = f'{100 * (base - o["mpjpe"]) / base:+.1f}%' if base else 'n/a'
+    o = (results.get(row) or extra[row])['overall']
+    cut = f'{100 * (base - o["mpjpe"]) / base:+.1f}%' if base and row in ALL_ROWS else '–'
     lines.append(
-        f'| {TITLES[row]} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
+        f'| {titles[row]} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
         f'{o["accel_error"]:.2f} | {cut} |'
     )
   return '\n'.join(lines)
@@ -421,11 +434,13 @@ def write_results(
     commands: list[str],
     diagnostics: dict[str, Any] | None = None,
     cross_subject: dict[str, Any] | None = None,
+    c3dpo: bool = True,
 ) -> tuple[str, str]:
   """``results.json`` (raw scores) and ``results.md`` (the README tables) in ``workdir``.
 
   ``commands``: the invocations that produced the results (in order);
-  ``cross_subject``: :func:`run_cmu17_cross_subject`'s result, if run.
+  ``cross_subject``: :func:`run_cmu17_cross_subject`'s result, if run;
+  ``c3dpo``: the cmu17 rows are on the development split (show official C3DPO's scores).
   """
   os.makedirs(workdir, exist_ok=True)
   payload = {
@@ -449,7 +464,7 @@ def write_results(
         'MPJPE, PA-MPJPE and Stress in mm; acceleration error in mm/frame²; the last column is the '
         'MPJPE cut relative to the lifter-only row.',
         '',
-        cmu17_table(cmu17),
+        cmu17_table(cmu17, c3dpo=c3dpo),
         '',
     ]
     if cmu17.get('teacher_eval'):

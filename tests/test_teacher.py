@@ -88,6 +88,11 @@ def _fast(c):
   return c
 
 
+def _scored(c):
+  c.eval.grid = ((1, 1),)  # The pseudo-3D's own setting, so the table has the teacher alone.
+  return c
+
+
 @pytest.mark.slow
 def test_resumed_teacher_matches_uninterrupted(tmp_path):
   c = _fast(_tiny_teacher())
@@ -113,10 +118,12 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
       workdir,
       ['lifter', 'teacher'],
       student_config=_tiny_student,
-      teacher_config=lambda: _fast(_tiny_teacher('self')),
+      teacher_config=lambda: _scored(_fast(_tiny_teacher('self'))),
       log=lines.append,
   )
-  assert set(results) == {'lifter', 'tcn', 'teacher', 'teacher_eval'}  # tcn comes with the teacher row.
+  # tcn comes with a self-mode teacher row; the references ride along.
+  assert set(results) == {'lifter', 'tcn', 'teacher', 'teacher_eval', 'teacher_alone', 'depth0'}
+  assert results['teacher_alone']['overall'] == results['teacher_eval']['H1_K1']['mean']
   assert any('self targets' in line and os.path.join(workdir, 'tcn') in line for line in lines)
   with open(os.path.join(workdir, 'teacher', 'config.json')) as f:
     assert json.load(f)['train']['pseudo3d'].startswith(os.path.join(workdir, 'teacher_self'))
@@ -125,6 +132,10 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   assert all('teacher' in r and np.isfinite(r['teacher']) for r in rows)
   table = ablation.cmu17_table(results)
   assert '+0.0%' in table and ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
+  assert 'depth 0 (reference)' in table and 'teacher alone' in table and 'official C3DPO' not in table
+  assert '| official C3DPO, 25 CPU-minutes (reference) | 78.9 |' in ablation.cmu17_table(results, c3dpo=True)
+  # A supervised teacher needs no tcn row.
+  assert ablation._check_rows(['lifter', 'teacher'], self_teacher=False) == ['lifter', 'teacher']
   png = plotting.plot_rows(
       workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'), titles=ablation.TITLES
   )
