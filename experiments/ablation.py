@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags, logging
 
-from nrsfm_jax import ablation, configs, plotting, scoring
+from nrsfm_jax import ablation, configs, loop, plotting, scoring
 from nrsfm_jax import data as data_lib
 
 FLAGS = flags.FLAGS
@@ -127,6 +127,13 @@ def teacher_config_fn(overrides, mode: str):
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except loop.RUN_ERRORS as e:  # One line, no traceback: the message says what to do.
+    sys.exit(f'error: {e}')
+
+
+def _main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')

@@ -7,10 +7,12 @@ r"""Trains the student and evaluates it (the README's main job).
 Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nrsfm_jax import train
+from nrsfm_jax import loop, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.', required=True)
@@ -22,7 +24,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except loop.RUN_ERRORS as e:  # One line, no traceback: the message says what to do.
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -14,10 +14,12 @@ Prints the teacher's own MPJPE (or e3D) on the eval split for each aggregation
 writes them to ``<workdir>/teacher_eval.json``. Rerunning resumes.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nrsfm_jax import teacher
+from nrsfm_jax import loop, teacher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the teacher run.', required=True)
@@ -28,7 +30,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  out = teacher.train_teacher(FLAGS.config, FLAGS.workdir)
+  try:
+    out = teacher.train_teacher(FLAGS.config, FLAGS.workdir)
+  except loop.RUN_ERRORS as e:  # One line, no traceback: the message says what to do.
+    sys.exit(f'error: {e}')
   print(f'pseudo-3D for the student: --config.train.pseudo3d={out["pseudo3d"]}')
 
 

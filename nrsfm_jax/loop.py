@@ -9,8 +9,11 @@ good state before stopping, so rerunning the same command resumes.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,7 +38,7 @@ class MetricWriter:
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised when a step's loss or gradient is not finite (the last good state is saved)."""
+  """Raised when a step is not finite; nothing is saved, so the last checkpoint stays the newest."""
 
 
 def format_duration(seconds: float) -> str:
@@ -92,6 +95,82 @@ def check_resume(
       diff.append(f'{k} {a!r} (this config: {b!r})')
   if diff:
     raise ValueError(f'{directory} holds {what} with ' + ', '.join(diff) + ': use another --workdir.')
+
+
+LOCK_NAME = 'run.lock'
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another live process is training in this workdir."""
+
+
+# Errors a training script reports as one line (their messages name the cause and the way out).
+RUN_ERRORS = (NonFiniteLossError, WorkdirBusyError)
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Exists, owned by someone else.
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str, log: Callable[[str], None] = print):
+  """Holds ``<workdir>/run.lock`` (this pid and host) while training: one run per workdir.
+
+  A second process on the same workdir raises :class:`WorkdirBusyError` at
+  once, naming the holder. A lock left by a process that is gone (same host,
+  pid not running) is taken over with a note. The lock is removed on exit,
+  whatever the exit.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_NAME)
+  me = {'pid': os.getpid(), 'host': socket.gethostname()}
+  while True:
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          holder = json.load(f)
+        pid, host = int(holder['pid']), str(holder['host'])
+      except (OSError, ValueError, KeyError, TypeError):
+        raise WorkdirBusyError(
+            f'{workdir} is locked by {path}, which cannot be read: if no run is using this '
+            'workdir, delete that file.'
+        ) from None
+      if host == me['host'] and pid != me['pid'] and not _process_alive(pid):
+        log(f'note: taking over the lock of process {pid} on {host}, which is gone ({path})')
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+        continue
+      raise WorkdirBusyError(
+          f'{workdir} is in use by process {pid} on {host} (lock {path}): wait for it to finish, '
+          'or use another --workdir.'
+      ) from None
+    with os.fdopen(fd, 'w') as f:
+      json.dump(me, f)
+    break
+  try:
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+def holds_workdir(fn: Callable) -> Callable:
+  """Decorator for ``fn(config, workdir, *, log=...)``: runs it under :func:`workdir_lock`."""
+
+  @functools.wraps(fn)
+  def wrapped(config, workdir, *args, log: Callable[[str], None] = print, **kwargs):
+    with workdir_lock(workdir, log):
+      return fn(config, workdir, *args, log=log, **kwargs)
+
+  return wrapped
 
 
 def save_state(ckpt, state, meta: dict[str, Any]) -> int:
@@ -152,7 +231,8 @@ def run_loop(
     progress: ``(metrics, steps_per_second) -> str`` appended to the progress line.
 
   Raises:
-    NonFiniteLossError: a non-finite step (the last good state is saved first).
+    NonFiniteLossError: a non-finite step. Nothing is saved then: the last
+      checkpoint stays the newest, and a rerun resumes from it.
     KeyboardInterrupt: after saving the state (unless interrupted inside the
       step, whose donated buffers are gone: then the last checkpoint stands).
   """
@@ -164,12 +244,20 @@ def run_loop(
     while step < num_steps:
       state, m = step_fn(state, batch_fn(step))
       if not bool(m['finite']):
-        save_state(ckpt, finish(state), meta)
+        # Nothing is saved: the state that led here is suspect (a finite but diverging update can
+        # precede the non-finite step), and saving it would rotate out an older good checkpoint.
         m = jax.device_get(m)
-        bad = [k for k, v in m.items() if not np.isfinite(v)]
+        bad = [k for k, v in m.items() if k != 'finite' and not np.isfinite(v)]
+        last = ckpt.latest_step()
+        kept = (
+            f'the checkpoint of step {last} in {ckpt.directory} is kept, and a rerun resumes from it'
+            if last is not None
+            else 'no checkpoint was written, so a rerun starts afresh'
+        )
         raise NonFiniteLossError(
-            f'non-finite {"/".join(bad) or "gradient"} at step {step}; the last good state '
-            f'(step {step}) is saved in {ckpt.directory}. Metrics: {dict((k, float(v)) for k, v in m.items())}'
+            f'non-finite {"/".join(bad) or "updated parameters"} at step {step}: the step was not applied '
+            f'and nothing since the last checkpoint is saved; {kept}. Lower optim.lr or check the data. '
+            f'Metrics: {dict((k, float(v)) for k, v in m.items())}'
         )
       step += 1
       if step == start + 1:

@@ -386,9 +386,9 @@ def train_step(
   """One optimisation step; usable under ``jax.jit``, ``jax.pmap`` and ``jax.shard_map``.
 
   Keys: ``fold_in(key, step)``, then per example by its global batch position
-  (see :func:`sample_keys`). A step whose loss or gradients are non-finite is
-  not applied (``metrics['finite'] = 0``) so the caller can stop with the
-  last good state.
+  (see :func:`sample_keys`). A step whose loss, gradients or updated state are
+  non-finite is not applied (``metrics['finite'] = 0``), so the caller can stop
+  with the state unchanged.
 
   Args:
     state: the (replicated) train state.
@@ -414,11 +414,24 @@ def train_step(
   new_state = state.apply_gradients(grads=grads)
   if stats is not None:  # Running averages are not trained: overwrite whatever the optimiser did.
     new_state = new_state.replace(params={**new_state.params, 'batch_stats': stats})
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(metrics_['total']) & jnp.isfinite(grad_norm)
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  new_state, grad_norm, finite = accept_if_finite(new_state, state, metrics_['total'], grads)
   metrics_ = dict(metrics_, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
   return new_state, metrics_
+
+
+def accept_if_finite(new_state, state, loss: Array, grads) -> tuple[Any, Array, Array]:
+  """``(state to keep, gradient norm, finite)``: ``new_state`` only if the step was finite throughout.
+
+  Finite means the loss, the gradients and the *updated* parameters. Otherwise
+  ``state`` is kept unchanged, so a diverging update never reaches a checkpoint.
+  """
+  grad_norm = optax.tree.norm(grads)
+  # One reduction: the norm of the updated parameters is finite iff every entry is (and not
+  # beyond ~1e19, which only a diverged run reaches). The optimiser's moments are finite when
+  # the gradients are.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(new_state.params))
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  return kept, grad_norm, finite
 
 
 # ----------------------------------------------------------------------------

@@ -115,10 +115,7 @@ def teacher_step(
   (_, m), grads = jax.value_and_grad(teacher_loss, has_aux=True)(
       state.params, state.apply_fn, schedule, batch, step_key
   )
-  new_state = state.apply_gradients(grads=grads)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(m['loss']) & jnp.isfinite(grad_norm)
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  new_state, grad_norm, finite = objective.accept_if_finite(state.apply_gradients(grads=grads), state, m['loss'], grads)
   return new_state, dict(m, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
 
 
@@ -246,6 +243,7 @@ def load_teacher(workdir: str, step: int | None = None):
   return config, model, params, meta
 
 
+@loop.holds_workdir
 def train_teacher(
     config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, evaluate: bool = True
 ) -> dict[str, Any]:

@@ -105,6 +105,7 @@ def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable
   return pseudo, weight
 
 
+@loop.holds_workdir
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, evaluate: bool = True
 ) -> dict[str, Any]:

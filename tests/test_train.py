@@ -53,9 +53,58 @@ def test_non_finite_loss_stops_with_named_term(tmp_path):
   config = configs.get('tiny')
   config.train.parallel = 'none'
   config.loss.terms.reproj.scale = 0.0  # 0/0 in the pseudo-Huber: the reprojection term is NaN.
-  with pytest.raises(loop.NonFiniteLossError, match=r'reproj.* at step 0'):
+  with pytest.raises(loop.NonFiniteLossError, match=r'reproj.* at step 0.*a rerun starts afresh'):
     train.train_and_evaluate(config, str(tmp_path), log=lambda s: None)
-  assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', '0'))
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints', '0'))  # Nothing suspect is saved.
+
+
+def _toy_run(workdir, lr, num_steps, log=lambda s: None):
+  """run_loop on a 3-parameter quadratic with Adam: the loop and objective.accept_if_finite, no model."""
+  import jax.numpy as jnp
+  import ml_collections
+  import optax
+
+  from nrsfm_jax import checkpoint, objective
+
+  state = objective.TrainState.create(apply_fn=None, params={'w': jnp.ones(3)}, tx=optax.adam(lr))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
+  state, _ = ckpt.restore(state)
+
+  @jax.jit
+  def step_fn(state, batch):
+    loss, grads = jax.value_and_grad(lambda p: jnp.sum((p['w'] * batch['x']) ** 2))(state.params)
+    new, grad_norm, finite = objective.accept_if_finite(state.apply_gradients(grads=grads), state, loss, grads)
+    return new, {'loss': loss, 'grad_norm': grad_norm, 'finite': finite.astype(jnp.float32)}
+
+  cfg = ml_collections.ConfigDict({'log_every': 1, 'checkpoint_every': 3})
+  batch_fn = lambda step: {'x': jnp.full(3, 1e9)}  # (w x)² overflows float32 once |w| passes ~1e10.
+  state = loop.run_loop(
+      state, step_fn, batch_fn, num_steps=num_steps, ckpt=ckpt, meta={}, workdir=workdir, train_config=cfg, log=log
+  )
+  return state, ckpt
+
+
+def test_diverging_lr_keeps_the_good_checkpoint_and_a_sane_rerun_resumes(tmp_path):
+  """Issue #11: lr = 1e30 used to save a diverged state as "the last good state", rotating out a good one."""
+  workdir = str(tmp_path)
+  good, ckpt = _toy_run(workdir, 1e-3, 3)
+  assert ckpt.manager.all_steps() == [3]
+  with pytest.raises(
+      loop.NonFiniteLossError, match=r'at step \d+: the step was not applied.*checkpoint of step 3 .* is kept'
+  ):
+    _toy_run(workdir, 1e30, 9)
+  # max_to_keep=1: any save of the diverged state would have replaced step 3.
+  restored, ckpt = _toy_run(workdir, 1e-3, 3)
+  assert ckpt.manager.all_steps() == [3]
+  chex.assert_trees_all_equal(restored.params, good.params)
+  lines = []
+  final, _ = _toy_run(workdir, 1e-3, 6, log=lines.append)
+  assert int(final.step) == 6 and np.all(np.abs(final.params['w']) < 2.0)
+  # A finite loss and gradient whose update overflows the parameters is refused too.
+  # (lr = 1e39 is inf in float32: the first update makes w infinite while its loss and gradient are not.)
+  with pytest.raises(loop.NonFiniteLossError, match=r'non-finite updated parameters at step 0.*rerun starts afresh'):
+    _toy_run(str(tmp_path / 'fresh'), 1e39, 9)
+  assert not os.path.exists(os.path.join(tmp_path, 'fresh', 'checkpoints', '0'))
 
 
 @pytest.mark.slow
@@ -152,3 +201,58 @@ def test_teacher_confidence_weights_from_the_cached_spread(tmp_path):
   config.loss.terms.teacher.confidence_scale = -1.0
   with pytest.raises(ValueError, match='confidence_scale'):
     train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)
+
+
+def test_one_run_per_workdir(tmp_path):
+  import socket
+  import subprocess
+
+  workdir = str(tmp_path)
+  lock = os.path.join(workdir, loop.LOCK_NAME)
+  lines = []
+  with loop.workdir_lock(workdir, lines.append):
+    with open(lock) as f:
+      assert json.load(f) == {'pid': os.getpid(), 'host': socket.gethostname()}
+    with pytest.raises(loop.WorkdirBusyError, match=f'in use by process {os.getpid()}'):
+      with loop.workdir_lock(workdir):
+        pass
+  assert not os.path.exists(lock)  # Released, also after the error inside.
+  # A live holder (this test's parent process): the trainer refuses before touching anything.
+  with open(lock, 'w') as f:
+    json.dump({'pid': os.getppid(), 'host': socket.gethostname()}, f)
+  with pytest.raises(loop.WorkdirBusyError, match=rf'{os.getppid()} on {socket.gethostname()}.*another --workdir'):
+    train.train_and_evaluate(configs.get('tiny'), workdir, log=lines.append)
+  assert sorted(os.listdir(workdir)) == [loop.LOCK_NAME]
+  # A holder that is gone: taken over with a note, then released.
+  gone = subprocess.Popen(['true'])
+  gone.wait()
+  with open(lock, 'w') as f:
+    json.dump({'pid': gone.pid, 'host': socket.gethostname()}, f)
+  with loop.workdir_lock(workdir, lines.append):
+    pass
+  assert any(f'taking over the lock of process {gone.pid}' in line for line in lines)
+  assert not os.path.exists(lock)
+  with open(lock, 'w') as f:
+    f.write('{not json')
+  with pytest.raises(loop.WorkdirBusyError, match='cannot be read'):
+    with loop.workdir_lock(workdir):
+      pass
+
+
+def test_train_script_reports_a_busy_workdir_in_one_line(tmp_path):
+  import socket
+  import subprocess
+  import sys
+
+  with open(tmp_path / loop.LOCK_NAME, 'w') as f:
+    json.dump({'pid': os.getppid(), 'host': socket.gethostname()}, f)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path}', '--config=nrsfm_jax/configs/tiny.py'],
+      capture_output=True,
+      text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      timeout=120,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path} is in use by process {os.getppid()}')
+  assert 'Traceback' not in proc.stderr
