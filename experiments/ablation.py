@@ -1,5 +1,6 @@
 r"""The paper's Table II ablation on both benchmarks, from one command.
 
+  python -m experiments.ablation --workdir=runs/main --benchmarks=cmu17 --rows=lifter,teacher  # README's main job
   python -m experiments.ablation --workdir=runs/ablation
   python -m experiments.ablation --workdir=runs/ablation --benchmarks=nrsfm --sequences=pickup,yoga
   python -m experiments.ablation --workdir=runs/ablation --benchmarks=cmu17 --teacher_mode=self
@@ -31,7 +32,11 @@ from nrsfm_jax import data as data_lib
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
 flags.DEFINE_list('benchmarks', ['cmu17', 'nrsfm'], 'Benchmarks to run: cmu17, nrsfm.')
-flags.DEFINE_list('rows', list(ablation.ROWS), f'Rows to run, of {ablation.ALL_ROWS} (the teacher row also runs tcn).')
+flags.DEFINE_list(
+    'rows',
+    list(ablation.ROWS),
+    f'Rows to run, of {ablation.ALL_ROWS} (with --teacher_mode=self the teacher row also runs tcn).',
+)
 flags.DEFINE_bool(
     'stack',
     True,

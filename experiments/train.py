@@ -1,4 +1,4 @@
-r"""Trains the student and evaluates it (the README's main job).
+r"""Trains the student and evaluates it (one run; `experiments.ablation` chains the rows and the teacher).
 
   python -m experiments.train --workdir=runs/cmu17
   python -m experiments.train --workdir=runs/drink --config=nrsfm_jax/configs/nrsfm.py:drink
