@@ -44,6 +44,21 @@ def test_load_mocap_errors(tmp_path):
   np.savez(bad, **{'001_01': np.zeros((5, 17, 3)), '001_02': np.zeros((5, 17))})
   with pytest.raises(ValueError, match=r"bad\.npz: trial '001_02' has shape \(5, 17\)"):
     data.load_mocap(bad)
+  empty = tmp_path / 'empty.npz'
+  np.savez(empty)
+  with pytest.raises(ValueError, match=r'empty\.npz: the archive holds no trials'):
+    data.load_mocap(empty)
+  zero = tmp_path / 'zero.npz'
+  np.savez(zero, **{'001_01': np.zeros((0, 17, 3))})
+  with pytest.raises(ValueError, match=r"zero\.npz: trial '001_01' has shape \(0, 17, 3\)"):
+    data.load_mocap(zero)
+  for name, value in (('nan', np.nan), ('inf', np.inf), ('huge', 1e39)):
+    points = np.zeros((5, 17, 3))
+    points[3, 7, 1] = value
+    path = tmp_path / f'{name}.npz'
+    np.savez(path, **{'001_01': np.zeros((5, 17, 3)), '001_02': points})
+    with pytest.raises(ValueError, match=rf"{name}\.npz: trial '001_02' has 1 non-finite 3D points.*frame 3, joint 7"):
+      data.load_mocap(path)
 
 
 def test_load_mocap_custom_file_and_json_subjects(tmp_path):

@@ -97,13 +97,16 @@ def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | Non
 
   Raises:
     FileNotFoundError: If `path` does not exist.
-    ValueError: If a requested subject is absent (the message lists the available ones) or a
-      trial is not `[F, J, 3]` with F, J > 0.
+    ValueError: If the archive is empty, a requested subject is absent (the message lists the
+      available ones), or a trial is not `[F, J, 3]` with F, J > 0 or holds a non-finite value
+      (each message names the file and trial).
   """
   path = _mocap_path(path)
   if not path.is_file():
     raise FileNotFoundError(f'no such mocap file: {path}')
   arrays = read_npz(path)
+  if not arrays:
+    raise ValueError(f'{path}: the archive holds no trials')
   info = load_mocap_info(path)
   if subjects is not None:
     wanted = {str(s) for s in ([subjects] if isinstance(subjects, str) else subjects)}
@@ -117,7 +120,16 @@ def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | Non
     points = arrays[key]
     if points.ndim != 3 or points.shape[-1] != 3 or 0 in points.shape:
       raise ValueError(f'{path}: trial {key!r} has shape {points.shape}, expected [F, J, 3] with F, J > 0')
-    trials[key] = points.astype(np.float32, copy=False)
+    with np.errstate(over='ignore'):  # Overflow to inf is reported below, naming the point.
+      points = points.astype(np.float32, copy=False)
+    bad = ~np.isfinite(points).all(axis=-1)
+    if bad.any():
+      frame, joint = (int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(
+          f'{path}: trial {key!r} has {int(bad.sum())} non-finite 3D points (NaN or inf, or beyond '
+          f'float32), the first at frame {frame}, joint {joint}: 3D ground truth must be complete'
+      )
+    trials[key] = points
   return trials
 
 
