@@ -27,7 +27,6 @@ import sys
 from absl import app, flags, logging
 
 from nrsfm_jax import ablation, configs, loop, plotting, scoring
-from nrsfm_jax import data as data_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
@@ -159,15 +158,7 @@ def _main(argv):
   teacher_config = teacher_config_fn(FLAGS.teacher_override, FLAGS.teacher_mode)
   teacher_config()  # Unknown keys fail now, not after the student rows.
   stack = FLAGS.stack
-  split = student_config('lifter').data
-  dev = (
-      split.name == 'cmu17'
-      and (
-          ','.join(data_lib.parse_names(split.train_subjects)),
-          ','.join(data_lib.parse_names(split.val_subjects)),
-      )
-      == scoring.DEV_SPLIT
-  )
+  dev = scoring.is_dev_split(student_config('lifter').data)
   if FLAGS.stack_override:
     if not stack:
       raise app.UsageError('--stack_override changes stacked rows: drop --nostack.')

@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import configs, scoring, teacher
+from nrsfm_jax import configs, loop, scoring, teacher
 from nrsfm_jax import data as data_lib
 from nrsfm_jax import train as train_lib
 
@@ -246,16 +246,9 @@ def run_cmu17_cross_subject(
 
     log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
     result = _run_rows(fold_config, teacher_config, fold_dir, rows, log, stack=stack)
-    _write_json_atomic(saved, result)
+    loop.write_json_atomic(saved, result)
     results[held_out] = result
   return {'folds': results, 'mean': fold_means(results)}
-
-
-def _write_json_atomic(path: str, payload: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, path)
 
 
 def fold_means(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:

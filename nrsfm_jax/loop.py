@@ -97,6 +97,14 @@ def check_resume(
     raise ValueError(f'{directory} holds {what} with ' + ', '.join(diff) + ': use another --workdir.')
 
 
+def write_json_atomic(path: str, payload: Any) -> None:
+  """Writes JSON atomically (a killed process leaves the old file or none, never half of one)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)
+
+
 LOCK_NAME = 'run.lock'
 
 

@@ -212,6 +212,13 @@ C3DPO_REFERENCE = {'mpjpe': 78.9, 'pa_mpjpe': 60.9, 'stress': 31.6, 'accel_error
 DEV_SPLIT = ('002,003,005', '006')
 
 
+def is_dev_split(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config.data`` is the cmu17 development split (where official C3DPO's scores apply)."""
+  d = data_config
+  names = (','.join(data_lib.parse_names(d.train_subjects)), ','.join(data_lib.parse_names(d.val_subjects)))
+  return d.name == 'cmu17' and names == DEV_SPLIT
+
+
 def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:
   """The depth-0 reference on ``dataset`` (BENCHMARKS.md A): the truth's x, y with every depth 0.
 
@@ -228,13 +235,7 @@ def format_references(
   """A console table: this run's overall cmu17 metrics beside depth 0 (and official C3DPO on the dev split)."""
   keys = ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error')
   rows = [('this run', result['overall']), ('depth 0', depth0['overall'])]
-  d = config.data if config is not None else None
-  if (
-      d is not None
-      and d.name == 'cmu17'
-      and (','.join(data_lib.parse_names(d.train_subjects)), ','.join(data_lib.parse_names(d.val_subjects)))
-      == DEV_SPLIT
-  ):
+  if config is not None and is_dev_split(config.data):
     rows.append(('official C3DPO', C3DPO_REFERENCE))
   lines = ['references on the same frames:', f"{'':<16}" + ''.join(f'{k:>13}' for k in keys)]
   lines += [f'{name:<16}' + ''.join(f'{vals[k]:13.2f}' for k in keys) for name, vals in rows]

@@ -340,8 +340,8 @@ def train_teacher(
         log(f'teacher already scored with these settings: {eval_path}')
   if result is None:
     result = evaluate_teacher(config, model.apply, state.params, eval_ds, log=log)
-    _write_json(eval_path, result)
-    _write_json(provenance_path, provenance)
+    loop.write_json_atomic(eval_path, result)
+    loop.write_json_atomic(provenance_path, provenance)
   path = generate_pseudo3d(workdir, config, log=log)
   return {'eval': result, 'pseudo3d': path}
 
@@ -387,14 +387,6 @@ def evaluate_teacher(
 # ----------------------------------------------------------------------------
 # Cached pseudo-3D.
 # ----------------------------------------------------------------------------
-
-
-def _write_json(path: str, payload: Any) -> None:
-  """Writes JSON atomically (a killed process leaves the old file or none, never half of one)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)
 
 
 def _digest(*arrays) -> str:
@@ -478,7 +470,7 @@ def generate_pseudo3d(
   tmp = path + '.tmp.npz'
   data_lib.save_pseudo3d(tmp, preds[d.aggregation], train_ds, spread=preds['spread'])
   os.replace(tmp, path)
-  _write_json(
+  loop.write_json_atomic(
       os.path.join(os.path.dirname(path), f'{key}.json'),
       dict(
           settings,

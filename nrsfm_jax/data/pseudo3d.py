@@ -69,7 +69,7 @@ def load_pseudo3d(path: str, dataset: WindowDataset, *, spread: bool = False):
       if 'spread' not in f.files:
         raise KeyError(
             f"{path}: no 'spread' (the teacher's per-joint hypothesis spread), which "
-            'loss.terms.teacher.confidence needs: regenerate it with teacher.generate_pseudo3d.'
+            'loss.terms.teacher.confidence_scale needs: regenerate it with teacher.generate_pseudo3d.'
         )
       sp = f['spread'].astype(np.float32)
   expected = dataset.keypoints.shape[:-1] + (3,)
