@@ -105,13 +105,12 @@ def _parse_overrides(overrides, flag: str):
 
 def _apply_overrides(cfg, parsed, flag: str):
   for key, value in parsed:
-    node, *path = key.split('.')
+    *path, leaf = key.split('.')
     parent = cfg
-    for part in [node] + path[:-1]:
+    for part in path:  # A top-level key such as `seed` has no parents.
       if part not in parent:
         raise app.UsageError(f'--{flag} {key}: no config key {part!r}')
       parent = parent[part]
-    leaf = path[-1] if path else node
     if leaf not in parent:
       raise app.UsageError(f'--{flag} {key}: no config key {leaf!r}')
     parent[leaf] = value

@@ -81,4 +81,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from nrsfm_jax import loop  # pylint: disable=g-import-not-at-top  (nrsfm_jax imports stay lazy here)
+
+  loop.run_cli(main)

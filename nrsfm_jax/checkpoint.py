@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,35 @@ from nrsfm_jax.models import Student
 
 CONFIG_KEY = '__config__'
 META_KEY = '__meta__'
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that was asked for by step cannot be restored (the message names its folder)."""
+
+
+def _reason(e: BaseException) -> str:
+  """One short line for why a restore failed: the root cause's type and its message's first line."""
+  while e.__cause__ is not None:  # orbax wraps tensorstore's precise error (OUT_OF_RANGE, DATA_LOSS).
+    e = e.__cause__
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+  text = text.split(' See full TensorStore details')[0]
+  if len(text) > 200:
+    text = text[:197] + '...'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _collect_quietly() -> None:
+  """Frees a failed restore's orphaned read coroutines now, without their "Exception ignored" tracebacks.
+
+  Orbax reads arrays concurrently; when one read fails the others' errors are
+  never retrieved, and Python would print each one when it is collected.
+  """
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
 
 
 def _state_tree(state) -> dict[str, Any]:
@@ -60,32 +91,92 @@ class Checkpointer:
     self.manager.save(step, args=args, force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, state, step: int | None = None):
-    """Restores into the structure of ``state``; returns ``(state, meta)`` or ``(state, None)``."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return state, None
+  def restore(self, state, step: int | None = None, *, log: Callable[[str], None] | None = print):
+    """Restores into the structure of ``state``; returns ``(state, meta)`` or ``(state, None)``.
+
+    With ``step=None`` this is the newest checkpoint that restores. A damaged
+    one (truncated, overwritten, an empty manifest, bad JSON) is reported in
+    one ``log`` line naming its folder and why, moved aside to
+    ``<checkpoints>.damaged/<step>`` (never deleted; out of the manager's
+    rotation, so the run can save that step again), and the previous one is
+    tried. If none restores the run starts afresh. An explicit ``step`` that
+    fails raises :class:`CheckpointError`.
+    """
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-    )
-    tree = restored['state']
+
+    def restore_step(s):
+      return self.manager.restore(
+          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+      )
+
+    found = self._restore(restore_step, step, set_aside=True, log=log)
+    if found is None:
+      return state, None
+    tree = found['state']
     state = state.replace(params=tree['params'], opt_state=tree['opt_state'], step=tree['step'])
-    return state, dict(restored['meta'])
+    return state, dict(found['meta'])
 
-  def restore_tree(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The saved ``{params, opt_state, step}`` as plain arrays (no target structure needed), and meta."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-    )
-    return restored['state'], dict(restored['meta'])
+  def restore_tree(self, step: int | None = None, *, log: Callable[[str], None] | None = print):
+    """The saved ``{params, opt_state, step}`` as plain arrays (no target structure needed), and meta.
 
-  def restore_params(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Parameters (and meta) alone, with no optimizer or config needed."""
-    tree, meta = self.restore_tree(step)
+    ``step=None``: the newest checkpoint that restores (damaged ones are
+    reported and skipped, and left where they are).
+    """
+
+    def restore_step(s):
+      return self.manager.restore(
+          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+      )
+
+    found = self._restore(restore_step, step, set_aside=False, log=log)
+    if found is None:
+      raise FileNotFoundError(
+          f'No checkpoint in {self.directory} restores.'
+          if self.manager.all_steps()
+          else f'No checkpoint in {self.directory}.'
+      )
+    return found['state'], dict(found['meta'])
+
+  def _restore(self, restore_step: Callable[[int], Any], step: int | None, *, set_aside: bool, log) -> Any:
+    log = log or (lambda _: None)
+    if step is not None:
+      try:
+        return restore_step(step)
+      except Exception as e:  # orbax / tensorstore raise many types; name the folder and the cause.
+        raise CheckpointError(f'checkpoint {self.step_dir(step)} cannot be restored: {_reason(e)}') from e
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for s in steps:
+      try:
+        return restore_step(s)
+      except Exception as e:  # As above: any failure to read it means it is damaged.
+        reason = _reason(e)
+      _collect_quietly()
+      moved = f'; moved to {self._set_aside(s)}' if set_aside else ''
+      older = [t for t in steps if t < s]
+      then = f'trying step {older[0]}' if older else 'no older checkpoint: starting afresh'
+      log(f'warning: checkpoint {self.step_dir(s)} cannot be restored ({reason}){moved}; {then}')
+    return None
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _set_aside(self, step: int) -> str:
+    """Moves a damaged step folder to ``<directory>.damaged/<step>[-n]`` and refreshes the manager."""
+    aside = self.directory + '.damaged'
+    os.makedirs(aside, exist_ok=True)
+    dest, n = os.path.join(aside, str(step)), 1
+    while os.path.exists(dest):
+      n += 1
+      dest = os.path.join(aside, f'{step}-{n}')
+    os.replace(self.step_dir(step), dest)
+    self.manager.reload()
+    return dest
+
+  def restore_params(
+      self, step: int | None = None, *, log: Callable[[str], None] | None = print
+  ) -> tuple[Any, dict[str, Any]]:
+    """Parameters (and meta) alone, with no optimizer or config needed (``step``, ``log``: :meth:`restore_tree`)."""
+    tree, meta = self.restore_tree(step, log=log)
     return tree['params'], meta
 
 
@@ -111,8 +202,10 @@ def export_params(path: str, params, config: ml_collections.ConfigDict, *, scale
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   config_json = config.to_json_best_effort(sort_keys=True)
   meta = json.dumps({'scale': float(scale), 'num_points': int(num_points), 'format': 'nrsfm_jax/1'})
-  arrays = flatten_params(params)
-  np.savez(path, **arrays, **{CONFIG_KEY: np.asarray(config_json), META_KEY: np.asarray(meta)})
+  arrays: dict[str, Any] = dict(
+      flatten_params(params), **{CONFIG_KEY: np.asarray(config_json), META_KEY: np.asarray(meta)}
+  )
+  np.savez(path, **arrays)
   with open(path[:-4] + '.json', 'w') as f:
     f.write(json.dumps({'config': json.loads(config_json), 'meta': json.loads(meta)}, indent=2))
   return path
@@ -209,4 +302,12 @@ def load_exported(path: str) -> tuple[Callable, Any]:
   return jax.jit(apply_fn), params
 
 
-__all__ = ['Checkpointer', 'export_params', 'flatten_params', 'load_exported', 'load_params', 'merge_params']
+__all__ = [
+    'CheckpointError',
+    'Checkpointer',
+    'export_params',
+    'flatten_params',
+    'load_exported',
+    'load_params',
+    'merge_params',
+]

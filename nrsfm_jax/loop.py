@@ -13,7 +13,9 @@ import contextlib
 import functools
 import json
 import os
+import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +24,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from nrsfm_jax.checkpoint import CheckpointError
+from nrsfm_jax.configs import ConfigError
 from nrsfm_jax.data import batch_indices
 
 
@@ -113,7 +117,7 @@ class WorkdirBusyError(RuntimeError):
 
 
 # Errors a training script reports as one line (their messages name the cause and the way out).
-RUN_ERRORS = (NonFiniteLossError, WorkdirBusyError)
+RUN_ERRORS = (NonFiniteLossError, WorkdirBusyError, CheckpointError, ConfigError)
 
 
 def _process_alive(pid: int) -> bool:
@@ -293,3 +297,64 @@ def run_loop(
     raise
   save_state(ckpt, finish(state), meta)
   return state
+
+
+# ----------------------------------------------------------------------------
+# Command lines.
+# ----------------------------------------------------------------------------
+
+
+def run_cli(main: Callable[[list[str]], Any], config_flags: Sequence[str] = ('config',)) -> None:
+  """``absl.app.run(main)``, where a mistaken config flag is one ``error:`` line, not a traceback.
+
+  ml_collections applies ``--config.a.b=v`` overrides while absl parses the
+  flags, before ``main`` runs: an unknown key raises a bare KeyError or
+  AttributeError there, and a config file that fails to load raises OSError at
+  first use. Both become ``error: --config.a.b=v: config.a has no key 'b' (did
+  you mean ...?)``. Errors raised inside ``main`` itself are left alone.
+
+  Args:
+    main: the script's ``main(argv)``.
+    config_flags: names of its ``config_flags.DEFINE_config_file`` flags.
+  """
+  from absl import app, flags  # pylint: disable=g-import-not-at-top  (only scripts need absl's app)
+
+  started = []
+
+  def wrapped(argv):
+    for name in config_flags:
+      try:
+        getattr(flags.FLAGS, name).keys()  # A config that failed to load raises on first use.
+      except OSError as e:  # ml_collections' "Configuration is not available ...": the load failure.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        sys.exit(f'error: --{name}={flags.FLAGS[name].serialize().split("=", 1)[-1]}: {lines[-1] if lines else e}')
+    started.append(True)
+    return main(argv)
+
+  try:
+    app.run(wrapped)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if started:
+      raise
+    sys.exit(f'error: {override_error(e, sys.argv[1:], config_flags)}')
+
+
+def override_error(error: BaseException, argv: Sequence[str], config_flags: Sequence[str] = ('config',)) -> str:
+  """One line for an override that ml_collections refused: the flag, the missing key and a suggestion."""
+  while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError(...)).
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+  lines = [line.strip().strip('\'"') for line in text.strip().strip('\'"').splitlines() if line.strip()]
+  key = lines[0].strip('\'"') if lines else ''
+  match = re.search(r'Did you mean "([^"]+)"', text)
+  hint = f' (did you mean {match.group(1)!r}?)' if match else ''
+  for arg in argv:
+    for name in config_flags:
+      head = f'--{name}.'
+      if not arg.startswith(head):
+        continue
+      path = arg[len(head) :].split('=', 1)[0].split('.')
+      if key in path:
+        parent = '.'.join([name] + path[: path.index(key)])
+        return f'{arg}: {parent} has no key {key!r}{hint}'
+  return f'a config override was refused: {key or text}{hint}'

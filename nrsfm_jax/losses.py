@@ -189,6 +189,67 @@ def teacher_loss(
   return _zero_masked(robust(sq, kind=kind, scale=scale), mask)
 
 
+def bone_loss(
+    points: Array,
+    bones: tuple[tuple[int, int], ...],
+    *,
+    pairs: tuple[tuple[int, int], ...] = (),
+    temporal: float = 1.0,
+    mask: Array | None = None,
+    kind: str = 'squared',
+    scale: float = 1.0,
+) -> tuple[Array, Array]:
+  """Skeleton rigidity, a 3D-free prior: bones keep their length over time, and paired bones match.
+
+  Per frame ``t``, on length residuals in the points' own units:
+
+  * symmetry, for each bone pair ``(a, b)`` (e.g. left and right thigh): ``r = ℓ_a − ℓ_b``;
+  * ``temporal`` × constancy, for each bone: ``r = ℓ_t − mean_τ ℓ_τ`` over the window's
+    present frames (needs ``T > 1``).
+
+  A lifter that inflates the depth relief stretches the bones that point at the
+  camera and not the others, so both residuals grow with it; neither uses any
+  ground-truth 3D. The residuals are absolute, not relative: with the 2D
+  fixed by reprojection, relative ones vanish as every depth grows without
+  bound (measured: they drove the lifter there).
+
+  Args:
+    points: ``[..., T, P, 3]`` reconstructions (any frame: lengths are rotation-invariant).
+    bones: ``E`` (parent, child) joint indices.
+    pairs: bone pairs ``(a, b)``, indices into ``bones``, that should be equally long.
+    temporal: weight of the constancy residual (0: symmetry only).
+    mask: ``[..., T]`` frame mask (window padding).
+    kind: robust penalty of the squared residuals.
+    scale: its scale.
+
+  Returns:
+    ``(values [..., T], weights [..., T])``: each frame's mean over its residuals.
+  """
+  if not bones:
+    raise ValueError('bone_loss needs at least one bone (parent, child) pair.')
+  idx = jnp.asarray(bones, jnp.int32)
+  vec = points[..., idx[:, 1], :] - points[..., idx[:, 0], :]
+  if mask is None:
+    mask = jnp.ones(points.shape[:-2], points.dtype)
+  mask = jnp.broadcast_to(mask, points.shape[:-2]).astype(points.dtype)
+  length = jnp.where(mask[..., None] > 0, safe_sqrt(jnp.sum(jnp.square(vec), -1)), 0.0)  # [..., T, E]
+  values = jnp.zeros_like(mask)
+  count = 0
+  if pairs:
+    pidx = jnp.asarray(pairs, jnp.int32)
+    la, lb = length[..., pidx[:, 0]], length[..., pidx[:, 1]]
+    values = values + jnp.sum(robust(jnp.square(la - lb), kind=kind, scale=scale), -1)
+    count += len(pairs)
+  if temporal and points.ndim >= 3 and points.shape[-3] > 1:
+    m = mask[..., None]
+    mean = jnp.sum(length * m, -2, keepdims=True) / jnp.maximum(jnp.sum(m, -2, keepdims=True), 1.0)
+    values = values + temporal * jnp.sum(robust(jnp.square(length - mean), kind=kind, scale=scale), -1)
+    count += len(bones)
+  if not count:
+    raise ValueError('bone_loss has nothing to compare: give bone pairs, or windows of T > 1 frames with temporal > 0.')
+  return _zero_masked(values / count, mask)
+
+
 def spread_confidence(spread: Array, tau: float | Array) -> Array:
   """Per-joint confidence from the teacher hypotheses' spread: ``1 / (1 + (spread / τ)²)``.
 

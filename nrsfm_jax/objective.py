@@ -102,6 +102,11 @@ class LossConfig:
     return self.replace(terms=others + (t,))
 
 
+def _frozen(value: Any) -> Any:
+  """Lists (as a json-restored config holds them) to hashable tuples, recursively."""
+  return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
   """The static loss settings from ``config.loss`` (terms checked against the registry)."""
   section = config.loss
@@ -117,7 +122,7 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
       raise ValueError(f'Unknown loss term config.loss.terms.{name}; registered terms: {LOSS_TERMS}.')
     spec = dict(spec)
     head = {k: spec.pop(k) for k in ('weight', 'kind', 'scale') if k in spec}
-    options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items()))
+    options = tuple(sorted((k, _frozen(v)) for k, v in spec.items()))
     terms.append(TermConfig(name=name, options=options, **head))
   return LossConfig(
       terms=tuple(terms),
@@ -233,6 +238,38 @@ def teacher_term(out, batch, ctx, term):
   if 'pseudo3d_weight' in batch:
     mask = mask * batch['pseudo3d_weight']
   return Term(*losses.teacher_loss(out['points'], batch['pseudo3d'], mask=mask, kind=term.kind, scale=term.scale))
+
+
+@register_term('bones')
+def bone_term(out, batch, ctx, term):
+  """Skeleton rigidity on ``out[term.on]`` (:func:`losses.bone_loss`; no 3D needed).
+
+  Options: ``bones`` ((parent, child) joint indices), ``pairs`` (bone index pairs
+  of equal length, e.g. left and right limbs), ``temporal`` (weight of each
+  bone's constancy over the window; needs windows of more than one frame).
+  """
+  del ctx
+  points = out[term.get('on', 'shape')]
+  bones, pairs = term.get('bones', ()), term.get('pairs', ())
+  num_points = points.shape[-2]
+  if not bones or max(max(b) for b in bones) >= num_points:
+    raise ValueError(
+        f'config.loss.terms.bones.bones must list (parent, child) joint indices below {num_points} '
+        f"(the data's point count); got {bones!r}."
+    )
+  if pairs and max(max(p) for p in pairs) >= len(bones):
+    raise ValueError(f'config.loss.terms.bones.pairs must index config.loss.terms.bones.bones; got {pairs!r}.')
+  return Term(
+      *losses.bone_loss(
+          points,
+          bones,
+          pairs=pairs,
+          temporal=term.get('temporal', 1.0),
+          mask=batch['mask'],
+          kind=term.kind,
+          scale=term.scale,
+      )
+  )
 
 
 @register_term('canon')

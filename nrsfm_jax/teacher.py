@@ -33,8 +33,8 @@ import numpy as np
 import optax
 
 from nrsfm_jax import checkpoint as ckpt_lib
+from nrsfm_jax import configs, diffusion, geometry, loop, losses, models, objective, optim, runs, scoring
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import diffusion, geometry, loop, losses, models, objective, optim, runs, scoring
 from nrsfm_jax.models import Denoiser, Student
 
 Array = jax.Array
@@ -259,6 +259,7 @@ def train_teacher(
     ``{'eval': {...}, 'pseudo3d': path}``; ``{}`` with ``evaluate=False``,
     which stops after training (no scores, no pseudo-3D).
   """
+  configs.validate(config)
   mode = config.teacher.mode
   if mode not in MODES:
     raise ValueError(f'Unknown teacher.mode {mode!r}; expected one of {MODES}.')
@@ -282,7 +283,7 @@ def train_teacher(
   model, state = create_state(config, train_ds.num_points, train_ds.window_length, init_key, tx)
   schedule = schedule_of(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
-  state, old_meta = ckpt.restore(state)
+  state, old_meta = ckpt.restore(state, log=log)
   meta = {
       'seed': int(config.seed),
       'scale': float(train_ds.scale),

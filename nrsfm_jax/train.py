@@ -22,8 +22,8 @@ import numpy as np
 import optax
 
 from nrsfm_jax import checkpoint as ckpt_lib
+from nrsfm_jax import configs, loop, losses, models, objective, optim, runs, scoring
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import loop, losses, models, objective, optim, runs, scoring
 from nrsfm_jax.models import Student
 
 Array = jax.Array
@@ -120,6 +120,7 @@ def train_and_evaluate(
     or with ``evaluate=False``, which stops after training).
   """
   os.makedirs(workdir, exist_ok=True)
+  configs.validate(config)
   loop.save_config(workdir, config, log)
   t_start = time.time()
   train_ds, eval_ds = data_lib.make_datasets(config)
@@ -138,7 +139,7 @@ def train_and_evaluate(
   if config.train.get('init_from', ''):
     state = state.replace(params=init_params_from(config.train.init_from, state.params, train_ds.scale, log))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
-  state, old_meta = ckpt.restore(state)
+  state, old_meta = ckpt.restore(state, log=log)
   meta = {'seed': int(config.seed), 'scale': float(train_ds.scale), 'num_points': int(train_ds.num_points)}
   loop.check_resume(ckpt.directory, old_meta, meta, ('seed', 'scale'), what='a run')
   if old_meta is not None:

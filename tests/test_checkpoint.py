@@ -1,5 +1,8 @@
 """Tests for nrsfm_jax.checkpoint: orbax save / restore, flat export and its loader."""
 
+import os
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -33,6 +36,63 @@ def test_save_restore_round_trip_and_no_overwrite(tmp_path):
   assert sorted(ckpt.manager.all_steps()) == [4, 5]  # max_to_keep
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
     checkpoint.Checkpointer(str(tmp_path / 'empty')).restore_params()
+
+
+def _damage(step_dir, how):
+  """Empties every OCDBT manifest ('manifest') or truncates every data file ('truncate') of a saved step."""
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      if how == 'manifest' and name == 'manifest.ocdbt':
+        open(path, 'w').close()
+      elif how == 'truncate' and os.path.basename(root) == 'd':
+        with open(path, 'r+b') as f:
+          f.truncate(10)
+
+
+def test_a_damaged_checkpoint_is_reported_set_aside_and_the_previous_one_restored(tmp_path):
+  """Issue #11: a damaged newest checkpoint used to end the run in a 44-440 line traceback."""
+  config = configs.get('tiny')
+  _, state = _state(config)
+  later = state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), max_to_keep=3)
+  ckpt.save(1, state, {'seed': 0})
+  ckpt.save(2, later, {'seed': 0})
+  _damage(tmp_path / 'ckpt' / '2', 'manifest')
+  zeros = jax.tree.map(jnp.zeros_like, state)
+  lines = []
+  # Reading (evaluation) skips it and leaves it where it is.
+  params, meta = ckpt.restore_params(log=lines.append)
+  assert meta['step'] == 1 and sorted(ckpt.manager.all_steps()) == [1, 2]
+  lines.clear()
+  # Resuming sets it aside (never deletes it) and restores the previous one.
+  restored, meta = ckpt.restore(zeros, log=lines.append)
+  assert meta['step'] == 1
+  chex.assert_trees_all_equal(restored.params, state.params)
+  assert len(lines) == 1, lines
+  assert re.fullmatch(
+      rf'warning: checkpoint {tmp_path}/ckpt/2 cannot be restored \(ValueError: DATA_LOSS: .+\); '
+      rf'moved to {tmp_path}/ckpt.damaged/2; trying step 1',
+      lines[0],
+  ), lines[0]
+  assert os.path.isdir(tmp_path / 'ckpt.damaged' / '2' / 'state')
+  assert ckpt.manager.all_steps() == [1]
+  ckpt.save(2, later, {'seed': 0})  # The step saves again.
+  assert sorted(ckpt.manager.all_steps()) == [1, 2]
+  # Asked for by step, a damaged checkpoint is an error naming its folder.
+  _damage(tmp_path / 'ckpt' / '1', 'truncate')
+  with pytest.raises(
+      checkpoint.CheckpointError, match=rf'checkpoint {tmp_path}/ckpt/1 cannot be restored: ValueError: OUT_OF_RANGE'
+  ):
+    ckpt.restore_params(1)
+  # None restores: the run starts afresh, and both are kept aside.
+  _damage(tmp_path / 'ckpt' / '2', 'truncate')
+  lines.clear()
+  assert ckpt.restore(zeros, log=lines.append) == (zeros, None)
+  assert len(lines) == 2 and lines[-1].endswith(
+      'moved to ' + str(tmp_path / 'ckpt.damaged' / '1') + '; no older checkpoint: starting afresh'
+  )
+  assert sorted(os.listdir(tmp_path / 'ckpt.damaged')) == ['1', '2', '2-2']
 
 
 def test_export_of_a_batchnorm_model_predicts_with_its_running_averages(tmp_path):

@@ -59,6 +59,13 @@ def test_load_mocap_errors(tmp_path):
     np.savez(path, **{'001_01': np.zeros((5, 17, 3)), '001_02': points})
     with pytest.raises(ValueError, match=rf"{name}\.npz: trial '001_02' has 1 non-finite 3D points.*frame 3, joint 7"):
       data.load_mocap(path)
+  points = np.random.default_rng(0).normal(size=(5, 17, 3)) * 300
+  points[3, 7, 1] = 1e30  # Finite, but no pose: issue #11's silent 1e25 predictions.
+  np.savez(tmp_path / 'outlier.npz', **{'001_01': points})
+  with pytest.raises(
+      ValueError, match=r"outlier\.npz: trial '001_01': 3D point at frame 3, point 7 lies 1e\+30 .*1000x the typical"
+  ):
+    data.load_mocap(tmp_path / 'outlier.npz')
 
 
 def test_load_mocap_custom_file_and_json_subjects(tmp_path):
@@ -175,7 +182,12 @@ def test_load_nrsfm_path_and_errors(tmp_path):
       'ndim': ({'points3d': np.zeros((3, 4))}, ValueError, r'shape \(3, 4\), expected \(F, P, 3\)'),
       'axis': ({'points3d': np.zeros((3, 4, 2))}, ValueError, r'expected \(F, P, 3\)'),
       'empty': ({'points3d': np.zeros((0, 4, 3))}, ValueError, 'empty'),
-      'nan': ({'points3d': np.full((3, 4, 3), np.nan)}, ValueError, '36 non-finite'),
+      'nan': ({'points3d': np.full((3, 4, 3), np.nan)}, ValueError, '12 non-finite 3D points'),
+      'outlier': (
+          {'points3d': np.where(np.arange(4)[:, None] == 1, 1e30, np.arange(36.0).reshape(3, 4, 3))},
+          ValueError,
+          r"outlier\.npz: 'points3d': 3D point at frame 0, point 1 lies",
+      ),
   }
   for name, (arrays, error, message) in cases.items():
     np.savez(tmp_path / f'{name}.npz', **arrays)
@@ -238,6 +250,22 @@ def test_tracks_errors(tmp_path):
     np.savez(tmp_path / f'{name}.npz', **arrays)
     with pytest.raises(error, match=message):
       data.load_tracks(tmp_path / f'{name}.npz')
+  keypoints = np.random.default_rng(0).uniform(0, 640, size=(6, 17, 2))
+  keypoints[4, 2, 0] = 1e30
+  np.savez(tmp_path / 'outlier.npz', keypoints=keypoints)
+  with pytest.raises(ValueError, match=r"outlier\.npz: 'keypoints': 2D keypoint at frame 4, point 2 lies 1e\+30"):
+    data.load_tracks(tmp_path / 'outlier.npz')
+  keypoints[4, 2, 0] = 1e39  # Beyond float32: infinite.
+  np.savez(tmp_path / 'huge.npz', keypoints=keypoints)
+  with pytest.raises(ValueError, match=r"huge\.npz: 'keypoints' has 1 infinite"):
+    data.load_tracks(tmp_path / 'huge.npz')
+  keypoints[4, 2, 0] = np.nan  # NaN stays "missing", and a missing point is not an outlier.
+  keypoints[5, 3] = 1e30
+  visibility = np.ones((6, 17))
+  visibility[5, 3] = 0
+  np.savez(tmp_path / 'hidden.npz', keypoints=keypoints, visibility=visibility)
+  with pytest.warns(UserWarning, match='1 NaN'):
+    assert data.load_tracks(tmp_path / 'hidden.npz')[1].sum() == 6 * 17 - 2
   np.savez(tmp_path / 'allnan.npz', keypoints=np.full((2, 3, 2), np.nan))
   with pytest.warns(UserWarning, match='12 NaN'), pytest.raises(ValueError, match='unusable'):
     data.load_tracks(tmp_path / 'allnan.npz')
@@ -312,6 +340,37 @@ def test_h36m_errors(tmp_path):
   np.savez_compressed(tmp_path / 'bad_3d.npz', positions_3d={'S1': {'A': np.zeros((4, 20, 3))}})
   with pytest.raises(ValueError, match=r'S1/A has shape \(4, 20, 3\)'):
     data.load_h36m(tmp_path / 'bad_3d.npz')
+  poses = np.random.default_rng(0).normal(size=(4, 32, 3))
+  cases_3d = {
+      'zero': (np.zeros((0, 32, 3)), r'S1/A has 0 frames'),
+      'nan': (np.where(np.arange(32)[:, None] == 7, np.nan, poses), r'S1/A: 4 non-finite 3D points.*frame 0, point 5'),
+      'inf': (np.where(np.arange(32)[:, None] == 0, np.inf, poses), r'S1/A: 4 non-finite 3D points.*frame 0, point 0'),
+      'outlier': (
+          np.where((np.arange(32)[:, None] == 2) & (np.arange(3) == 1), 1e30, poses),
+          r'S1/A: 3D point at frame 0, point 2 lies',
+      ),
+  }
+  for name, (points, message) in cases_3d.items():
+    np.savez_compressed(tmp_path / f'{name}_3d.npz', positions_3d={'S1': {'A': points}})
+    with pytest.raises(ValueError, match=rf'{name}_3d\.npz: {message}'):
+      data.load_h36m(tmp_path / f'{name}_3d.npz')
+  np.savez_compressed(tmp_path / 'ok_3d.npz', positions_3d={'S1': {'A': poses}})
+  keypoints = np.random.default_rng(1).uniform(0, 1000, size=(4, 17, 2))
+  cases_2d = {
+      'zero': (np.zeros((0, 17, 2)), r'camera 1 has shape \(0, 17, 2\), expected \[F, 17, 2\] with F > 0'),
+      'inf': (np.where(np.arange(17)[:, None] == 3, np.inf, keypoints), r'camera 1 has 4 infinite 2D points'),
+      'outlier': (
+          np.where(np.arange(17)[:, None] == 3, 1e30, keypoints),
+          r'camera 1: 2D keypoint at frame 0, point 3 lies',
+      ),
+  }
+  for name, (camera, message) in cases_2d.items():
+    np.savez_compressed(tmp_path / f'{name}_2d.npz', positions_2d={'S1': {'A': [keypoints, camera]}})
+    with pytest.raises(ValueError, match=rf'{name}_2d\.npz: S1/A {message}'):
+      data.load_h36m(tmp_path / 'ok_3d.npz', tmp_path / f'{name}_2d.npz')
+  with_nan = np.where(np.arange(17)[:, None] == 3, np.nan, keypoints)  # NaN 2D is a missing point.
+  np.savez_compressed(tmp_path / 'nan_2d.npz', positions_2d={'S1': {'A': [keypoints, with_nan]}})
+  assert np.isnan(data.load_h36m(tmp_path / 'ok_3d.npz', tmp_path / 'nan_2d.npz')['S1']['A']['keypoints']).sum() == 8
 
 
 def test_normalize_screen_coordinates():

@@ -132,6 +132,47 @@ def test_spread_confidence_halves_at_tau_and_orders_joints():
   assert bool(jnp.all(jnp.diff(w) < 0))
 
 
+_BONES = ((0, 1), (1, 2), (0, 3), (3, 4))  # Two 2-bone limbs from a root.
+_PAIRS = ((0, 2), (1, 3))
+
+
+def _rigid_skeleton_over_time(num_frames=6):
+  rest = jnp.array([[0.0, 0, 0], [0.3, -0.4, 0.1], [0.3, -0.9, 0.2], [-0.3, -0.4, 0.1], [-0.3, -0.9, 0.2]])
+  angles = jnp.linspace(0.0, 2.0, num_frames)
+  rots = jax.vmap(lambda a: geometry.so3_exp(jnp.array([0.2, 1.0, 0.1]) * a))(angles)
+  return geometry.rotate(jnp.broadcast_to(rest, (num_frames, 5, 3)), rots) + angles[:, None, None]
+
+
+def test_bone_loss_zero_for_a_rigid_symmetric_skeleton_and_grows_with_depth_inflation():
+  points = _rigid_skeleton_over_time()
+  values, weights = losses.bone_loss(points, _BONES, pairs=_PAIRS, kind='squared')
+  assert values.shape == weights.shape == (6,)
+  np.testing.assert_allclose(values, 0.0, atol=1e-10)
+  # Inflating depth (what the lifter did on subject 002) stretches bones unequally over time.
+  inflate = lambda s: losses.masked_mean(*losses.bone_loss(points * jnp.array([1, 1, s]), _BONES, pairs=_PAIRS))
+  assert 0.0 < inflate(1.5) < inflate(2.0) < inflate(3.0)
+  # Each residual alone: symmetry is per frame (works with T = 1); constancy needs T > 1.
+  one = points[:1].at[0, 2].add(jnp.array([0.0, -0.2, 0.0]))
+  sym, _ = losses.bone_loss(one, _BONES, pairs=_PAIRS, kind='squared')
+  assert sym[0] > 0
+  with pytest.raises(ValueError, match='nothing to compare'):
+    losses.bone_loss(one, _BONES)
+
+
+def test_bone_loss_masks_frames_in_value_and_gradient():
+  points = _rigid_skeleton_over_time()
+  broken = points.at[4].set(jnp.nan)  # A padding frame may hold anything.
+  mask = jnp.ones(6).at[4].set(0.0)
+  f = lambda p: losses.masked_mean(*losses.bone_loss(p, _BONES, pairs=_PAIRS, mask=mask))
+  np.testing.assert_allclose(f(broken), 0.0, atol=1e-6)
+  grads = jax.grad(f)(points.at[1, 2].add(0.1))
+  assert np.all(np.isfinite(grads)) and np.all(grads[4] == 0.0) and np.any(grads[1] != 0.0)
+  coincident = jnp.zeros((3, 5, 3))  # Zero-length bones: finite gradients.
+  assert np.all(
+      np.isfinite(jax.grad(lambda p: losses.masked_mean(*losses.bone_loss(p, _BONES, pairs=_PAIRS)))(coincident))
+  )
+
+
 def test_canonical_loss_mask():
   x = _random(5, (8, 17, 3))
   y = _random(6, (8, 17, 3))

@@ -26,7 +26,12 @@ def setup():
   batch['visibility'] = batch['visibility'].at[1, 20:].set(0.0).at[2, :, 3].set(0.0)
   # Teacher pseudo-3D (any camera-frame 3D will do here) to exercise that term too.
   batch['pseudo3d'] = jax.random.normal(jax.random.PRNGKey(5), batch['keypoints'].shape[:-1] + (3,))
-  lcfg = objective.loss_config(config).replace_term('teacher', weight=0.5).replace_term('proc', weight=0.1)
+  lcfg = (
+      objective.loss_config(config)
+      .replace_term('teacher', weight=0.5)
+      .replace_term('proc', weight=0.1)
+      .replace_term('bones', weight=0.1)
+  )
   return config, model, state, batch, lcfg
 
 
@@ -211,3 +216,18 @@ def test_teacher_term_weighs_joints_by_pseudo3d_weight():
   only = dict(batch, pseudo3d_weight=jnp.zeros((2, 5, 17)).at[..., 4].set(1.0))
   np.testing.assert_allclose(losses.masked_mean(*fn({'points': points}, only, None, term)), 1.0, rtol=1e-5)
   np.testing.assert_allclose(plain, 1.0 / 17, rtol=1e-5)
+
+
+def test_bone_term_reads_the_skeleton_from_its_config_and_names_a_bad_one():
+  lcfg = objective.loss_config(configs.get('default'))
+  term = lcfg.term('bones').replace(weight=1.0)
+  assert term.get('bones') == data.CMU_BONES and term.get('pairs') == data.CMU_BONE_PAIRS
+  fn, _ = objective.TERMS['bones']
+  mocap = data.load_mocap(subjects='002')['002_01'][:8] / 1000.0  # A real skeleton: equal limbs, rigid bones.
+  out = {'shape': jnp.asarray(mocap)[None]}
+  batch = {'mask': jnp.ones((1, 8))}
+  assert float(losses.masked_mean(*fn(out, batch, None, term))) < 1e-6
+  stretched = {'shape': out['shape'].at[..., 3, 2].add(0.3)}  # Right foot pushed away in depth.
+  assert float(losses.masked_mean(*fn(stretched, batch, None, term))) > 1e-3
+  with pytest.raises(ValueError, match=r'config\.loss\.terms\.bones\.bones must list .* below 5'):
+    fn({'shape': jnp.zeros((1, 8, 5, 3))}, batch, None, term)

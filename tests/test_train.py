@@ -52,7 +52,7 @@ def test_end_to_end_resume_matches_uninterrupted(tmp_path):
 def test_non_finite_loss_stops_with_named_term(tmp_path):
   config = configs.get('tiny')
   config.train.parallel = 'none'
-  config.loss.terms.reproj.scale = 0.0  # 0/0 in the pseudo-Huber: the reprojection term is NaN.
+  config.loss.terms.reproj.scale = 1e-30  # scale² underflows float32: the reprojection term is inf.
   with pytest.raises(loop.NonFiniteLossError, match=r'reproj.* at step 0.*a rerun starts afresh'):
     train.train_and_evaluate(config, str(tmp_path), log=lambda s: None)
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints', '0'))  # Nothing suspect is saved.
@@ -256,3 +256,70 @@ def test_train_script_reports_a_busy_workdir_in_one_line(tmp_path):
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path} is in use by process {os.getppid()}')
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    'flag, message',
+    [
+        (
+            '--config.train.num_step=1',
+            "--config.train.num_step=1: config.train has no key 'num_step' (did you mean 'num_steps'?)",
+        ),
+        ('--config.foo.bar=1', "--config.foo.bar=1: config has no key 'foo'"),
+        (
+            '--config.data.sequence=nope',
+            "config.data.sequence='nope' does not apply to config.data.name='cmu17' (it is read by: nrsfm)",
+        ),
+        ('--config.train.batch_size=0', 'config.train.batch_size must be >= 1; got 0.'),
+    ],
+)
+def test_train_script_reports_config_mistakes_in_one_line(tmp_path, flag, message):
+  """Issue #11: an unknown key was a 55-line traceback, data.sequence with cmu17 was ignored."""
+  import subprocess
+  import sys
+
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path}', '--config=nrsfm_jax/configs/tiny.py', flag],
+      capture_output=True,
+      text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      timeout=120,
+  )
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: {message}'), proc.stderr
+
+
+def test_validate_names_the_config_key_at_fault():
+  for name, arg in (('default', None), ('tiny', None), ('paper', None), ('nrsfm', 'pickup'), ('teacher', 'self')):
+    configs.validate(configs.get(name, arg))
+  cases = [
+      ('default', lambda c: setattr(c.data, 'dropout', 1.0), r'config\.data\.dropout must be in \[0, 1\); got 1\.0'),
+      ('default', lambda c: setattr(c.optim, 'lr', -1.0), r'config\.optim\.lr must be finite and > 0'),
+      (
+          'default',
+          lambda c: setattr(c.loss.terms.smooth, 'weight', -0.1),
+          r'config\.loss\.terms\.smooth\.weight must be',
+      ),
+      (
+          'default',
+          lambda c: setattr(c.data, 'name', 'cmu'),
+          r"config\.data\.name='cmu' is not a data source \(did you mean 'cmu17'\?\)",
+      ),
+      (
+          'nrsfm',
+          lambda c: setattr(c.data, 'train_subjects', '002'),
+          r"config\.data\.train_subjects='002' does not apply to config\.data\.name='nrsfm' "
+          r'\(it is read by: cmu17, h36m\)',
+      ),
+      (
+          'teacher',
+          lambda c: setattr(c.diffusion, 'num_hypotheses', 0),
+          r'config\.diffusion\.num_hypotheses must be >= 1',
+      ),
+  ]
+  for name, change, message in cases:
+    config = configs.get(name, 'pickup' if name == 'nrsfm' else None)
+    change(config)
+    with pytest.raises(configs.ConfigError, match=message):
+      configs.validate(config)

@@ -9,7 +9,9 @@
 """
 
 import dataclasses
+import difflib
 import importlib
+import math
 
 import ml_collections
 
@@ -36,3 +38,101 @@ def to_dataclass(cls, section: ml_collections.ConfigDict, **overrides):
   values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()}
   values.update(overrides)
   return cls(**values)
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work, or a key that does not apply; the message names the key."""
+
+
+def _at_least(low):
+  return (lambda v: v >= low), f'>= {low}'
+
+
+# config key -> (test, the requirement in words), checked by validate() where the key exists.
+_RANGES = {
+    'train.batch_size': _at_least(1),
+    'train.eval_batch_size': _at_least(1),
+    'train.num_steps': _at_least(0),
+    'train.num_epochs': _at_least(0),
+    'train.log_every': _at_least(1),
+    'train.checkpoint_every': _at_least(1),
+    'train.max_checkpoints': _at_least(1),
+    'data.window': _at_least(1),
+    'data.eval_window': _at_least(0),
+    'data.noise_std': _at_least(0),
+    'data.dropout': ((lambda v: 0 <= v < 1), 'in [0, 1)'),
+    'optim.lr': ((lambda v: 0 < v < math.inf), 'finite and > 0'),
+    'optim.warmup_steps': _at_least(0),
+    'optim.grad_clip': _at_least(0),
+    'optim.weight_decay': _at_least(0),
+    'optim.momentum': ((lambda v: 0 <= v < 1), 'in [0, 1)'),
+    'diffusion.num_timesteps': _at_least(1),
+    'diffusion.num_hypotheses': _at_least(1),
+    'diffusion.num_steps': _at_least(1),
+}
+
+
+def _lookup_key(config, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks a student or teacher config before it runs; each problem is one line naming its key.
+
+  * ranges (``train.batch_size >= 1``, ``data.dropout`` in [0, 1), ``optim.lr > 0``, loss
+    weights ``>= 0``, ...);
+  * ``config.data`` keys that the chosen source does not read (``data.sequence`` with cmu17,
+    ``data.train_subjects`` with one nrsfm sequence) are an error when they differ from the
+    default, rather than being silently ignored.
+
+  Raises:
+    ConfigError: the first problem found.
+  """
+  for key, (ok, words) in _RANGES.items():
+    value = _lookup_key(config, key)
+    if value is None or isinstance(value, str):
+      continue
+    if isinstance(value, (list, tuple)) or not ok(value):
+      raise ConfigError(f'config.{key} must be {words}; got {value!r}.')
+  terms = _lookup_key(config, 'loss.terms') or {}
+  for name, spec in terms.items():
+    weight, scale = spec.get('weight', 0.0), spec.get('scale', 1.0)
+    if not 0 <= weight < math.inf:
+      raise ConfigError(f'config.loss.terms.{name}.weight must be finite and >= 0; got {weight!r}.')
+    if not 0 < scale < math.inf:
+      raise ConfigError(f'config.loss.terms.{name}.scale must be finite and > 0; got {scale!r}.')
+  if 'data' in config:
+    _validate_data_keys(config.data)
+
+
+def _validate_data_keys(data: ml_collections.ConfigDict) -> None:
+  from nrsfm_jax.configs import default  # pylint: disable=g-import-not-at-top
+  from nrsfm_jax.data import registry  # pylint: disable=g-import-not-at-top  (registry imports configs' users)
+
+  name = data.get('name', '')
+  if name not in registry.dataset_names():
+    close = difflib.get_close_matches(str(name), registry.dataset_names(), n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    raise ConfigError(
+        f'config.data.name={name!r} is not a data source{hint}; expected one of {registry.dataset_names()}.'
+    )
+  reads = registry.data_keys(name)
+  defaults = default.get_config().data
+  for key, value in data.items():
+    if key in reads or key not in defaults:
+      continue
+    if _comparable(value) != _comparable(defaults[key]):
+      users = [n for n in registry.dataset_names() if key in registry.data_keys(n)]
+      raise ConfigError(
+          f'config.data.{key}={value!r} does not apply to config.data.name={name!r} (it is read by: '
+          f'{", ".join(users)}); leave it at its default {defaults[key]!r}.'
+      )
+
+
+def _comparable(value):
+  return tuple(_comparable(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -10,6 +10,7 @@ random frames per window; 2000 steps instead of 120 epochs.
 
 import ml_collections
 
+from nrsfm_jax import data as data_lib
 from nrsfm_jax import models
 
 # Ablation rows of the paper's Table II (the teacher row needs train.pseudo3d,
@@ -65,6 +66,17 @@ def get_config(arg=None):
   # λ_c, eq. 18: n_rot random rotations per frame, on the refined S_t ('shape') or the lifter's X_t
   # ('shape_init'), Ψ on `frames` random frames per window (0 = all).
   c.loss.terms.canon = dict(weight=1.0, kind='pseudo_huber', scale=0.03, n_rot=4, on='shape', frames=32)
+  # Skeleton rigidity (not in the paper; no 3D used): paired limbs equally long, and each bone's
+  # length constant over a window (`temporal`; needs data.window > 1), in normalised 2D units.
+  c.loss.terms.bones = dict(
+      weight=0.0,
+      kind='pseudo_huber',
+      scale=0.03,
+      temporal=1.0,
+      on='shape',
+      bones=data_lib.CMU_BONES,
+      pairs=data_lib.CMU_BONE_PAIRS,
+  )
   c.loss.terms.proc = dict(weight=0.0)  # λ_p (eq. 17; off as in eq. 19)
   c.loss.z_aug_deg = 0.0  # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
   c.loss.z_equivariance_deg = 0.0  # C3DPO z-equivariance: shape from a further-rotated input (deg)

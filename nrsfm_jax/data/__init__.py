@@ -3,6 +3,7 @@
 from nrsfm_jax.data.h36m import H36M_KEPT_JOINTS, H36M_REMOVED_JOINTS, load_h36m, normalize_screen_coordinates
 from nrsfm_jax.data.mocap import (
     ASSETS_DIR,
+    CMU_BONE_PAIRS,
     CMU_BONES,
     CMU_JOINTS,
     CMU_MOCAP_PATH,
@@ -50,6 +51,7 @@ from nrsfm_jax.data.windows import (
 __all__ = [
     'ASSETS_DIR',
     'CMU_BONES',
+    'CMU_BONE_PAIRS',
     'CMU_JOINTS',
     'CMU_MOCAP_PATH',
     'H36M_KEPT_JOINTS',

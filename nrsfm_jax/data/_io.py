@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -46,3 +47,55 @@ def read_npz(path: PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndar
 def missing_key_error(path: PathLike, key: str, found) -> KeyError:
   """The KeyError for an archive (or dict) read from `path` that lacks `key`."""
   return KeyError(f'{path}: no key {key!r}; keys found: {sorted(found)}')
+
+
+# A point this many times the typical spread away from its frame's median point is a gross outlier
+# (a corrupt coordinate such as 1e30), not a pose: loaders refuse it.
+OUTLIER_FACTOR = 1000.0
+
+
+def first_non_finite(where: str, points: np.ndarray, what: str) -> None:
+  """Raises if ``points [F, P, D]`` holds NaN or inf, naming ``where``, the count and the first frame and point."""
+  bad = ~np.isfinite(points).all(axis=-1)
+  if bad.any():
+    frame, point = (int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f'{where}: {int(bad.sum())} non-finite {what}s (NaN or inf, or beyond float32), the first at '
+        f'frame {frame}, point {point}'
+    )
+
+
+def check_outliers(where: str, points: np.ndarray, valid: np.ndarray | None = None, what: str = 'point') -> None:
+  """Raises on gross outliers, robustly: a valid point farther from its frame's median point than
+  ``OUTLIER_FACTOR`` × the typical spread (the median over frames of the median distance to it).
+
+  Args:
+    where: names the file and key in the message.
+    points: ``[F, P, D]`` coordinates (invalid entries may hold anything).
+    valid: ``[F, P]`` bool, the points to check (default: the finite ones).
+    what: names a point in the message.
+
+  Raises:
+    ValueError: naming ``where``, the frame, the point, its distance and the typical spread.
+  """
+  points = np.asarray(points, np.float64)
+  finite = np.isfinite(points).all(-1)
+  valid = finite if valid is None else (np.asarray(valid, bool) & finite)
+  if valid.sum() < 2:
+    return
+  masked = np.where(valid[..., None], points, np.nan)
+  with np.errstate(all='ignore'), warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)  # All-NaN frames.
+    center = np.nanmedian(masked, axis=1, keepdims=True)  # [F, 1, D]
+    dist = np.sqrt(np.sum(np.square(masked - center), -1))  # [F, P], NaN where invalid
+    typical = float(np.nanmedian(np.nanmedian(dist, axis=1)))
+  if not np.isfinite(typical) or typical <= 0:
+    return
+  far = valid & (np.nan_to_num(dist) > OUTLIER_FACTOR * typical)
+  if far.any():
+    frame, point = (int(i) for i in np.argwhere(far)[0])
+    raise ValueError(
+        f"{where}: {what} at frame {frame}, point {point} lies {dist[frame, point]:.3g} from its frame's median, "
+        f'over {OUTLIER_FACTOR:g}x the typical {typical:.3g}; {int(far.sum())} such point(s): a corrupt '
+        'coordinate? (mark missing points NaN)'
+    )

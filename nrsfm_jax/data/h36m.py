@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from nrsfm_jax.data._io import PathLike, missing_key_error, read_npz
+from nrsfm_jax.data._io import PathLike, check_outliers, first_non_finite, missing_key_error, read_npz
 
 # VideoPose3D's `Human36mDataset.remove_joints`: the 15 of 32 joints it drops.
 H36M_REMOVED_JOINTS: tuple[int, ...] = (4, 5, 9, 10, 11, 16, 20, 21, 22, 23, 24, 28, 29, 30, 31)
@@ -50,7 +50,10 @@ def load_h36m(
   Raises:
     FileNotFoundError: A file does not exist.
     KeyError: A file lacks its key, or the 2D file lacks a subject/action of the 3D file.
-    ValueError: An unknown subject (the message lists those available) or a wrong shape.
+    ValueError: An unknown subject (the message lists those available), a wrong shape, 0 frames,
+      non-finite 3D, infinite 2D (NaN 2D is a missing point) or a gross outlier (over 1000× the
+      typical spread from its frame's median); each message names the file, subject/action
+      and, for values, the frame and point.
   """
   positions_3d = _pickled_dict(path_3d, 'positions_3d')
   positions_2d = None if path_2d is None else _pickled_dict(path_2d, 'positions_2d')
@@ -70,9 +73,15 @@ def load_h36m(
         raise ValueError(
             f'{path_3d}: {subject}/{action} has shape {points.shape}, ' 'expected [F, 32, 3] (or [F, 17, 3])'
         )
+      if points.shape[0] == 0:
+        raise ValueError(f'{path_3d}: {subject}/{action} has 0 frames, shape {points.shape}')
       if points.shape[1] == 32:
         points = points[:, H36M_KEPT_JOINTS]
-      entry = {'points3d': (points * 1000.0).astype(np.float32)}
+      with np.errstate(over='ignore'):  # Beyond float32 becomes inf, refused next.
+        points = (np.asarray(points, np.float64) * 1000.0).astype(np.float32)
+      first_non_finite(f'{path_3d}: {subject}/{action}', points, '3D point')
+      check_outliers(f'{path_3d}: {subject}/{action}', points, what='3D point')
+      entry = {'points3d': points}
       if positions_2d is not None:
         if subject not in positions_2d:
           raise KeyError(f'{path_2d}: no subject {subject!r} (found {list(positions_2d)})')
@@ -84,8 +93,16 @@ def load_h36m(
         if not cameras:
           raise ValueError(f'{path_2d}: {subject}/{action} has no cameras')
         for c, k in enumerate(cameras):
-          if k.ndim != 3 or k.shape[1:] != (17, 2):
-            raise ValueError(f'{path_2d}: {subject}/{action} camera {c} has shape ' f'{k.shape}, expected [F, 17, 2]')
+          if k.ndim != 3 or k.shape[1:] != (17, 2) or k.shape[0] == 0:
+            raise ValueError(
+                f'{path_2d}: {subject}/{action} camera {c} has shape {k.shape}, expected [F, 17, 2] with F > 0'
+            )
+          if np.isinf(k).any():
+            raise ValueError(
+                f'{path_2d}: {subject}/{action} camera {c} has {int(np.isinf(k).any(-1).sum())} infinite 2D points '
+                '(NaN marks a missing point)'
+            )
+          check_outliers(f'{path_2d}: {subject}/{action} camera {c}', k, what='2D keypoint')
         length = min(len(points), *(len(k) for k in cameras))
         entry['points3d'] = entry['points3d'][:length]
         entry['keypoints'] = np.stack([k[:length] for k in cameras]).astype(np.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nrsfm_jax.data._io import PathLike, read_npz
+from nrsfm_jax.data._io import PathLike, check_outliers, read_npz
 
 ASSETS_DIR: Path = Path(__file__).resolve().parent / 'assets'
 CMU_MOCAP_PATH: Path = ASSETS_DIR / 'cmu_mocap_17j.npz'
@@ -42,6 +42,20 @@ _BONE_NAMES = (
 )
 # Skeleton edges as (parent, child) joint indices into CMU_JOINTS (Human3.6M order).
 CMU_BONES: tuple[tuple[int, int], ...] = tuple((CMU_JOINTS.index(a), CMU_JOINTS.index(b)) for a, b in _BONE_NAMES)
+
+
+# Bone pairs of equal length on a human skeleton (left and right limbs), as indices into CMU_BONES.
+CMU_BONE_PAIRS: tuple[tuple[int, int], ...] = tuple(
+    (_BONE_NAMES.index((a, b)), _BONE_NAMES.index((c, d)))
+    for (a, b), (c, d) in (
+        (('Hip', 'RHip'), ('Hip', 'LHip')),
+        (('RHip', 'RKnee'), ('LHip', 'LKnee')),
+        (('RKnee', 'RFoot'), ('LKnee', 'LFoot')),
+        (('Thorax', 'RShoulder'), ('Thorax', 'LShoulder')),
+        (('RShoulder', 'RElbow'), ('LShoulder', 'LElbow')),
+        (('RElbow', 'RWrist'), ('LElbow', 'LWrist')),
+    )
+)
 
 
 def _mocap_path(path: PathLike | None) -> Path:
@@ -98,8 +112,9 @@ def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | Non
   Raises:
     FileNotFoundError: If `path` does not exist.
     ValueError: If the archive is empty, a requested subject is absent (the message lists the
-      available ones), or a trial is not `[F, J, 3]` with F, J > 0 or holds a non-finite value
-      (each message names the file and trial).
+      available ones), or a trial is not `[F, J, 3]` with F, J > 0, holds a non-finite value or
+      a gross outlier (over 1000× the typical spread from its frame's median); each message
+      names the file and trial.
   """
   path = _mocap_path(path)
   if not path.is_file():
@@ -129,6 +144,7 @@ def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | Non
           f'{path}: trial {key!r} has {int(bad.sum())} non-finite 3D points (NaN or inf, or beyond '
           f'float32), the first at frame {frame}, joint {joint}: 3D ground truth must be complete'
       )
+    check_outliers(f'{path}: trial {key!r}', points, what='3D point')
     trials[key] = points
   return trials
 

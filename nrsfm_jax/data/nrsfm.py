@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nrsfm_jax.data._io import PathLike, missing_key_error, read_npz
+from nrsfm_jax.data._io import PathLike, check_outliers, first_non_finite, missing_key_error, read_npz
 from nrsfm_jax.data.mocap import NRSFM_DIR, NRSFM_SEQUENCES
 
 
@@ -41,7 +41,8 @@ def load_nrsfm_sequence(name_or_path: PathLike) -> np.ndarray:
     float64 `[F, P, 3]`.
 
   Raises:
-    ValueError: Unknown bundled name, not an npz, wrong shape, empty, or non-finite values.
+    ValueError: Unknown bundled name, not an npz, wrong shape, empty, non-finite values or a
+      gross outlier (the message names the frame and point).
     FileNotFoundError: If the file does not exist.
     KeyError: If the file has no `points3d` (the message lists the keys found).
   """
@@ -57,7 +58,6 @@ def load_nrsfm_sequence(name_or_path: PathLike) -> np.ndarray:
   if not np.issubdtype(points.dtype, np.number):
     raise ValueError(f"{path}: 'points3d' has non-numeric dtype {points.dtype}")
   points = points.astype(np.float64)
-  bad = int(np.size(points) - np.isfinite(points).sum())
-  if bad:
-    raise ValueError(f"{path}: 'points3d' has {bad} non-finite values")
+  first_non_finite(f"{path}: 'points3d'", points, '3D point')
+  check_outliers(f"{path}: 'points3d'", points, what='3D point')
   return points

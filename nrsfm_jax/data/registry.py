@@ -37,13 +37,20 @@ from nrsfm_jax.data.h36m import load_h36m
 SPLITS = ('train', 'eval')
 # name -> (fn(data_config, split, length, scale, seed) -> WindowDataset, scoring protocol or None)
 _DATASETS: dict[str, tuple[Callable[..., windows.WindowDataset], str | None]] = {}
+# name -> the config.data keys its fn reads (besides COMMON_KEYS); configs.validate refuses the others.
+_KEYS: dict[str, tuple[str, ...]] = {}
+COMMON_KEYS = ('name', 'window', 'eval_window')
 
 
-def register_dataset(name: str, protocol: str | None):
-  """Decorator: registers ``fn(data_config, split, *, length, scale, seed) -> WindowDataset`` as ``name``."""
+def register_dataset(name: str, protocol: str | None, keys: tuple[str, ...] = ()):
+  """Decorator: registers ``fn(data_config, split, *, length, scale, seed) -> WindowDataset`` as ``name``.
+
+  ``keys``: the ``config.data`` keys ``fn`` reads besides :data:`COMMON_KEYS`.
+  """
 
   def wrap(fn):
     _DATASETS[name] = (fn, protocol)
+    _KEYS[name] = tuple(keys)
     return fn
 
   return wrap
@@ -51,6 +58,12 @@ def register_dataset(name: str, protocol: str | None):
 
 def dataset_names() -> tuple[str, ...]:
   return tuple(_DATASETS)
+
+
+def data_keys(name: str) -> tuple[str, ...]:
+  """The ``config.data`` keys source ``name`` reads."""
+  _lookup(name)
+  return COMMON_KEYS + _KEYS[name]
 
 
 def parse_names(text: str | Sequence[str]) -> list[str]:
@@ -127,13 +140,17 @@ def _without_eval_3d(d, split: str, dataset: windows.WindowDataset) -> windows.W
   return dataset
 
 
+# The config.data keys of the mocap sources (subjects seen by orthographic cameras).
+_VIEW_KEYS = ('path', 'train_subjects', 'val_subjects', 'transductive', 'azimuths', 'elevation', 'noise_std', 'dropout')
+
+
 def _camera_kwargs(d, seed: int) -> dict[str, Any]:
   return dict(
       azimuths_deg=tuple(d.azimuths), elevation_deg=d.elevation, noise_std=d.noise_std, dropout=d.dropout, seed=seed
   )
 
 
-@register_dataset('cmu17', 'cmu17')
+@register_dataset('cmu17', 'cmu17', _VIEW_KEYS)
 def _cmu17(d, split, *, length, scale, seed):
   dataset = windows.cmu17_dataset(
       _subjects(d, split), length=length, path=d.path or None, scale=scale, **_camera_kwargs(d, seed)
@@ -162,7 +179,7 @@ def h36m_dataset(
   return windows.views_dataset(trials, length=length, scale=scale, **camera_kwargs)
 
 
-@register_dataset('h36m', 'cmu17')
+@register_dataset('h36m', 'cmu17', _VIEW_KEYS)
 def _h36m(d, split, *, length, scale, seed):
   if not d.path:
     raise ValueError("config.data.name='h36m' needs config.data.path (VideoPose3D's data_3d_h36m.npz).")
@@ -170,13 +187,13 @@ def _h36m(d, split, *, length, scale, seed):
   return _without_eval_3d(d, split, dataset)
 
 
-@register_dataset('nrsfm', 'nrsfm')
+@register_dataset('nrsfm', 'nrsfm', ('sequence',))
 def _nrsfm(d, split, *, length, scale, seed):
   del split, seed  # Transductive: both splits are the sequence itself.
   return windows.nrsfm_dataset(d.sequence, length=length, scale=scale)
 
 
-@register_dataset('tracks', None)
+@register_dataset('tracks', None, ('path',))
 def _tracks(d, split, *, length, scale, seed):
   del split, seed
   if not d.path:

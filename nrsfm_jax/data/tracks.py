@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from nrsfm_jax.data._io import PathLike, missing_key_error, read_npz
+from nrsfm_jax.data._io import PathLike, check_outliers, missing_key_error, read_npz
 
 
 def _check_tracks(where: str, keypoints: np.ndarray, visibility: np.ndarray | None) -> None:
@@ -39,13 +39,15 @@ def load_tracks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
   Raises:
     FileNotFoundError: If the file does not exist.
     ValueError: Not an npz, wrong shapes, empty, infinite coordinates, visibility outside
-      [0, 1], or no usable point at all.
+      [0, 1], no usable point at all, or a gross outlier (a visible point over
+      1000× the typical spread from its frame's median; the message names the frame and point).
     KeyError: No `keypoints` key (the message lists the keys found).
   """
   arrays = read_npz(path)
   if 'keypoints' not in arrays:
     raise missing_key_error(path, 'keypoints', arrays)
-  keypoints = arrays['keypoints'].astype(np.float32)
+  with np.errstate(over='ignore'):  # Beyond float32 becomes inf, refused below.
+    keypoints = arrays['keypoints'].astype(np.float32)
   visibility = arrays.get('visibility')
   _check_tracks(str(path), keypoints, visibility)
   if visibility is None:
@@ -66,6 +68,7 @@ def load_tracks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     keypoints = np.where(missing[..., None], 0.0, keypoints).astype(np.float32)
   if not (visibility > 0).any():
     raise ValueError(f'{path}: every keypoint is missing; the file is entirely unusable')
+  check_outliers(f"{path}: 'keypoints'", keypoints, visibility > 0, what='2D keypoint')
   return keypoints, visibility
 
 

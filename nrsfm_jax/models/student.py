@@ -148,10 +148,15 @@ class Student(nn.Module):
     if z_aug is not None:
       r_aug = geometry.rotation_z(z_aug)[:, None]  # [B, 1, 3, 3]
       lifter_in = _rotate_2d(keypoints, r_aug)
-    bn = dict(train=train, axis_name=axis_name, mask=mask)
-    alpha, omega = self.lifter(lifter_in, visibility, **bn)
+    alpha, omega = self.lifter(lifter_in, visibility, train=train, axis_name=axis_name, mask=mask)
     if z_eq is not None:
-      alpha, _ = self.lifter(_rotate_2d(lifter_in, geometry.rotation_z(z_eq)[:, None]), visibility, **bn)
+      alpha, _ = self.lifter(
+          _rotate_2d(lifter_in, geometry.rotation_z(z_eq)[:, None]),
+          visibility,
+          train=train,
+          axis_name=axis_name,
+          mask=mask,
+      )
     rotation = geometry.so3_exp(omega) if self.config.rotation == 'so3' else geometry.rotation_6d(omega)
     if z_aug is not None:
       rotation = jnp.swapaxes(r_aug, -1, -2) @ rotation
