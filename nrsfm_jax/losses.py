@@ -195,17 +195,21 @@ def bone_loss(
     *,
     pairs: tuple[tuple[int, int], ...] = (),
     temporal: float = 1.0,
+    over: str = 'window',
     mask: Array | None = None,
     kind: str = 'squared',
     scale: float = 1.0,
+    axis_name: str | None = None,
 ) -> tuple[Array, Array]:
   """Skeleton rigidity, a 3D-free prior: bones keep their length over time, and paired bones match.
 
   Per frame ``t``, on length residuals in the points' own units:
 
   * symmetry, for each bone pair ``(a, b)`` (e.g. left and right thigh): ``r = ℓ_a − ℓ_b``;
-  * ``temporal`` × constancy, for each bone: ``r = ℓ_t − mean_τ ℓ_τ`` over the window's
-    present frames (needs ``T > 1``).
+  * ``temporal`` × constancy, for each bone: ``r = ℓ_t − mean ℓ``, the mean over the window's
+    present frames (``over='window'``; needs ``T > 1``) or over every present frame of the
+    batch (``over='batch'``, summed over ``axis_name`` too: one person, or people of similar
+    build, in a batch of independent frames).
 
   A lifter that inflates the depth relief stretches the bones that point at the
   camera and not the others, so both residuals grow with it; neither uses any
@@ -218,9 +222,11 @@ def bone_loss(
     bones: ``E`` (parent, child) joint indices.
     pairs: bone pairs ``(a, b)``, indices into ``bones``, that should be equally long.
     temporal: weight of the constancy residual (0: symmetry only).
+    over: ``'window'`` or ``'batch'``: the frames whose mean length a bone keeps.
     mask: ``[..., T]`` frame mask (window padding).
     kind: robust penalty of the squared residuals.
     scale: its scale.
+    axis_name: the data-parallel axis (``over='batch'``).
 
   Returns:
     ``(values [..., T], weights [..., T])``: each frame's mean over its residuals.
@@ -240,9 +246,15 @@ def bone_loss(
     la, lb = length[..., pidx[:, 0]], length[..., pidx[:, 1]]
     values = values + jnp.sum(robust(jnp.square(la - lb), kind=kind, scale=scale), -1)
     count += len(pairs)
-  if temporal and points.ndim >= 3 and points.shape[-3] > 1:
+  if over not in ('window', 'batch'):
+    raise ValueError(f"bone_loss: over must be 'window' or 'batch', got {over!r}.")
+  frames_axes = tuple(range(length.ndim - 1)) if over == 'batch' else (length.ndim - 2,)
+  if temporal and points.ndim >= 3 and (over == 'batch' or points.shape[-3] > 1):
     m = mask[..., None]
-    mean = jnp.sum(length * m, -2, keepdims=True) / jnp.maximum(jnp.sum(m, -2, keepdims=True), 1.0)
+    total, present = jnp.sum(length * m, frames_axes, keepdims=True), jnp.sum(m, frames_axes, keepdims=True)
+    if over == 'batch' and axis_name is not None:
+      total, present = jax.lax.psum((total, present), axis_name)
+    mean = total / jnp.maximum(present, 1.0)
     values = values + temporal * jnp.sum(robust(jnp.square(length - mean), kind=kind, scale=scale), -1)
     count += len(bones)
   if not count:

@@ -246,9 +246,9 @@ def bone_term(out, batch, ctx, term):
 
   Options: ``bones`` ((parent, child) joint indices), ``pairs`` (bone index pairs
   of equal length, e.g. left and right limbs), ``temporal`` (weight of each
-  bone's constancy over the window; needs windows of more than one frame).
+  bone's constancy) and ``over`` (``'window'``: constant over each window, needs
+  windows of more than one frame; ``'batch'``: over every frame of the batch).
   """
-  del ctx
   points = out[term.get('on', 'shape')]
   bones, pairs = term.get('bones', ()), term.get('pairs', ())
   num_points = points.shape[-2]
@@ -265,9 +265,11 @@ def bone_term(out, batch, ctx, term):
           bones,
           pairs=pairs,
           temporal=term.get('temporal', 1.0),
+          over=term.get('over', 'window'),
           mask=batch['mask'],
           kind=term.kind,
           scale=term.scale,
+          axis_name=getattr(ctx, 'axis_name', None),
       )
   )
 

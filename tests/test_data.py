@@ -354,6 +354,13 @@ def test_h36m_errors(tmp_path):
     np.savez_compressed(tmp_path / f'{name}_3d.npz', positions_3d={'S1': {'A': points}})
     with pytest.raises(ValueError, match=rf'{name}_3d\.npz: {message}'):
       data.load_h36m(tmp_path / f'{name}_3d.npz')
+  for name, content, message in (
+      ('nosubject', {}, 'holds no subjects'),
+      ('noaction', {'S1': {}}, "subject 'S1' holds no actions"),
+  ):
+    np.savez_compressed(tmp_path / f'{name}_3d.npz', positions_3d=content)
+    with pytest.raises(ValueError, match=rf'{name}_3d\.npz: .*{message}'):
+      data.load_h36m(tmp_path / f'{name}_3d.npz')
   np.savez_compressed(tmp_path / 'ok_3d.npz', positions_3d={'S1': {'A': poses}})
   keypoints = np.random.default_rng(1).uniform(0, 1000, size=(4, 17, 2))
   cases_2d = {

@@ -157,6 +157,12 @@ def test_bone_loss_zero_for_a_rigid_symmetric_skeleton_and_grows_with_depth_infl
   assert sym[0] > 0
   with pytest.raises(ValueError, match='nothing to compare'):
     losses.bone_loss(one, _BONES)
+  # over='batch': single frames of one skeleton agree with each other; a stretched one does not.
+  frames = points[:, None]  # [B=6, T=1, P, 3]
+  np.testing.assert_allclose(losses.bone_loss(frames, _BONES, over='batch', kind='squared')[0], 0.0, atol=1e-10)
+  stretched = frames.at[2, 0, 2].multiply(1.5)
+  values, _ = losses.bone_loss(stretched, _BONES, over='batch', kind='squared')
+  assert values.shape == (6, 1) and np.all(values > 0)
 
 
 def test_bone_loss_masks_frames_in_value_and_gradient():

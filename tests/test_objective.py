@@ -30,7 +30,7 @@ def setup():
       objective.loss_config(config)
       .replace_term('teacher', weight=0.5)
       .replace_term('proc', weight=0.1)
-      .replace_term('bones', weight=0.1)
+      .replace_term('bones', weight=0.1, over='batch')  # A batch-wide mean: psum under data parallelism.
   )
   return config, model, state, batch, lcfg
 

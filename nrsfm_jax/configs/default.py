@@ -73,6 +73,7 @@ def get_config(arg=None):
       kind='pseudo_huber',
       scale=0.03,
       temporal=1.0,
+      over='window',
       on='shape',
       bones=data_lib.CMU_BONES,
       pairs=data_lib.CMU_BONE_PAIRS,

@@ -57,6 +57,8 @@ def load_h36m(
   """
   positions_3d = _pickled_dict(path_3d, 'positions_3d')
   positions_2d = None if path_2d is None else _pickled_dict(path_2d, 'positions_2d')
+  if not positions_3d:
+    raise ValueError(f"{path_3d}: 'positions_3d' holds no subjects")
   if subjects is None:
     subjects = list(positions_3d)
   else:
@@ -67,6 +69,8 @@ def load_h36m(
   result: dict[str, dict[str, dict]] = {}
   for subject in subjects:
     result[subject] = {}
+    if not positions_3d[subject]:
+      raise ValueError(f'{path_3d}: subject {subject!r} holds no actions')
     for action, points in positions_3d[subject].items():
       points = np.asarray(points)
       if points.ndim != 3 or points.shape[1:] not in ((32, 3), (17, 3)):
