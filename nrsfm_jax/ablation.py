@@ -285,6 +285,64 @@ def cross_subject_table(results: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def seeds_table(runs: dict[str, dict[str, Any]], row: str = 'lifter') -> str:
+  """Markdown: one cross-subject row over several runs (seeds), then their mean and spread.
+
+  Args:
+    runs: ``{label: results.json of a --cross_subject ablation}`` (the same folds in each).
+    row: the ablation row to compare.
+
+  Returns:
+    A table with the depth-0 reference, one line per run (per-fold MPJPE, mean MPJPE,
+    PA-MPJPE, Stress, the folds beating depth 0), then the per-fold mean over runs, and
+    the mean ± standard deviation (ddof 1) of the runs' means.
+  """
+  if not runs:
+    raise ValueError('seeds_table needs at least one run.')
+  first = next(iter(runs.values()))['cmu17_cross_subject']
+  names = list(first['folds'])
+  lines = [
+      '| run | '
+      + ' | '.join(f'MPJPE {s}' for s in names)
+      + ' | mean MPJPE | mean PA-MPJPE | mean Stress | folds < depth 0 |',
+      '|---' * (len(names) + 5) + '|',
+  ]
+  depth0 = [first['folds'][s]['depth0']['overall']['mpjpe'] for s in names]
+  lines.append(
+      '| depth 0 (reference) | '
+      + ' | '.join(f'{v:.1f}' for v in depth0)
+      + f' | {np.mean(depth0):.1f} | {first["mean"]["depth0"]["pa_mpjpe"]:.1f} | '
+      + f'{first["mean"]["depth0"]["stress"]:.1f} | – |'
+  )
+  per_fold, means = [], {'mpjpe': [], 'pa_mpjpe': [], 'stress': []}
+  for label, results in runs.items():
+    cs = results.get('cmu17_cross_subject') or {}
+    if list(cs.get('folds', {})) != names or any(row not in cs['folds'][s] for s in names):
+      raise ValueError(f'run {label!r} lacks row {row!r} on the folds {names}.')
+    scores = [cs['folds'][s][row]['overall']['mpjpe'] for s in names]
+    per_fold.append(scores)
+    for k in means:
+      means[k].append(cs['mean'][row][k])
+    wins = sum(v < d for v, d in zip(scores, depth0))
+    lines.append(
+        f'| {label} | '
+        + ' | '.join(f'{v:.1f}' for v in scores)
+        + f' | {means["mpjpe"][-1]:.1f} | {means["pa_mpjpe"][-1]:.1f} | {means["stress"][-1]:.1f} | '
+        + f'{wins}/{len(names)} |'
+    )
+  avg = np.mean(per_fold, 0)
+  spread = {k: (np.std(v, ddof=1) if len(v) > 1 else 0.0) for k, v in means.items()}
+  wins = sum(v < d for scores in per_fold for v, d in zip(scores, depth0))
+  lines.append(
+      f'| **mean over {len(runs)} runs** | '
+      + ' | '.join(f'{v:.1f}' for v in avg)
+      + ' | '
+      + ' | '.join(f'**{np.mean(means[k]):.1f}** ± {spread[k]:.1f}' for k in ('mpjpe', 'pa_mpjpe', 'stress'))
+      + f' | {wins}/{len(names) * len(runs)} |'
+  )
+  return '\n'.join(lines)
+
+
 def run_nrsfm(
     workdir: str,
     sequences=NRSFM_SEQUENCES,

@@ -78,10 +78,12 @@ def test_override_flag_changes_every_row_and_names_bad_keys():
 
   from experiments import ablation as script
 
-  make = script.student_config_fn(['model.norm=batch', 'train.num_steps=7', 'loss.z_aug_deg=22.5'])
+  make = script.student_config_fn(['model.norm=batch', 'train.num_steps=7', 'loss.z_aug_deg=22.5', 'seed=3'])
   for row in ablation.ROWS:
     cfg = make(row)
-    assert (cfg.model.norm, cfg.train.num_steps, cfg.loss.z_aug_deg) == ('batch', 7, 22.5)
+    assert (cfg.model.norm, cfg.train.num_steps, cfg.loss.z_aug_deg, cfg.seed) == ('batch', 7, 22.5, 3)
+  with pytest.raises(app.UsageError, match="no config key 'sed'"):
+    script.student_config_fn(['sed=1'])('lifter')
   with pytest.raises(app.UsageError, match="no config key 'nope'"):
     script.student_config_fn(['model.nope=1'])('lifter')
   with pytest.raises(app.UsageError, match='a.b=value'):
@@ -109,3 +111,26 @@ def test_teacher_override_flag_changes_the_teacher_config():
   assert (cfg.train.num_steps, cfg.diffusion.num_hypotheses, cfg.teacher.mode) == (10, 3, 'self')
   with pytest.raises(app.UsageError, match="--teacher_override train.nope: no config key 'nope'"):
     script.teacher_config_fn(['train.nope=1'], 'supervised')()
+
+
+def test_seeds_table_lists_every_run_then_the_mean_and_spread():
+  def run(scores):
+    folds = {
+        s: {'lifter': {'overall': {'mpjpe': v}}, 'depth0': {'overall': {'mpjpe': 100.0}}}
+        for s, v in zip(('a', 'b'), scores)
+    }
+    mean = {
+        'lifter': {'mpjpe': float(np.mean(scores)), 'pa_mpjpe': 1.0, 'stress': 2.0},
+        'depth0': {'mpjpe': 100.0, 'pa_mpjpe': 3.0, 'stress': 4.0},
+    }
+    return {'cmu17_cross_subject': {'folds': folds, 'mean': mean}}
+
+  table = ablation.seeds_table({'s0': run([90.0, 110.0]), 's1': run([80.0, 90.0])})
+  lines = table.splitlines()
+  assert lines[2] == '| depth 0 (reference) | 100.0 | 100.0 | 100.0 | 3.0 | 4.0 | – |'
+  assert lines[3] == '| s0 | 90.0 | 110.0 | 100.0 | 1.0 | 2.0 | 1/2 |'
+  assert lines[4] == '| s1 | 80.0 | 90.0 | 85.0 | 1.0 | 2.0 | 2/2 |'
+  # Mean 92.5, standard deviation (ddof 1) of 100 and 85: 10.6.
+  assert lines[5] == '| **mean over 2 runs** | 85.0 | 100.0 | **92.5** ± 10.6 | **1.0** ± 0.0 | **2.0** ± 0.0 | 3/4 |'
+  with pytest.raises(ValueError, match="run 'x' lacks row 'tcn'"):
+    ablation.seeds_table({'x': run([1.0, 2.0])}, 'tcn')

@@ -1,0 +1,45 @@
+r"""One cross-subject ablation row over several runs (seeds, or settings): per run, then the mean.
+
+Each run is a workdir of ``python -m experiments.ablation --cross_subject`` (its
+``results.json``), e.g. the same command with ``--override=seed=<s>``::
+
+  for s in 0 1 2; do
+    python -m experiments.ablation --workdir=runs/seeds/lifter_s$s --benchmarks=cmu17 --cross_subject \
+        --nodev_split --rows=lifter --override=seed=$s
+  done
+  python -m experiments.seeds --runs=runs/seeds/lifter_s0,runs/seeds/lifter_s1,runs/seeds/lifter_s2
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+from nrsfm_jax import ablation
+
+_RUNS = flags.DEFINE_list('runs', None, 'Ablation workdirs, each with results.json.', required=True)
+_ROW = flags.DEFINE_string('row', 'lifter', 'The row to compare.')
+_LABELS = flags.DEFINE_list('labels', None, 'A label per run (default: the workdir names).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  labels = _LABELS.value or [os.path.basename(os.path.normpath(r)) for r in _RUNS.value]
+  if len(labels) != len(_RUNS.value):
+    raise app.UsageError(f'--labels has {len(labels)} entries for {len(_RUNS.value)} runs.')
+  runs = {}
+  for label, run in zip(labels, _RUNS.value):
+    path = os.path.join(run, 'results.json')
+    if not os.path.isfile(path):
+      raise app.UsageError(f'{path} is missing: run the ablation with --cross_subject there first.')
+    with open(path) as f:
+      runs[label] = json.load(f)
+  try:
+    print(ablation.seeds_table(runs, _ROW.value))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+
+
+if __name__ == '__main__':
+  app.run(main)
