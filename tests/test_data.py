@@ -343,8 +343,14 @@ def test_h36m_errors(tmp_path):
   poses = np.random.default_rng(0).normal(size=(4, 32, 3))
   cases_3d = {
       'zero': (np.zeros((0, 32, 3)), r'S1/A has 0 frames'),
-      'nan': (np.where(np.arange(32)[:, None] == 7, np.nan, poses), r'S1/A: 4 non-finite 3D points.*frame 0, point 5'),
-      'inf': (np.where(np.arange(32)[:, None] == 0, np.inf, poses), r'S1/A: 4 non-finite 3D points.*frame 0, point 0'),
+      'nan': (
+          np.where(np.arange(32)[:, None] == 7, np.nan, poses),
+          r'S1/A has 4 non-finite 3D points.*frame 0, point 5',
+      ),
+      'inf': (
+          np.where(np.arange(32)[:, None] == 0, np.inf, poses),
+          r'S1/A has 4 non-finite 3D points.*frame 0, point 0',
+      ),
       'outlier': (
           np.where((np.arange(32)[:, None] == 2) & (np.arange(3) == 1), 1e30, poses),
           r'S1/A: 3D point at frame 0, point 2 lies',

@@ -54,14 +54,14 @@ def missing_key_error(path: PathLike, key: str, found) -> KeyError:
 OUTLIER_FACTOR = 1000.0
 
 
-def first_non_finite(where: str, points: np.ndarray, what: str) -> None:
-  """Raises if ``points [F, P, D]`` holds NaN or inf, naming ``where``, the count and the first frame and point."""
+def first_non_finite(where: str, points: np.ndarray, what: str, *, point: str = 'point', note: str = '') -> None:
+  """Raises if ``points [F, P, D]`` holds NaN or inf, naming ``where``, the count and the first frame and ``point``."""
   bad = ~np.isfinite(points).all(axis=-1)
   if bad.any():
-    frame, point = (int(i) for i in np.argwhere(bad)[0])
+    frame, index = (int(i) for i in np.argwhere(bad)[0])
     raise ValueError(
-        f'{where}: {int(bad.sum())} non-finite {what}s (NaN or inf, or beyond float32), the first at '
-        f'frame {frame}, point {point}'
+        f'{where} has {int(bad.sum())} non-finite {what}s (NaN or inf, or beyond float32), the first at '
+        f'frame {frame}, {point} {index}{note}'
     )
 
 

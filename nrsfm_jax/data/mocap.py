@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nrsfm_jax.data._io import PathLike, check_outliers, read_npz
+from nrsfm_jax.data._io import PathLike, check_outliers, first_non_finite, read_npz
 
 ASSETS_DIR: Path = Path(__file__).resolve().parent / 'assets'
 CMU_MOCAP_PATH: Path = ASSETS_DIR / 'cmu_mocap_17j.npz'
@@ -137,13 +137,9 @@ def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | Non
       raise ValueError(f'{path}: trial {key!r} has shape {points.shape}, expected [F, J, 3] with F, J > 0')
     with np.errstate(over='ignore'):  # Overflow to inf is reported below, naming the point.
       points = points.astype(np.float32, copy=False)
-    bad = ~np.isfinite(points).all(axis=-1)
-    if bad.any():
-      frame, joint = (int(i) for i in np.argwhere(bad)[0])
-      raise ValueError(
-          f'{path}: trial {key!r} has {int(bad.sum())} non-finite 3D points (NaN or inf, or beyond '
-          f'float32), the first at frame {frame}, joint {joint}: 3D ground truth must be complete'
-      )
+    first_non_finite(
+        f'{path}: trial {key!r}', points, '3D point', point='joint', note=': 3D ground truth must be complete'
+    )
     check_outliers(f'{path}: trial {key!r}', points, what='3D point')
     trials[key] = points
   return trials
