@@ -24,9 +24,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from nrsfm_jax import configs
 from nrsfm_jax.checkpoint import CheckpointError
 from nrsfm_jax.configs import ConfigError
 from nrsfm_jax.data import batch_indices
+from nrsfm_jax.data.registry import DataError
 
 
 class MetricWriter:
@@ -117,7 +119,7 @@ class WorkdirBusyError(RuntimeError):
 
 
 # Errors a training script reports as one line (their messages name the cause and the way out).
-RUN_ERRORS = (NonFiniteLossError, WorkdirBusyError, CheckpointError, ConfigError)
+RUN_ERRORS = (NonFiniteLossError, WorkdirBusyError, CheckpointError, ConfigError, DataError)
 
 
 def _process_alive(pid: int) -> bool:
@@ -324,10 +326,15 @@ def run_cli(main: Callable[[list[str]], Any], config_flags: Sequence[str] = ('co
   def wrapped(argv):
     for name in config_flags:
       try:
-        getattr(flags.FLAGS, name).keys()  # A config that failed to load raises on first use.
+        config = getattr(flags.FLAGS, name)
+        config.keys()  # A config that failed to load raises on first use.
       except OSError as e:  # ml_collections' "Configuration is not available ...": the load failure.
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         sys.exit(f'error: --{name}={flags.FLAGS[name].serialize().split("=", 1)[-1]}: {lines[-1] if lines else e}')
+      try:  # Keys the user set that the chosen data does not read would be silently ignored.
+        configs.check_applies(config, overridden_keys(sys.argv[1:], name))
+      except configs.ConfigError as e:
+        sys.exit(f'error: {e}')
     started.append(True)
     return main(argv)
 
@@ -337,6 +344,12 @@ def run_cli(main: Callable[[list[str]], Any], config_flags: Sequence[str] = ('co
     if started:
       raise
     sys.exit(f'error: {override_error(e, sys.argv[1:], config_flags)}')
+
+
+def overridden_keys(argv: Sequence[str], flag: str = 'config') -> list[str]:
+  """The dotted config keys that ``--<flag>.a.b=v`` arguments set (``['a.b']``)."""
+  head = f'--{flag}.'
+  return [arg[len(head) :].split('=', 1)[0] for arg in argv if arg.startswith(head)]
 
 
 def override_error(error: BaseException, argv: Sequence[str], config_flags: Sequence[str] = ('config',)) -> str:

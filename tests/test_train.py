@@ -307,12 +307,6 @@ def test_validate_names_the_config_key_at_fault():
           r"config\.data\.name='cmu' is not a data source \(did you mean 'cmu17'\?\)",
       ),
       (
-          'nrsfm',
-          lambda c: setattr(c.data, 'train_subjects', '002'),
-          r"config\.data\.train_subjects='002' does not apply to config\.data\.name='nrsfm' "
-          r'\(it is read by: cmu17, h36m\)',
-      ),
-      (
           'teacher',
           lambda c: setattr(c.diffusion, 'num_hypotheses', 0),
           r'config\.diffusion\.num_hypotheses must be >= 1',
@@ -323,3 +317,46 @@ def test_validate_names_the_config_key_at_fault():
     change(config)
     with pytest.raises(configs.ConfigError, match=message):
       configs.validate(config)
+  # Keys a user set that the chosen source does not read (the command line's overrides).
+  config = configs.get('nrsfm', 'pickup')
+  configs.check_applies(config, ['data.sequence', 'data.window', 'train.num_steps'])
+  with pytest.raises(
+      configs.ConfigError,
+      match=r"config\.data\.train_subjects='002,003,005' does not apply to config\.data\.name='nrsfm' "
+      r'\(it is read by: cmu17, h36m\)',
+  ):
+    configs.check_applies(config, ['data.train_subjects'])
+  assert loop.overridden_keys(['--config.data.sequence=x', '--workdir=w', '--config=f.py', '--config.a.b=1']) == [
+      'data.sequence',
+      'a.b',
+  ]
+
+
+def test_train_script_reports_unusable_data_in_one_line(tmp_path):
+  """Issue #11: a 2D coordinate of 1e30 trained "fine" into predictions of 1e25."""
+  import subprocess
+  import sys
+
+  keypoints = np.random.default_rng(0).uniform(0, 640, size=(30, 17, 2))
+  keypoints[4, 2, 0] = 1e30
+  np.savez(tmp_path / 'tracks.npz', keypoints=keypoints)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'experiments.train',
+          f'--workdir={tmp_path / "run"}',
+          '--config=nrsfm_jax/configs/tiny.py',
+          '--config.data.name=tracks',
+          f'--config.data.path={tmp_path / "tracks.npz"}',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      timeout=120,
+  )
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: {tmp_path / 'tracks.npz'}: 'keypoints': 2D keypoint at frame 4, point 2 lies 1e+30"
+  ), proc.stderr

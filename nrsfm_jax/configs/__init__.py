@@ -84,11 +84,9 @@ def _lookup_key(config, dotted: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks a student or teacher config before it runs; each problem is one line naming its key.
 
-  * ranges (``train.batch_size >= 1``, ``data.dropout`` in [0, 1), ``optim.lr > 0``, loss
-    weights ``>= 0``, ...);
-  * ``config.data`` keys that the chosen source does not read (``data.sequence`` with cmu17,
-    ``data.train_subjects`` with one nrsfm sequence) are an error when they differ from the
-    default, rather than being silently ignored.
+  Ranges (``train.batch_size >= 1``, ``data.dropout`` in [0, 1), ``optim.lr > 0``, loss
+  weights ``>= 0``, ...) and the data source's name. Keys that the chosen source does not
+  read are :func:`check_applies`'s (the command line knows which keys a user set).
 
   Raises:
     ConfigError: the first problem found.
@@ -107,32 +105,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 < scale < math.inf:
       raise ConfigError(f'config.loss.terms.{name}.scale must be finite and > 0; got {scale!r}.')
   if 'data' in config:
-    _validate_data_keys(config.data)
+    _data_keys(config.data.get('name', ''))
 
 
-def _validate_data_keys(data: ml_collections.ConfigDict) -> None:
-  from nrsfm_jax.configs import default  # pylint: disable=g-import-not-at-top
-  from nrsfm_jax.data import registry  # pylint: disable=g-import-not-at-top  (registry imports configs' users)
+def _data_keys(name) -> tuple[str, ...]:
+  from nrsfm_jax.data import registry  # pylint: disable=g-import-not-at-top  (data imports the models' configs)
 
-  name = data.get('name', '')
   if name not in registry.dataset_names():
     close = difflib.get_close_matches(str(name), registry.dataset_names(), n=1)
     hint = f' (did you mean {close[0]!r}?)' if close else ''
     raise ConfigError(
         f'config.data.name={name!r} is not a data source{hint}; expected one of {registry.dataset_names()}.'
     )
-  reads = registry.data_keys(name)
-  defaults = default.get_config().data
-  for key, value in data.items():
-    if key in reads or key not in defaults:
+  return registry.data_keys(name)
+
+
+def check_applies(config: ml_collections.ConfigDict, keys) -> None:
+  """Refuses ``config.data`` keys that were set (``keys``, dotted, e.g. from the command line) but
+  that the chosen data source does not read, such as ``data.sequence`` with cmu17.
+
+  Raises:
+    ConfigError: naming the key, the source, and the sources that do read it.
+  """
+  from nrsfm_jax.data import registry  # pylint: disable=g-import-not-at-top
+
+  if 'data' not in config:
+    return
+  name = config.data.get('name', '')
+  reads = _data_keys(name)
+  for key in keys:
+    section, _, leaf = key.partition('.')
+    if section != 'data' or not leaf or leaf.split('.')[0] in reads:
       continue
-    if _comparable(value) != _comparable(defaults[key]):
-      users = [n for n in registry.dataset_names() if key in registry.data_keys(n)]
-      raise ConfigError(
-          f'config.data.{key}={value!r} does not apply to config.data.name={name!r} (it is read by: '
-          f'{", ".join(users)}); leave it at its default {defaults[key]!r}.'
-      )
-
-
-def _comparable(value):
-  return tuple(_comparable(v) for v in value) if isinstance(value, (list, tuple)) else value
+    leaf = leaf.split('.')[0]
+    users = [n for n in registry.dataset_names() if leaf in registry.data_keys(n)]
+    raise ConfigError(
+        f'config.data.{leaf}={config.data.get(leaf)!r} does not apply to config.data.name={name!r} (it is '
+        f'read by: {", ".join(users) or "no source"}).'
+    )

@@ -19,6 +19,7 @@ from nrsfm_jax.data.mocap import (
 from nrsfm_jax.data.nrsfm import load_nrsfm_sequence, nrsfm_sequence_path
 from nrsfm_jax.data.pseudo3d import PSEUDO3D_KEYS, load_pseudo3d, save_pseudo3d
 from nrsfm_jax.data.registry import (
+    DataError,
     dataset_names,
     h36m_dataset,
     make_dataset,
@@ -92,6 +93,7 @@ __all__ = [
     'save_pseudo3d',
     'dataset_names',
     'h36m_dataset',
+    'DataError',
     'make_dataset',
     'make_datasets',
     'parse_names',

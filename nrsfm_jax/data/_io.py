@@ -94,8 +94,9 @@ def check_outliers(where: str, points: np.ndarray, valid: np.ndarray | None = No
   far = valid & (np.nan_to_num(dist) > OUTLIER_FACTOR * typical)
   if far.any():
     frame, point = (int(i) for i in np.argwhere(far)[0])
+    missing = ' (mark missing points NaN)' if what.startswith('2D') else ''
     raise ValueError(
         f"{where}: {what} at frame {frame}, point {point} lies {dist[frame, point]:.3g} from its frame's median, "
         f'over {OUTLIER_FACTOR:g}x the typical {typical:.3g}; {int(far.sum())} such point(s): a corrupt '
-        'coordinate? (mark missing points NaN)'
+        f'coordinate?{missing}'
     )

@@ -35,6 +35,12 @@ from nrsfm_jax.data import windows
 from nrsfm_jax.data.h36m import load_h36m
 
 SPLITS = ('train', 'eval')
+
+
+class DataError(ValueError):
+  """The configured data cannot be read or is unusable; the message names the file, key or value."""
+
+
 # name -> (fn(data_config, split, length, scale, seed) -> WindowDataset, scoring protocol or None)
 _DATASETS: dict[str, tuple[Callable[..., windows.WindowDataset], str | None]] = {}
 # name -> the config.data keys its fn reads (besides COMMON_KEYS); configs.validate refuses the others.
@@ -107,10 +113,16 @@ def make_dataset(
 
   Returns:
     A ``WindowDataset``.
+
+  Raises:
+    DataError: the source's loader refused the data (its message, naming the file and key).
   """
   fn, _ = _lookup(data_config.name)
   length = window_length(data_config, split) if length is None else int(length)
-  return fn(data_config, split, length=length, scale=scale, seed=seed)
+  try:
+    return fn(data_config, split, length=length, scale=scale, seed=seed)
+  except (ValueError, KeyError, OSError) as e:  # The loaders' messages name the file, key and value.
+    raise DataError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
 
 
 def make_datasets(config, scale: float | None = None) -> tuple[windows.WindowDataset, windows.WindowDataset]:
