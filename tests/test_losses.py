@@ -149,7 +149,8 @@ def test_bone_loss_zero_for_a_rigid_symmetric_skeleton_and_grows_with_depth_infl
   assert values.shape == weights.shape == (6,)
   np.testing.assert_allclose(values, 0.0, atol=1e-10)
   # Inflating depth (what the lifter did on subject 002) stretches bones unequally over time.
-  inflate = lambda s: losses.masked_mean(*losses.bone_loss(points * jnp.array([1, 1, s]), _BONES, pairs=_PAIRS))
+  loss = jax.jit(lambda p: losses.masked_mean(*losses.bone_loss(p, _BONES, pairs=_PAIRS)))
+  inflate = lambda s: loss(points * jnp.array([1, 1, s]))
   assert 0.0 < inflate(1.5) < inflate(2.0) < inflate(3.0)
   # Each residual alone: symmetry is per frame (works with T = 1); constancy needs T > 1.
   one = points[:1].at[0, 2].add(jnp.array([0.0, -0.2, 0.0]))
@@ -158,11 +159,18 @@ def test_bone_loss_zero_for_a_rigid_symmetric_skeleton_and_grows_with_depth_infl
   with pytest.raises(ValueError, match='nothing to compare'):
     losses.bone_loss(one, _BONES)
   # over='batch': single frames of one skeleton agree with each other; a stretched one does not.
+  batch_loss = jax.jit(lambda p: losses.bone_loss(p, _BONES, over='batch', kind='squared')[0])
   frames = points[:, None]  # [B=6, T=1, P, 3]
-  np.testing.assert_allclose(losses.bone_loss(frames, _BONES, over='batch', kind='squared')[0], 0.0, atol=1e-10)
-  stretched = frames.at[2, 0, 2].multiply(1.5)
-  values, _ = losses.bone_loss(stretched, _BONES, over='batch', kind='squared')
+  np.testing.assert_allclose(batch_loss(frames), 0.0, atol=1e-10)
+  values = batch_loss(frames.at[2, 0, 2].multiply(1.5))
   assert values.shape == (6, 1) and np.all(values > 0)
+  # Under data parallelism the batch mean spans every device (psum): 3 devices x 2 frames = 6 frames.
+  sharded = jax.pmap(
+      lambda p: losses.bone_loss(p, _BONES, over='batch', kind='squared', axis_name='d')[0],
+      axis_name='d',
+      devices=jax.devices()[:3],
+  )(frames.at[2, 0, 2].multiply(1.5).reshape(3, 2, 1, 5, 3))
+  np.testing.assert_allclose(sharded.reshape(6, 1), values, rtol=1e-6)
 
 
 def test_bone_loss_masks_frames_in_value_and_gradient():
@@ -170,12 +178,14 @@ def test_bone_loss_masks_frames_in_value_and_gradient():
   broken = points.at[4].set(jnp.nan)  # A padding frame may hold anything.
   mask = jnp.ones(6).at[4].set(0.0)
   f = lambda p: losses.masked_mean(*losses.bone_loss(p, _BONES, pairs=_PAIRS, mask=mask))
-  np.testing.assert_allclose(f(broken), 0.0, atol=1e-6)
-  grads = jax.grad(f)(points.at[1, 2].add(0.1))
+  np.testing.assert_allclose(jax.jit(f)(broken), 0.0, atol=1e-6)
+  grads = jax.jit(jax.grad(f))(points.at[1, 2].add(0.1))
   assert np.all(np.isfinite(grads)) and np.all(grads[4] == 0.0) and np.any(grads[1] != 0.0)
   coincident = jnp.zeros((3, 5, 3))  # Zero-length bones: finite gradients.
   assert np.all(
-      np.isfinite(jax.grad(lambda p: losses.masked_mean(*losses.bone_loss(p, _BONES, pairs=_PAIRS)))(coincident))
+      np.isfinite(
+          jax.jit(jax.grad(lambda p: losses.masked_mean(*losses.bone_loss(p, _BONES, pairs=_PAIRS))))(coincident)
+      )
   )
 
 
