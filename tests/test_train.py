@@ -239,20 +239,33 @@ def test_one_run_per_workdir(tmp_path):
       pass
 
 
-def test_train_script_reports_a_busy_workdir_in_one_line(tmp_path):
-  import socket
+def _train_script(workdir, *flags):
+  """Runs ``experiments.train`` on the tiny config with ``flags``; returns the finished process."""
   import subprocess
   import sys
 
-  with open(tmp_path / loop.LOCK_NAME, 'w') as f:
-    json.dump({'pid': os.getppid(), 'host': socket.gethostname()}, f)
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path}', '--config=nrsfm_jax/configs/tiny.py'],
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}', '--config=nrsfm_jax/configs/tiny.py', *flags],
       capture_output=True,
       text=True,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
       timeout=120,
   )
+
+
+def _one_error_line(proc) -> str:
+  """The single stderr line of a script that stopped on a user error (exit 1, no traceback)."""
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+  return lines[0]
+
+
+def test_train_script_reports_a_busy_workdir_in_one_line(tmp_path):
+  import socket
+
+  with open(tmp_path / loop.LOCK_NAME, 'w') as f:
+    json.dump({'pid': os.getppid(), 'host': socket.gethostname()}, f)
+  proc = _train_script(tmp_path)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path} is in use by process {os.getppid()}')
   assert 'Traceback' not in proc.stderr
@@ -275,19 +288,7 @@ def test_train_script_reports_a_busy_workdir_in_one_line(tmp_path):
 )
 def test_train_script_reports_config_mistakes_in_one_line(tmp_path, flag, message):
   """Issue #11: an unknown key was a 55-line traceback, data.sequence with cmu17 was ignored."""
-  import subprocess
-  import sys
-
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path}', '--config=nrsfm_jax/configs/tiny.py', flag],
-      capture_output=True,
-      text=True,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      timeout=120,
-  )
-  assert proc.returncode == 1
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f'error: {message}'), proc.stderr
+  assert _one_error_line(_train_script(tmp_path, flag)).startswith(f'error: {message}')
 
 
 def test_validate_names_the_config_key_at_fault():
@@ -334,29 +335,11 @@ def test_validate_names_the_config_key_at_fault():
 
 def test_train_script_reports_unusable_data_in_one_line(tmp_path):
   """Issue #11: a 2D coordinate of 1e30 trained "fine" into predictions of 1e25."""
-  import subprocess
-  import sys
 
   keypoints = np.random.default_rng(0).uniform(0, 640, size=(30, 17, 2))
   keypoints[4, 2, 0] = 1e30
   np.savez(tmp_path / 'tracks.npz', keypoints=keypoints)
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'experiments.train',
-          f'--workdir={tmp_path / "run"}',
-          '--config=nrsfm_jax/configs/tiny.py',
-          '--config.data.name=tracks',
-          f'--config.data.path={tmp_path / "tracks.npz"}',
-      ],
-      capture_output=True,
-      text=True,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      timeout=120,
-  )
-  assert proc.returncode == 1
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(
+  proc = _train_script(tmp_path / 'run', '--config.data.name=tracks', f'--config.data.path={tmp_path / "tracks.npz"}')
+  assert _one_error_line(proc).startswith(
       f"error: {tmp_path / 'tracks.npz'}: 'keypoints': 2D keypoint at frame 4, point 2 lies 1e+30"
-  ), proc.stderr
+  )
