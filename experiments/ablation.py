@@ -130,13 +130,6 @@ def teacher_config_fn(overrides, mode: str):
 
 
 def main(argv):
-  try:
-    _main(argv)
-  except loop.RUN_ERRORS as e:  # One line, no traceback: the message says what to do.
-    sys.exit(f'error: {e}')
-
-
-def _main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -224,4 +217,4 @@ def _main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  loop.run_cli(main, config_flags=())

@@ -7,8 +7,6 @@ r"""Trains the student and evaluates it (one run; `experiments.ablation` chains 
 Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,10 +22,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except loop.RUN_ERRORS as e:  # One line, no traceback: the message says what to do.
-    sys.exit(f'error: {e}')
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

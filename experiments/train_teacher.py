@@ -14,8 +14,6 @@ Prints the teacher's own MPJPE (or e3D) on the eval split for each aggregation
 writes them to ``<workdir>/teacher_eval.json``. Rerunning resumes.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -30,10 +28,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    out = teacher.train_teacher(FLAGS.config, FLAGS.workdir)
-  except loop.RUN_ERRORS as e:  # One line, no traceback: the message says what to do.
-    sys.exit(f'error: {e}')
+  out = teacher.train_teacher(FLAGS.config, FLAGS.workdir)
   print(f'pseudo-3D for the student: --config.train.pseudo3d={out["pseudo3d"]}')
 
 

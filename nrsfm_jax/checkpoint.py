@@ -103,13 +103,7 @@ class Checkpointer:
     fails raises :class:`CheckpointError`.
     """
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
-
-    def restore_step(s):
-      return self.manager.restore(
-          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-      )
-
-    found = self._restore(restore_step, step, set_aside=True, log=log)
+    found = self._restore(target, step, set_aside=True, log=log)
     if found is None:
       return state, None
     tree = found['state']
@@ -122,13 +116,7 @@ class Checkpointer:
     ``step=None``: the newest checkpoint that restores (damaged ones are
     reported and skipped, and left where they are).
     """
-
-    def restore_step(s):
-      return self.manager.restore(
-          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-      )
-
-    found = self._restore(restore_step, step, set_aside=False, log=log)
+    found = self._restore(None, step, set_aside=False, log=log)
     if found is None:
       raise FileNotFoundError(
           f'No checkpoint in {self.directory} restores.'
@@ -137,8 +125,17 @@ class Checkpointer:
       )
     return found['state'], dict(found['meta'])
 
-  def _restore(self, restore_step: Callable[[int], Any], step: int | None, *, set_aside: bool, log) -> Any:
+  def _restore(self, target, step: int | None, *, set_aside: bool, log) -> Any:
+    """``{'state', 'meta'}`` of ``step``, or of the newest step that restores (None if none does).
+
+    ``target``: the state's abstract structure, or None for plain arrays.
+    """
     log = log or (lambda _: None)
+
+    def restore_step(s):
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+      return self.manager.restore(s, args=args)
+
     if step is not None:
       try:
         return restore_step(step)

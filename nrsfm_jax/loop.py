@@ -307,13 +307,17 @@ def run_loop(
 
 
 def run_cli(main: Callable[[list[str]], Any], config_flags: Sequence[str] = ('config',)) -> None:
-  """``absl.app.run(main)``, where a mistaken config flag is one ``error:`` line, not a traceback.
+  """``absl.app.run(main)``, where user errors are one ``error:`` line, not a traceback.
 
-  ml_collections applies ``--config.a.b=v`` overrides while absl parses the
-  flags, before ``main`` runs: an unknown key raises a bare KeyError or
-  AttributeError there, and a config file that fails to load raises OSError at
-  first use. Both become ``error: --config.a.b=v: config.a has no key 'b' (did
-  you mean ...?)``. Errors raised inside ``main`` itself are left alone.
+  * :data:`RUN_ERRORS` raised by ``main`` (a busy workdir, a diverged step, bad
+    data or config): their messages say what to do.
+  * A mistaken config flag: ml_collections applies ``--config.a.b=v`` overrides
+    while absl parses the flags, before ``main`` runs, and an unknown key raises
+    a bare KeyError or AttributeError there; a config file that fails to load
+    raises OSError at first use. Both become ``error: --config.a.b=v: config.a
+    has no key 'b' (did you mean ...?)``.
+
+  Other errors raised inside ``main`` keep their tracebacks.
 
   Args:
     main: the script's ``main(argv)``.
@@ -340,6 +344,8 @@ def run_cli(main: Callable[[list[str]], Any], config_flags: Sequence[str] = ('co
 
   try:
     app.run(wrapped)
+  except RUN_ERRORS as e:
+    sys.exit(f'error: {e}')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     if started:
       raise

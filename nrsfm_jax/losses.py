@@ -233,6 +233,8 @@ def bone_loss(
   """
   if not bones:
     raise ValueError('bone_loss needs at least one bone (parent, child) pair.')
+  if over not in ('window', 'batch'):
+    raise ValueError(f"bone_loss: over must be 'window' or 'batch', got {over!r}.")
   idx = jnp.asarray(bones, jnp.int32)
   vec = points[..., idx[:, 1], :] - points[..., idx[:, 0], :]
   if mask is None:
@@ -246,8 +248,6 @@ def bone_loss(
     la, lb = length[..., pidx[:, 0]], length[..., pidx[:, 1]]
     values = values + jnp.sum(robust(jnp.square(la - lb), kind=kind, scale=scale), -1)
     count += len(pairs)
-  if over not in ('window', 'batch'):
-    raise ValueError(f"bone_loss: over must be 'window' or 'batch', got {over!r}.")
   frames_axes = tuple(range(length.ndim - 1)) if over == 'batch' else (length.ndim - 2,)
   if temporal and points.ndim >= 3 and (over == 'batch' or points.shape[-3] > 1):
     m = mask[..., None]

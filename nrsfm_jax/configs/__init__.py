@@ -134,10 +134,10 @@ def check_applies(config: ml_collections.ConfigDict, keys) -> None:
   name = config.data.get('name', '')
   reads = _data_keys(name)
   for key in keys:
-    section, _, leaf = key.partition('.')
-    if section != 'data' or not leaf or leaf.split('.')[0] in reads:
+    section, *rest = key.split('.')
+    leaf = rest[0] if rest else ''
+    if section != 'data' or not leaf or leaf in reads:
       continue
-    leaf = leaf.split('.')[0]
     users = [n for n in registry.dataset_names() if leaf in registry.data_keys(n)]
     raise ConfigError(
         f'config.data.{leaf}={config.data.get(leaf)!r} does not apply to config.data.name={name!r} (it is '
