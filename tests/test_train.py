@@ -291,6 +291,12 @@ def test_train_script_reports_config_mistakes_in_one_line(tmp_path, flag, messag
   assert _one_error_line(_train_script(tmp_path, flag)).startswith(f'error: {message}')
 
 
+def test_the_bones_term_is_on_only_where_the_skeleton_is_the_human_one():
+  assert configs.get('default', 'lifter').loss.terms.bones.weight > 0  # cmu17: CMU_BONES apply.
+  for variant in ('lifter', 'windows', 'tcn'):  # Marker sets: no bone list.
+    assert configs.get('nrsfm', f'drink:{variant}').loss.terms.bones.weight == 0
+
+
 def test_validate_names_the_config_key_at_fault():
   for name, arg in (('default', None), ('tiny', None), ('paper', None), ('nrsfm', 'pickup'), ('teacher', 'self')):
     configs.validate(configs.get(name, arg))
