@@ -8,6 +8,9 @@ Each run is a workdir of ``python -m experiments.ablation --cross_subject`` (its
         --nodev_split --rows=lifter --override=seed=$s
   done
   python -m experiments.seeds --runs=runs/seeds/lifter_s0,runs/seeds/lifter_s1,runs/seeds/lifter_s2
+
+``--select`` adds the run each fold would keep with ``train.restarts``: the lowest training
+objective on that fold's training 2D (no 3D read), with its held-out scores.
 """
 
 import json
@@ -20,6 +23,12 @@ from nrsfm_jax import ablation
 _RUNS = flags.DEFINE_list('runs', None, 'Ablation workdirs, each with results.json.', required=True)
 _ROW = flags.DEFINE_string('row', 'lifter', 'The row to compare.')
 _LABELS = flags.DEFINE_list('labels', None, 'A label per run (default: the workdir names).')
+_SELECT = flags.DEFINE_bool(
+    'select',
+    False,
+    "Also score each fold's runs by their training objective on the training 2D (what "
+    'train.restarts keeps the lowest of) and add the line of the per-fold choice.',
+)
 
 
 def main(argv):
@@ -35,8 +44,12 @@ def main(argv):
       raise app.UsageError(f'{path} is missing: run the ablation with --cross_subject there first.')
     with open(path) as f:
       runs[label] = json.load(f)
+  chosen = None
+  if _SELECT.value:
+    choice = ablation.selection_choice(dict(zip(labels, _RUNS.value)), _ROW.value)
+    chosen = {fold: entry['chosen'] for fold, entry in choice.items()}
   try:
-    print(ablation.seeds_table(runs, _ROW.value))
+    print(ablation.seeds_table(runs, _ROW.value, chosen=chosen))
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from nrsfm_jax import configs, loop, scoring, teacher
 from nrsfm_jax import data as data_lib
+from nrsfm_jax import runs as runs_lib
 from nrsfm_jax import train as train_lib
 
 ROWS = ('lifter', 'smooth', 'tcn', 'teacher')
@@ -285,17 +286,56 @@ def cross_subject_table(results: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def seeds_table(runs: dict[str, dict[str, Any]], row: str = 'lifter') -> str:
+def selection_choice(
+    run_dirs: dict[str, str], row: str = 'lifter', log: Callable[[str], None] = print
+) -> dict[str, dict[str, Any]]:
+  """Per cross-subject fold, the run (seed) whose ``row`` has the lowest training objective.
+
+  The 3D-free choice that ``train.restarts`` makes, applied after the fact to
+  separate ablation workdirs: each fold's ``row`` run is scored by
+  :func:`nrsfm_jax.train.selection_objective` on that fold's training 2D.
+
+  Args:
+    run_dirs: ``{label: workdir of a --cross_subject ablation}`` (the same folds in each).
+    row: the row whose runs are compared.
+    log: progress sink.
+
+  Returns:
+    ``{fold: {'chosen': label, 'objective': {label: total}}}``.
+  """
+  out: dict[str, dict[str, Any]] = {}
+  datasets: dict[str, Any] = {}
+  for label, workdir in run_dirs.items():
+    base = os.path.join(workdir, 'cmu17_cross_subject')
+    folds = sorted(d[len('fold_') :] for d in os.listdir(base) if d.startswith('fold_')) if os.path.isdir(base) else []
+    if not folds:
+      raise ValueError(f'{base} holds no fold_<subject> directories: not a --cross_subject ablation workdir.')
+    for fold in folds:
+      config, model, params, _ = runs_lib.load_run(os.path.join(base, f'fold_{fold}', row))
+      key = json.dumps(config.data.to_dict(), sort_keys=True)
+      if key not in datasets:
+        datasets[key] = data_lib.make_datasets(config)[0]
+      total = train_lib.selection_objective(config, model.apply, params, datasets[key])['total']
+      log(f'{label} fold {fold}: training objective {total:.5g}')
+      out.setdefault(fold, {'objective': {}})['objective'][label] = total
+  for entry in out.values():
+    entry['chosen'] = min(entry['objective'], key=entry['objective'].get)
+  return out
+
+
+def seeds_table(runs: dict[str, dict[str, Any]], row: str = 'lifter', chosen: dict[str, str] | None = None) -> str:
   """Markdown: one cross-subject row over several runs (seeds), then their mean and spread.
 
   Args:
     runs: ``{label: results.json of a --cross_subject ablation}`` (the same folds in each).
     row: the ablation row to compare.
+    chosen: ``{fold: label}``, one run per fold (e.g. :func:`selection_choice`'s): adds a
+      line with the chosen run's scores on each fold, labelled by the choice.
 
   Returns:
     A table with the depth-0 reference, one line per run (per-fold MPJPE, mean MPJPE,
     PA-MPJPE, Stress, the folds beating depth 0), then the per-fold mean over runs, and
-    the mean ± standard deviation (ddof 1) of the runs' means.
+    the mean ± standard deviation (ddof 1) of the runs' means; then the chosen line.
   """
   if not runs:
     raise ValueError('seeds_table needs at least one run.')
@@ -340,6 +380,22 @@ def seeds_table(runs: dict[str, dict[str, Any]], row: str = 'lifter') -> str:
       + ' | '.join(f'**{np.mean(means[k]):.1f}** ± {spread[k]:.1f}' for k in ('mpjpe', 'pa_mpjpe', 'stress'))
       + f' | {wins}/{len(names) * len(runs)} |'
   )
+  if chosen is not None:
+    missing = [s for s in names if chosen.get(s) not in runs]
+    if missing:
+      raise ValueError(f'chosen has no run among {list(runs)} for folds {missing}.')
+    picked = [runs[chosen[s]]['cmu17_cross_subject']['folds'][s][row]['overall'] for s in names]
+    scores = [o['mpjpe'] for o in picked]
+    wins = sum(v < d for v, d in zip(scores, depth0))
+    lines.append(
+        '| **lowest training objective ('
+        + ', '.join(f'{s}: {chosen[s]}' for s in names)
+        + ')** | '
+        + ' | '.join(f'{v:.1f}' for v in scores)
+        + ' | '
+        + ' | '.join(f'**{np.mean([o[k] for o in picked]):.1f}**' for k in ('mpjpe', 'pa_mpjpe', 'stress'))
+        + f' | {wins}/{len(names)} |'
+    )
   return '\n'.join(lines)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,6 +106,123 @@ def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable
   return pseudo, weight
 
 
+# Windows of the training set that score a run for :func:`selection_objective` (evenly spaced).
+SELECTION_WINDOWS = 8192
+
+
+def selection_objective(
+    config: ml_collections.ConfigDict,
+    apply_fn: Callable,
+    params,
+    train_ds: data_lib.WindowDataset,
+    *,
+    max_windows: int = SELECTION_WINDOWS,
+) -> dict[str, float]:
+  """The training objective of ``params`` on a fixed subset of the training windows; ``{term: mean, 'total': ...}``.
+
+  Uses nothing but the training 2D: every term of ``config.loss`` that needs no
+  teacher targets (the teacher term is left out), on up to ``max_windows``
+  evenly spaced training windows in batches of ``config.train.batch_size``,
+  with a fixed key (the same random rotations for every run scored). Runs of
+  one config that differ only in their seed are therefore compared on the
+  same data and the same draws: this is what ``train.restarts`` keeps the
+  lowest of.
+
+  Args:
+    config: the run's config (its ``loss`` and ``train.batch_size``).
+    apply_fn: ``Student.apply``.
+    params: the run's variables.
+    train_ds: the training windows (``[N, L, P, 2]`` keypoints, ...).
+    max_windows: at most this many windows are scored.
+
+  Returns:
+    Every scored term's mean over the batches, and ``total`` (Σ weight · term).
+  """
+  lcfg = objective.loss_config(config)
+  n = train_ds.num_windows
+  batch = min(int(config.train.batch_size), n)
+  count = max(batch, min(n, int(max_windows)) // batch * batch)
+  indices = np.linspace(0, n - 1, count).round().astype(np.int64).reshape(-1, batch)
+  loss_fn = jax.jit(functools.partial(objective.compute_loss, apply_fn=apply_fn, cfg=lcfg))
+  totals: dict[str, float] = {}
+  for i, idx in enumerate(indices):
+    full = train_ds.take(idx)
+    b = {k: jnp.asarray(full[k]) for k in ('keypoints', 'visibility', 'mask')}
+    _, (m, _) = loss_fn(params, batch=b, key=jax.random.PRNGKey(i))
+    for k, v in jax.device_get(m).items():
+      totals[k] = totals.get(k, 0.0) + float(v) / len(indices)
+  return totals
+
+
+def _copy_run(source: str, target: str) -> None:
+  """Copies ``source``'s checkpoints and metrics into ``target`` (replacing them), atomically per folder."""
+  for name in ('checkpoints', 'metrics.jsonl'):
+    src, dst = os.path.join(source, name), os.path.join(target, name)
+    if not os.path.exists(src):
+      continue
+    tmp = dst + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.isdir(src):
+      shutil.copytree(src, tmp)
+    else:
+      shutil.copyfile(src, tmp)
+    if os.path.isdir(dst):
+      shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+def _train_restarts(
+    config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None], evaluate: bool
+) -> dict[str, Any]:
+  """``train.restarts = R > 1``: R seeds, and the run keeps the one whose training objective is lowest.
+
+  Restart ``k`` is the same config with ``seed + k``, trained (and resumed) in
+  ``<workdir>/restarts/seed_<seed + k>``. Each is scored by
+  :func:`selection_objective`, which reads the training 2D alone, and the
+  lowest one's checkpoints and metrics are copied into ``workdir``, so the run
+  reads like any other (``runs.load_run``, ``train.init_from``). The held-out
+  scores of every restart are written to ``restarts.json`` for reporting; the
+  choice never reads them.
+  """
+  restarts = int(config.train.restarts)
+  summary_path = os.path.join(workdir, 'restarts.json')
+  train_ds, eval_ds = data_lib.make_datasets(config)
+  entries = []
+  for k in range(restarts):
+    sub = ml_collections.ConfigDict(config.to_dict())
+    sub.seed = int(config.seed) + k
+    sub.train.restarts = 1
+    sub_dir = os.path.join(workdir, 'restarts', f'seed_{sub.seed}')
+    log(f'--- restart {k + 1}/{restarts}: seed {sub.seed} in {sub_dir} ---')
+    held_out = train_and_evaluate(sub, sub_dir, log=log, evaluate=evaluate)
+    _, model, params, _ = runs.load_run(sub_dir)
+    score = selection_objective(config, model.apply, params, train_ds)
+    log(f'restart seed {sub.seed}: training objective {score["total"]:.5g} (on {train_ds.num_windows} windows\' 2D)')
+    entry = {'seed': sub.seed, 'workdir': sub_dir, 'objective': score}
+    if held_out:
+      entry['eval_overall'] = held_out['overall']
+    entries.append(entry)
+  best = min(entries, key=lambda e: e['objective']['total'])
+  _copy_run(best['workdir'], workdir)
+  loop.write_json_atomic(
+      summary_path,
+      {
+          'chosen_seed': best['seed'],
+          'criterion': 'selection_objective total (training 2D only)',
+          'restarts': entries,
+      },
+  )
+  log(
+      f'restarts: kept seed {best["seed"]} (training objective {best["objective"]["total"]:.5g}; '
+      + ', '.join(f'seed {e["seed"]}: {e["objective"]["total"]:.5g}' for e in entries)
+      + ')'
+  )
+  if not evaluate:
+    return {}
+  _, model, params, _ = runs.load_run(workdir)
+  return scoring.evaluate_and_save(config, workdir, model.apply, params, eval_ds, log=log)
+
+
 @loop.holds_workdir
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None] = print, evaluate: bool = True
@@ -118,10 +236,15 @@ def train_and_evaluate(
   Returns:
     :func:`scoring.score`'s result on the eval split (``{}`` for 2D-only data,
     or with ``evaluate=False``, which stops after training).
+
+  With ``train.restarts = R > 1`` it trains R seeds and keeps the one with the
+  lowest training objective (:func:`_train_restarts`).
   """
   os.makedirs(workdir, exist_ok=True)
   configs.validate(config)
   loop.save_config(workdir, config, log)
+  if int(config.train.get('restarts', 1)) > 1:
+    return _train_restarts(config, workdir, log=log, evaluate=evaluate)
   t_start = time.time()
   train_ds, eval_ds = data_lib.make_datasets(config)
   batch_size = config.train.batch_size

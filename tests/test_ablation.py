@@ -116,7 +116,10 @@ def test_teacher_override_flag_changes_the_teacher_config():
 def test_seeds_table_lists_every_run_then_the_mean_and_spread():
   def run(scores):
     folds = {
-        s: {'lifter': {'overall': {'mpjpe': v}}, 'depth0': {'overall': {'mpjpe': 100.0}}}
+        s: {
+            'lifter': {'overall': {'mpjpe': v, 'pa_mpjpe': v / 2, 'stress': v / 4}},
+            'depth0': {'overall': {'mpjpe': 100.0}},
+        }
         for s, v in zip(('a', 'b'), scores)
     }
     mean = {
@@ -134,3 +137,10 @@ def test_seeds_table_lists_every_run_then_the_mean_and_spread():
   assert lines[5] == '| **mean over 2 runs** | 85.0 | 100.0 | **92.5** ± 10.6 | **1.0** ± 0.0 | **2.0** ± 0.0 | 3/4 |'
   with pytest.raises(ValueError, match="run 'x' lacks row 'tcn'"):
     ablation.seeds_table({'x': run([1.0, 2.0])}, 'tcn')
+  # The per-fold choice (train.restarts' rule): fold a from s0, fold b from s1.
+  runs = {'s0': run([90.0, 110.0]), 's1': run([80.0, 90.0])}
+  chosen = ablation.seeds_table(runs, chosen={'a': 's0', 'b': 's1'}).splitlines()[-1]
+  expected = '| **lowest training objective (a: s0, b: s1)** | 90.0 | 90.0 | **90.0** | **45.0** | **22.5** | 2/2 |'
+  assert chosen == expected
+  with pytest.raises(ValueError, match="for folds \\['b'\\]"):
+    ablation.seeds_table(runs, chosen={'a': 's0'})

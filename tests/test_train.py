@@ -1,5 +1,6 @@
 """Tests for nrsfm_jax.train (the student's trainer) and nrsfm_jax.loop: resume, non-finite stop, e2e."""
 
+import dataclasses
 import json
 import os
 
@@ -349,3 +350,54 @@ def test_train_script_reports_unusable_data_in_one_line(tmp_path):
   assert _one_error_line(proc).startswith(
       f"error: {tmp_path / 'tracks.npz'}: 'keypoints': 2D keypoint at frame 4, point 2 lies 1e+30"
   )
+
+
+@pytest.mark.slow
+def test_restarts_keep_the_seed_with_the_lowest_training_objective(tmp_path):
+  config = configs.get('tiny', 'lifter')
+  config.train.parallel = 'none'
+  config.train.restarts = 2
+  config.seed = 3
+  workdir = str(tmp_path / 'run')
+  logs = []
+  assert train.train_and_evaluate(config, workdir, log=logs.append, evaluate=False) == {}
+  with open(os.path.join(workdir, 'restarts.json')) as f:
+    summary = json.load(f)
+  entries = summary['restarts']
+  assert [e['seed'] for e in entries] == [3, 4]
+  totals = [e['objective']['total'] for e in entries]
+  assert all(np.isfinite(totals)) and totals[0] != totals[1]
+  chosen = entries[int(np.argmin(totals))]
+  assert summary['chosen_seed'] == chosen['seed']
+  # The run's checkpoint is the chosen restart's, and its objective is the one recorded.
+  chex.assert_trees_all_equal(_params_of(workdir), _params_of(chosen['workdir']))
+  from nrsfm_jax import data as data_lib
+  from nrsfm_jax import runs
+
+  _, model, params, meta = runs.load_run(workdir)
+  assert meta['seed'] == chosen['seed']
+  again = train.selection_objective(config, model.apply, params, data_lib.make_datasets(config)[0])
+  np.testing.assert_allclose(again['total'], chosen['objective']['total'], rtol=1e-5)
+  assert any(f'kept seed {chosen["seed"]}' in line for line in logs)
+  # A rerun trains nothing more: both restarts are finished.
+  rerun = []
+  train.train_and_evaluate(config, workdir, log=rerun.append, evaluate=False)
+  assert sum('resuming from the checkpoint at step 6' in line for line in rerun) == 2
+  assert not any(line.startswith('step ') for line in rerun)
+
+
+def test_selection_objective_reads_only_the_training_2d():
+  config = configs.get('tiny', 'lifter')
+  from nrsfm_jax import data as data_lib
+
+  train_ds = data_lib.make_datasets(config)[0]
+  model, state = train.create_state(config, train_ds.num_points, train_ds.window_length, jax.random.PRNGKey(0))
+  score = train.selection_objective(config, model.apply, state.params, train_ds, max_windows=8)
+  assert set(score) == {'reproj', 'canon', 'bones', 'total'}
+  weights = {k: config.loss.terms[k].weight for k in ('reproj', 'canon', 'bones')}
+  np.testing.assert_allclose(score['total'], sum(weights[k] * score[k] for k in weights), rtol=1e-5)
+  # Deterministic, and 3D-free: the same score with the 3D removed from the dataset.
+  assert train.selection_objective(config, model.apply, state.params, train_ds, max_windows=8) == score
+  assert train_ds.points3d is not None
+  blind = dataclasses.replace(train_ds, points3d=None)
+  assert train.selection_objective(config, model.apply, state.params, blind, max_windows=8) == score

@@ -57,6 +57,7 @@ _RANGES = {
     'train.log_every': _at_least(1),
     'train.checkpoint_every': _at_least(1),
     'train.max_checkpoints': _at_least(1),
+    'train.restarts': _at_least(1),
     'data.window': _at_least(1),
     'data.eval_window': _at_least(0),
     'data.noise_std': _at_least(0),

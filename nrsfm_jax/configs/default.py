@@ -102,6 +102,9 @@ def get_config(arg=None):
   c.train.max_checkpoints = 2
   c.train.parallel = 'auto'  # 'auto' | 'none' | 'pmap' | 'shard_map'
   c.train.eval_batch_size = 64
+  # > 1: train this many seeds (seed, seed + 1, ...) and keep the one with the lowest training
+  # objective on the training 2D (train.selection_objective; no 3D is read to choose).
+  c.train.restarts = 1
   c.train.init_from = ''  # a trained run whose matching parameters initialise this one
   c.train.pseudo3d = ''  # .npz of cached teacher pseudo-3D for the train windows
 
@@ -127,6 +130,11 @@ def get_config(arg=None):
     # the folds beating depth 0 from 3/12 to 9/12 (README, "Seeds"); seed 0 alone had hidden that
     # the plain lifter inflates depth 1.3-1.7x and loses to depth 0 on every fold for seeds 1, 2.
     c.loss.terms.bones.weight = 10.0
+    # Three seeds, keeping the one with the lowest training objective on the training 2D (no 3D
+    # read). On two disjoint seed triplets of the cross-subject protocol the kept run's mean MPJPE
+    # was 111.1 and 120.7 against the triplets' own means of 133.6 and 135.8, and it beat depth 0
+    # on 4/4 folds both times (README, "Restarts"). About 3x the lifter's training time.
+    c.train.restarts = 3
   if not c.model.use_refiner:
     c.loss.terms.reproj_init.weight = 0.0  # Without the refiner the two reprojections coincide.
   return c

@@ -26,4 +26,5 @@ def get_config(arg=None):
   c.train.log_every = 2
   c.train.checkpoint_every = 3
   c.train.eval_batch_size = 16
+  c.train.restarts = 1
   return c
