@@ -26,7 +26,7 @@ import sys
 
 from absl import app, flags, logging
 
-from nrsfm_jax import ablation, configs, loop, plotting, scoring
+from nrsfm_jax import ablation, classic, configs, loop, plotting, scoring
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
@@ -50,6 +50,12 @@ flags.DEFINE_multi_string(
     '(every stacked row, or only that row); repeatable, e.g. --stack_override=teacher:train.num_steps=2000.',
 )
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
+flags.DEFINE_list(
+    'classic',
+    list(classic.SOLVERS),
+    'nrsfm: classic solvers scored beside the deep rows (nrsfm_jax.classic.fit; sizes chosen by 2D '
+    'cross-validation, no 3D read); --classic= runs none.',
+)
 flags.DEFINE_enum(
     'teacher_mode',
     'supervised',
@@ -191,18 +197,28 @@ def main(argv):
     )
   if 'nrsfm' in FLAGS.benchmarks:
     ndir = os.path.join(workdir, 'nrsfm')
-    nrsfm.update(ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows))
+    bad = sorted(set(FLAGS.classic) - set(classic.SOLVERS))
+    if bad:
+      raise app.UsageError(f'--classic: unknown solvers {bad}; expected some of {classic.SOLVERS}.')
+    fresh = ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows)
+    if FLAGS.classic:
+      for seq, res in ablation.run_classic(ndir, FLAGS.sequences, FLAGS.classic).items():
+        fresh[seq].update(res)
+    for seq, res in fresh.items():
+      nrsfm.setdefault(seq, {}).update(res)
     print(ablation.nrsfm_table(nrsfm))
     for seq in FLAGS.sequences:
       diagnostics[f'nrsfm/{seq}'] = {
-          r: ablation.depth_diagnostics(os.path.join(ndir, seq, r), configs.get('nrsfm', f'{seq}:{r}'))
+          r: ablation.depth_diagnostics(
+              os.path.join(ablation.sequence_dir(ndir, seq), r), configs.get('nrsfm', f'{seq}:{r}')
+          )
           for r in ablation.ROWS
           if r in nrsfm[seq]
       }
-    if FLAGS.plot_sequence in FLAGS.sequences:
+    if FLAGS.rows and FLAGS.plot_sequence in FLAGS.sequences:
       seq = FLAGS.plot_sequence
       plotting.plot_rows(
-          os.path.join(ndir, seq),
+          ablation.sequence_dir(ndir, seq),
           configs.get('nrsfm', seq),
           FLAGS.rows,
           os.path.join(workdir, f'nrsfm_{seq}.png'),

@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import configs, loop, scoring, teacher
+from nrsfm_jax import classic, configs, loop, metrics, scoring, teacher
 from nrsfm_jax import data as data_lib
 from nrsfm_jax import runs as runs_lib
 from nrsfm_jax import train as train_lib
@@ -399,6 +399,12 @@ def seeds_table(runs: dict[str, dict[str, Any]], row: str = 'lifter', chosen: di
   return '\n'.join(lines)
 
 
+def sequence_dir(workdir: str, sequence: str) -> str:
+  """``<workdir>/<name>``: a bundled name as it is, a ``.npz`` path by its file stem (never the path itself)."""
+  name = os.path.splitext(os.path.basename(os.path.normpath(sequence)))[0] or sequence
+  return os.path.join(workdir, name)
+
+
 def run_nrsfm(
     workdir: str,
     sequences=NRSFM_SEQUENCES,
@@ -411,6 +417,9 @@ def run_nrsfm(
   """Transductive fits of every row on every sequence; ``{sequence: {row: score()}}``."""
   out = {}
   for seq in sequences:
+    if not rows:
+      out[seq] = {}
+      continue
     s_cfg = (
         (lambda row, s=seq: student_config(s, row))
         if student_config
@@ -419,7 +428,77 @@ def run_nrsfm(
     t_cfg = (
         (lambda s=seq: teacher_config(s)) if teacher_config else (lambda s=seq: configs.get('teacher', f'nrsfm:{s}'))
     )
-    out[seq] = _run_rows(s_cfg, t_cfg, os.path.join(workdir, seq), rows, log)
+    out[seq] = _run_rows(s_cfg, t_cfg, sequence_dir(workdir, seq), rows, log)
+  return out
+
+
+CLASSIC_TITLES = {
+    'classic_prior_free': 'classic: prior-free low rank (Dai et al. style)',
+    'classic_trajectory': 'classic: DCT trajectories (Akhter et al. style)',
+}
+
+
+def run_classic(
+    workdir: str,
+    sequences=NRSFM_SEQUENCES,
+    solvers=classic.SOLVERS,
+    *,
+    config_fn: Callable[[str], ml_collections.ConfigDict] | None = None,
+    log: Callable[[str], None] = print,
+    **fit_kwargs,
+) -> dict[str, dict[str, Any]]:
+  """The classic solvers (:func:`nrsfm_jax.classic.fit`) on every sequence; ``{sequence: {classic_<solver>: score}}``.
+
+  Each sequence's 2D is the nrsfm config's (``config_fn(sequence)``, default
+  ``configs/nrsfm.py:<sequence>``: its noise and dropout settings apply; hidden
+  points are missing data). The solver's sizes are chosen by 2D
+  cross-validation; the 3D is read only to score. Each result is written to
+  ``<workdir>/<sequence>/classic_<solver>/eval.json`` (with the choice and the
+  seconds) and reread on a rerun. ``fit_kwargs`` go to :func:`nrsfm_jax.classic.fit`
+  (e.g. the candidate sizes).
+  """
+  config_fn = config_fn or (lambda seq: configs.get('nrsfm', seq))
+  out: dict[str, dict[str, Any]] = {}
+  for seq in sequences:
+    config = config_fn(seq)
+    out[seq] = {}
+    dataset = None
+    for solver in solvers:
+      row = f'classic_{solver}'
+      path = os.path.join(sequence_dir(workdir, seq), row, 'eval.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          out[seq][row] = json.load(f)
+        log(f'{seq}: {row} read from {path}')
+        continue
+      if dataset is None:
+        dataset = data_lib.make_datasets(config)[1]
+        tracks = data_lib.reassemble(dataset, dataset.keypoints)
+        vis = data_lib.reassemble(dataset, dataset.visibility)
+        truth = data_lib.reassemble(dataset, dataset.points3d)
+      t0 = time.time()
+      per_sequence, info = {}, {}
+      for name_view, kp in tracks.items():
+        rec, info[str(name_view)] = classic.fit(solver, kp, vis[name_view], **fit_kwargs)
+        points = np.asarray(rec.points) * dataset.scale
+        name = name_view[0] if name_view[1] == 0 else f'{name_view[0]}/{name_view[1]}'
+        per_sequence[name] = {
+            'e3d': float(metrics.e3d(points, truth[name_view])),
+            'e3d_akhter': float(metrics.e3d_akhter(points, truth[name_view])),
+        }
+      result = {
+          'overall': {k: float(np.mean([v[k] for v in per_sequence.values()])) for k in ('e3d', 'e3d_akhter')},
+          'per_sequence': per_sequence,
+          'choice': info,
+          'seconds': round(time.time() - t0, 1),
+      }
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      loop.write_json_atomic(path, result)
+      log(
+          f'{seq}: {row} e3D {result["overall"]["e3d"]:.4f}, e3D-akhter {result["overall"]["e3d_akhter"]:.4f} '
+          f'({result["seconds"]:.0f} s; {info})'
+      )
+      out[seq][row] = result
   return out
 
 
@@ -471,9 +550,10 @@ def teacher_table(teacher_eval: dict[str, Any], metric: str = 'mpjpe') -> str:
 
 def nrsfm_table(results: dict[str, Any]) -> str:
   """Markdown: e3D / e3D-akhter per sequence and row, next to BMM and EM-PND's e3D-akhter."""
-  rows = [r for r in ALL_ROWS if any(r in v for v in results.values())]
+  titles = dict(TITLES, **CLASSIC_TITLES)
+  rows = [r for r in titles if any(r in v for v in results.values())]
   lines = [
-      '| sequence | ' + ' | '.join(TITLES[r] for r in rows) + ' | BMM | EM-PND |',
+      '| sequence | ' + ' | '.join(titles[r] for r in rows) + ' | BMM | EM-PND |',
       '|---|' + '---|' * (len(rows) + 2),
   ]
   for seq, res in results.items():

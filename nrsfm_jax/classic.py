@@ -1,0 +1,486 @@
+"""Classic NRSfM solvers as pure, jittable JAX functions (no Flax, no IO, no config).
+
+The orthographic low-rank model: each frame's centred 2D ``w_f [P, 2]`` is the
+projection ``Π R_f S_f`` of a shape ``S_f [P, 3]`` that is a combination of
+``K`` basis shapes. Two solvers build on one rotation recovery:
+
+* :func:`prior_free` -- in the spirit of Dai, Li and He's prior-free method
+  ("A Simple Prior-free Method for Non-Rigid Structure-from-Motion
+  Factorization", CVPR 2012 / IJCV 2014): the rank-``3K`` factorisation of the
+  measurement matrix, rotations from its corrective matrix (the orthonormality
+  constraints on ``Q = G Gᵀ``, solved here over a rank-3 ``G`` directly, with
+  several starts in one ``vmap``), then the shapes of least nuclear norm of the
+  ``F × 3P`` reshuffled shape matrix that reproject onto the 2D (accelerated
+  proximal gradient with singular-value thresholding).
+* :func:`trajectory` -- Akhter et al.'s trajectory space ("Trajectory Space: A
+  Dual Representation for Nonrigid Structure from Motion", TPAMI 2011): every
+  point's 3D trajectory is a combination of ``K`` low-frequency DCT
+  trajectories; with the rotations known each point is a small linear least
+  squares problem, solved exactly with its own visibility.
+
+Missing points (``visibility = 0``) are filled by low-rank matrix completion
+(:func:`complete_low_rank`) before the rotations are recovered; both shape
+steps fit the visible points only. Every function takes ``[F, P, 2]`` tracks
+and ``[F, P]`` visibility and is batched by ``jax.vmap`` over sequences of one
+size; sizes (``rank``, iteration counts) are static arguments under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+class Reconstruction(NamedTuple):
+  """A classic solver's output.
+
+  Attributes:
+    points: ``[F, P, 3]`` camera-frame 3D, centred per frame: ``x, y`` reproject the
+      (centred) tracks, ``z`` is the recovered depth.
+    rotations: ``[F, 3, 3]`` camera rotations (``points_f = S_f R_fᵀ``).
+    shapes: ``[F, P, 3]`` the shapes in the object frame.
+    translation: ``[F, 2]`` the 2D centroid subtracted from each frame.
+  """
+
+  points: Array
+  rotations: Array
+  shapes: Array
+  translation: Array
+
+
+def _visibility(tracks: Array, visibility: Array | None) -> Array:
+  if visibility is None:
+    return jnp.ones(tracks.shape[:-1], tracks.dtype)
+  return visibility.astype(tracks.dtype)
+
+
+def _to_matrix(w: Array) -> Array:
+  """``[F, P, 2] -> [2F, P]``: rows ``x_1, y_1, x_2, y_2, ...`` (the measurement matrix)."""
+  return jnp.swapaxes(w, -1, -2).reshape(-1, w.shape[-2])
+
+
+def _from_matrix(m: Array) -> Array:
+  """``[2F, P] -> [F, P, 2]``."""
+  return jnp.swapaxes(m.reshape(-1, 2, m.shape[-1]), -1, -2)
+
+
+def truncate(matrix: Array, rank: int) -> Array:
+  """The best rank-``rank`` approximation of ``[M, N]`` (truncated SVD)."""
+  u, s, vt = jnp.linalg.svd(matrix, full_matrices=False)
+  return (u[:, :rank] * s[:rank]) @ vt[:rank]
+
+
+def centre(tracks: Array, visibility: Array | None = None) -> tuple[Array, Array]:
+  """Subtracts each frame's centroid of visible points: ``([F, P, 2] centred, 0 where hidden; [F, 2])``."""
+  vis = _visibility(tracks, visibility)
+  t = jnp.sum(tracks * vis[..., None], -2) / jnp.maximum(jnp.sum(vis, -1, keepdims=True), 1e-12)
+  return (tracks - t[..., None, :]) * vis[..., None], t
+
+
+@functools.partial(jax.jit, static_argnames=('rank', 'num_iters'))
+def complete_low_rank(
+    tracks: Array, visibility: Array | None = None, *, rank: int, num_iters: int = 1000
+) -> tuple[Array, Array]:
+  """Fills hidden points so that the centred measurement matrix has rank ``rank`` (hard impute).
+
+  Alternates: hidden entries ← the current low-rank estimate plus the frame's
+  translation; translation ← the mean of the filled frame; estimate ← the best
+  rank-``rank`` approximation of the centred matrix. Visible entries are never
+  changed. With every point visible it returns the centred tracks at once.
+
+  Args:
+    tracks: ``[F, P, 2]`` 2D tracks (hidden entries are ignored).
+    visibility: ``[F, P]``, 1 visible, 0 hidden (default: all visible).
+    rank: the rank of the centred ``[2F, P]`` measurement matrix (``3K``).
+    num_iters: alternations.
+
+  Returns:
+    ``(centred [F, P, 2], translation [F, 2])``: complete centred tracks.
+  """
+  vis = _visibility(tracks, visibility)
+  observed = tracks * vis[..., None]
+  centred0, t0 = centre(tracks, vis)
+
+  def body(_, carry):
+    low, t = carry
+    filled = observed + (1 - vis[..., None]) * (low + t[..., None, :])
+    t = jnp.mean(filled, -2)
+    low = _from_matrix(truncate(_to_matrix(filled - t[..., None, :]), rank))
+    return low, t
+
+  low0 = _from_matrix(truncate(_to_matrix(centred0), rank))
+  low, t = jax.lax.fori_loop(0, num_iters, body, (low0, t0))
+  filled = observed + (1 - vis[..., None]) * (low + t[..., None, :])
+  t = jnp.mean(filled, -2)
+  return filled - t[..., None, :], t
+
+
+def orthonormality_residual(motion: Array, g: Array, scale_weight: float = 0.0) -> Array:
+  """How far ``motion_f @ g`` is from a scaled orthographic camera, scale-free; 0 when exact.
+
+  For ``K > 1`` every combination of the true column-triples is an exact
+  solution, with per-frame scales ``λ_f`` (a combination of the frame's shape
+  coefficients) that may pass through 0: there the camera is undetermined and
+  its sign flips (a per-frame depth reflection). ``scale_weight`` adds the
+  scales' squared coefficient of variation, which picks, among the exact
+  solutions, one whose scales stay even (on human motion, the mean shape's).
+
+  Args:
+    motion: ``[F, 2, 3K]`` the per-frame rows of the factorised motion matrix.
+    g: ``[3K, 3]`` a corrective matrix (one column-triple).
+    scale_weight: weight of the scales' evenness term.
+
+  Returns:
+    ``Σ_f ‖P_f P_fᵀ − s_f I‖² / Σ_f s_f² + scale_weight · Var(s) / mean(s)²`` with
+    ``P_f = motion_f g`` and ``s_f = tr(P_f P_fᵀ) / 2 = λ_f²``.
+  """
+  p = motion @ g
+  gram = p @ jnp.swapaxes(p, -1, -2)
+  s = 0.5 * (gram[..., 0, 0] + gram[..., 1, 1])
+  resid = gram - s[..., None, None] * jnp.eye(2, dtype=p.dtype)
+  value = jnp.sum(resid**2) / jnp.maximum(jnp.sum(s**2), 1e-30)
+  mean = jnp.mean(s)
+  return value + scale_weight * jnp.mean((s - mean) ** 2) / jnp.maximum(mean**2, 1e-30)
+
+
+def camera_from_projection(p: Array) -> Array:
+  """The rotations nearest to scaled orthographic cameras: ``[..., 2, 3] -> [..., 3, 3]``.
+
+  The first two rows are the orthonormal polar factor of ``p``; the third is their cross product.
+  """
+  u, _, vt = jnp.linalg.svd(p, full_matrices=False)
+  top = u @ vt
+  return jnp.concatenate([top, jnp.cross(top[..., 0, :], top[..., 1, :])[..., None, :]], -2)
+
+
+@functools.partial(jax.jit, static_argnames=('num_bases', 'num_starts', 'num_steps'))
+def recover_rotations(
+    centred: Array,
+    key: Array,
+    *,
+    num_bases: int,
+    num_starts: int = 8,
+    num_steps: int = 300,
+    scale_weight: float = 1e-3,
+) -> tuple[Array, Array]:
+  """Camera rotations of complete centred tracks by the low-rank factorisation and its corrective matrix.
+
+  ``W = M̂ B̂`` is the rank-``3K`` SVD factorisation of the ``[2F, P]`` matrix;
+  the corrective column-triple ``G [3K, 3]`` makes every ``M̂_f G`` a scaled
+  rotation. It minimises :func:`orthonormality_residual` by L-BFGS from
+  ``num_starts`` random starts (one ``vmap``); the best start wins.
+
+  Args:
+    centred: ``[F, P, 2]`` complete, centred tracks (:func:`complete_low_rank`).
+    key: PRNG key of the random starts.
+    num_bases: ``K``.
+    num_starts: random starts.
+    num_steps: L-BFGS steps per start.
+    scale_weight: :func:`orthonormality_residual`'s evenness weight.
+
+  Returns:
+    ``(rotations [F, 3, 3], residual)``: the rotations (up to one global rotation and reflection)
+    and the best start's orthonormality residual (evenness term included).
+  """
+  import optax  # Local: the pure solvers need optax only here.
+
+  rank = 3 * num_bases
+  u, s, _ = jnp.linalg.svd(_to_matrix(centred), full_matrices=False)
+  motion = (u[:, :rank] * jnp.sqrt(s[:rank])).reshape(-1, 2, rank)
+  motion = motion / jnp.sqrt(jnp.mean(jnp.sum(motion**2, (-2, -1))))
+  loss = functools.partial(orthonormality_residual, motion, scale_weight=scale_weight)
+  opt = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(loss)
+
+  def solve(g0):
+    def step(carry, _):
+      g, state = carry
+      value, grad = value_and_grad(g, state=state)
+      updates, state = opt.update(grad, state, g, value=value, grad=grad, value_fn=loss)
+      return (optax.apply_updates(g, updates), state), None
+
+    (g, _), _ = jax.lax.scan(step, (g0, opt.init(g0)), None, length=num_steps)
+    return g, loss(g)
+
+  starts = jax.random.normal(key, (num_starts, rank, 3), centred.dtype)
+  gs, residuals = jax.vmap(solve)(starts)
+  residuals = jnp.where(jnp.isfinite(residuals), residuals, jnp.inf)
+  best = jnp.argmin(residuals)
+  return camera_from_projection(motion @ gs[best]), residuals[best]
+
+
+def _svt(matrix: Array, threshold: Array) -> Array:
+  u, s, vt = jnp.linalg.svd(matrix, full_matrices=False)
+  return (u * jnp.maximum(s - threshold, 0.0)) @ vt
+
+
+@functools.partial(jax.jit, static_argnames=('num_iters',))
+def nuclear_norm_shapes(
+    centred: Array,
+    visibility: Array | None,
+    rotations: Array,
+    *,
+    num_iters: int = 500,
+    final_weight: float = 1e-4,
+) -> Array:
+  """Shapes of least nuclear norm (of the ``[F, 3P]`` shape matrix) that reproject onto the visible 2D.
+
+  Minimises ``½ Σ_f ‖v_f ⊙ (S_f R_fᵀ Π − w_f)‖² + λ ‖S^♯‖_*`` by accelerated
+  proximal gradient (FISTA; step 1, since ``Π R_f`` has orthonormal rows),
+  with λ decreasing geometrically from ``σ_max(S₀^♯)`` to
+  ``final_weight × σ_max`` (continuation): the fit to the 2D tightens while the
+  rank stays low. ``S^♯`` is Dai et al.'s reshuffle, row ``f`` =
+  ``[x_1..x_P, y_1..y_P, z_1..z_P]`` of frame ``f``.
+
+  Args:
+    centred: ``[F, P, 2]`` centred tracks (hidden entries ignored).
+    visibility: ``[F, P]`` or None (all visible).
+    rotations: ``[F, 3, 3]`` cameras.
+    num_iters: proximal steps.
+    final_weight: the last λ relative to the starting shape matrix's largest singular value.
+
+  Returns:
+    ``[F, P, 3]`` shapes in the object frame.
+  """
+  vis = _visibility(centred, visibility)
+  d = rotations[..., :2, :]  # [F, 2, 3]: Π R_f.
+  w = centred * vis[..., None]
+  num_frames, num_points = centred.shape[0], centred.shape[1]
+
+  def sharp(s):  # [F, P, 3] -> [F, 3P]
+    return jnp.swapaxes(s, -1, -2).reshape(num_frames, 3 * num_points)
+
+  def unsharp(m):
+    return jnp.swapaxes(m.reshape(num_frames, 3, num_points), -1, -2)
+
+  s0 = jnp.einsum('fpi,fij->fpj', w, d)  # Zero depth in each camera: the pseudo-inverse.
+  sigma = jnp.linalg.norm(sharp(s0), ord=2)
+  decay = final_weight ** (1.0 / max(num_iters - 1, 1))
+
+  def body(i, carry):
+    s, y, t = carry
+    resid = (jnp.einsum('fpj,fij->fpi', y, d) - w) * vis[..., None]
+    grad = jnp.einsum('fpi,fij->fpj', resid, d)
+    lam = sigma * decay**i
+    s_new = unsharp(_svt(sharp(y - grad), lam))
+    t_new = 0.5 * (1 + jnp.sqrt(1 + 4 * t * t))
+    y = s_new + ((t - 1) / t_new) * (s_new - s)
+    return s_new, y, t_new
+
+  s, _, _ = jax.lax.fori_loop(0, num_iters, body, (s0, s0, jnp.asarray(1.0, centred.dtype)))
+  return s
+
+
+def dct_basis(num_frames: int, num_bases: int, dtype=np.float32) -> np.ndarray:
+  """The first ``num_bases`` orthonormal DCT-II trajectories: ``[F, K]`` (column 0 constant)."""
+  f = np.arange(num_frames)[:, None]
+  k = np.arange(num_bases)[None, :]
+  basis = np.cos(np.pi * (2 * f + 1) * k / (2 * num_frames)) * np.sqrt(2.0 / num_frames)
+  basis[:, 0] /= np.sqrt(2.0)
+  return basis.astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=('num_bases',))
+def trajectory_shapes(
+    centred: Array, visibility: Array | None, rotations: Array, *, num_bases: int, ridge: float = 1e-6
+) -> Array:
+  """Each point's trajectory as ``K`` DCT trajectories, fitted to its visible 2D by least squares.
+
+  Point ``p`` at frame ``f`` is ``X_p(f) = β_pᵀ θ_f`` (``θ_f`` the DCT row,
+  ``β_p [K, 3]``); its projection ``Π R_f X_p(f)`` is linear in ``β_p``, so
+  every point is one ``3K × 3K`` solve over its own visible frames.
+
+  Args:
+    centred: ``[F, P, 2]`` centred tracks.
+    visibility: ``[F, P]`` or None.
+    rotations: ``[F, 3, 3]``.
+    num_bases: ``K`` (``≤ F``).
+    ridge: Tikhonov weight relative to the normal matrix's mean diagonal (keeps hidden stretches finite).
+
+  Returns:
+    ``[F, P, 3]`` shapes in the object frame.
+  """
+  vis = _visibility(centred, visibility)
+  theta = jnp.asarray(dct_basis(centred.shape[0], num_bases), centred.dtype)  # [F, K]
+  d = rotations[..., :2, :]  # [F, 2, 3]
+  # A_f = D_f (I_3 ⊗ θ_fᵀ): [F, 2, 3K] with coefficient order (axis, basis).
+  a = jnp.einsum('fij,fk->fijk', d, theta).reshape(centred.shape[0], 2, 3 * num_bases)
+  normal = jnp.einsum('fp,fia,fib->pab', vis, a, a)
+  rhs = jnp.einsum('fp,fia,fpi->pa', vis, a, centred * vis[..., None])
+  scale = jnp.mean(jnp.diagonal(normal, axis1=-2, axis2=-1), -1)[:, None, None]
+  beta = jnp.linalg.solve(normal + ridge * scale * jnp.eye(3 * num_bases, dtype=centred.dtype), rhs[..., None])
+  beta = beta[..., 0].reshape(centred.shape[1], 3, num_bases)  # [P, 3, K]
+  return jnp.einsum('pjk,fk->fpj', beta, theta)
+
+
+def _reconstruction(shapes: Array, rotations: Array, translation: Array) -> Reconstruction:
+  points = jnp.einsum('fpj,fij->fpi', shapes, rotations)
+  points = points - jnp.mean(points, -2, keepdims=True)
+  return Reconstruction(points=points, rotations=rotations, shapes=shapes, translation=translation)
+
+
+@functools.partial(jax.jit, static_argnames=('num_bases', 'num_starts', 'num_iters', 'complete_iters'))
+def prior_free(
+    tracks: Array,
+    visibility: Array | None = None,
+    key: Array | None = None,
+    *,
+    num_bases: int,
+    num_starts: int = 8,
+    num_iters: int = 500,
+    complete_iters: int = 1000,
+    final_weight: float = 1e-4,
+) -> Reconstruction:
+  """Dai-Li-He style prior-free NRSfM: rank-``3K`` rotations, then nuclear-norm shapes.
+
+  Args:
+    tracks: ``[F, P, 2]`` 2D tracks (hidden entries ignored).
+    visibility: ``[F, P]`` (default all visible).
+    key: PRNG key of the corrective matrix's random starts (default ``PRNGKey(0)``).
+    num_bases: ``K``, the shape basis size.
+    num_starts: corrective-matrix starts.
+    num_iters: nuclear-norm proximal steps.
+    complete_iters: missing-data completion alternations (unused when all are visible).
+    final_weight: see :func:`nuclear_norm_shapes`.
+
+  Returns:
+    A :class:`Reconstruction`.
+  """
+  key = jax.random.PRNGKey(0) if key is None else key
+  vis = _visibility(tracks, visibility)
+  complete, t = complete_low_rank(tracks, vis, rank=3 * num_bases, num_iters=complete_iters)
+  rotations, _ = recover_rotations(complete, key, num_bases=num_bases, num_starts=num_starts)
+  # Fit the visible points about the completed frame's centroid.
+  centred = (tracks - t[..., None, :]) * vis[..., None]
+  shapes = nuclear_norm_shapes(centred, vis, rotations, num_iters=num_iters, final_weight=final_weight)
+  return _reconstruction(shapes, rotations, t)
+
+
+@functools.partial(jax.jit, static_argnames=('num_bases', 'rotation_bases', 'num_starts', 'complete_iters'))
+def trajectory(
+    tracks: Array,
+    visibility: Array | None = None,
+    key: Array | None = None,
+    *,
+    num_bases: int,
+    rotation_bases: int = 1,
+    num_starts: int = 8,
+    complete_iters: int = 1000,
+) -> Reconstruction:
+  """Akhter et al.'s trajectory-space NRSfM: rotations, then ``num_bases`` DCT trajectories per point.
+
+  The rotations come from :func:`recover_rotations` with ``rotation_bases``
+  shape bases (1 = the rigid factorisation, as in Akhter et al.).
+
+  Args:
+    tracks: ``[F, P, 2]``.
+    visibility: ``[F, P]`` (default all visible).
+    key: PRNG key (default ``PRNGKey(0)``).
+    num_bases: DCT trajectories per point.
+    rotation_bases: ``K`` of the rotation recovery.
+    num_starts: corrective-matrix starts.
+    complete_iters: missing-data completion alternations.
+
+  Returns:
+    A :class:`Reconstruction`.
+  """
+  key = jax.random.PRNGKey(0) if key is None else key
+  vis = _visibility(tracks, visibility)
+  complete, t = complete_low_rank(tracks, vis, rank=3 * rotation_bases, num_iters=complete_iters)
+  rotations, _ = recover_rotations(complete, key, num_bases=rotation_bases, num_starts=num_starts)
+  centred = (tracks - t[..., None, :]) * vis[..., None]
+  shapes = trajectory_shapes(centred, vis, rotations, num_bases=num_bases)
+  return _reconstruction(shapes, rotations, t)
+
+
+def heldout_error(fit, centred: Array, visibility: Array | None, key: Array, *, fraction: float = 0.1) -> Array:
+  """2D cross-validation: RMS error on a random ``fraction`` of the visible entries held out of ``fit``.
+
+  A criterion that reads the 2D alone, for choosing a solver's sizes (the
+  number of bases) on a sequence without its 3D.
+
+  Args:
+    fit: ``(centred, visibility) -> points [F, P, 3]`` (camera frame; only ``x, y`` are read).
+    centred: ``[F, P, 2]`` centred tracks.
+    visibility: ``[F, P]`` or None.
+    key: PRNG key of the held-out draw.
+    fraction: share of the visible entries held out.
+
+  Returns:
+    Scalar: the RMS 2D error over the held-out entries.
+  """
+  vis = _visibility(centred, visibility)
+  held = (jax.random.uniform(key, vis.shape) < fraction).astype(vis.dtype) * vis
+  points = fit(centred * (vis - held)[..., None], vis - held)
+  err = jnp.sum(((points[..., :2] - centred) ** 2) * held[..., None])
+  return jnp.sqrt(err / jnp.maximum(2 * jnp.sum(held), 1.0))
+
+
+# Candidate sizes for :func:`fit`'s 2D cross-validation.
+SHAPE_BASES = (2, 3, 4, 5, 6)
+TRAJECTORY_BASES = (5, 10, 15, 20, 30)
+SOLVERS = ('prior_free', 'trajectory')
+
+
+def fit(
+    solver: str,
+    tracks: Array,
+    visibility: Array | None = None,
+    key: Array | None = None,
+    *,
+    shape_bases: tuple[int, ...] = SHAPE_BASES,
+    trajectory_bases: tuple[int, ...] = TRAJECTORY_BASES,
+    fraction: float = 0.1,
+) -> tuple[Reconstruction, dict[str, object]]:
+  """A classic solver with its sizes chosen by 2D cross-validation (:func:`heldout_error`), no 3D read.
+
+  ``prior_free``: ``K`` from ``shape_bases``. ``trajectory``: the cameras of
+  the chosen prior-free ``K`` (Akhter et al.'s rigid cameras are far worse on
+  the benchmark), then the DCT size from ``trajectory_bases`` (capped at
+  ``F``). Sizes are static, so each candidate compiles once per sequence shape.
+
+  Args:
+    solver: ``'prior_free'`` or ``'trajectory'``.
+    tracks: ``[F, P, 2]``.
+    visibility: ``[F, P]`` (default all visible).
+    key: PRNG key (default ``PRNGKey(0)``).
+    shape_bases, trajectory_bases: candidate sizes.
+    fraction: share of the visible 2D held out for the choice.
+
+  Returns:
+    ``(reconstruction, info)``; ``info`` holds the chosen sizes and every candidate's held-out error.
+  """
+  if solver not in SOLVERS:
+    raise ValueError(f'unknown classic solver {solver!r}; expected one of {SOLVERS}.')
+  key = jax.random.PRNGKey(0) if key is None else key
+  rot_key, cv_key = jax.random.split(key)
+  tracks = jnp.asarray(tracks)
+  vis = _visibility(tracks, visibility)
+  info: dict[str, object] = {}
+  cameras, errors = {}, {}
+  for k in shape_bases:
+    complete, t = complete_low_rank(tracks, vis, rank=3 * k)
+    cameras[k], _ = recover_rotations(complete, rot_key, num_bases=k)
+    centred = (tracks - t[..., None, :]) * vis[..., None]
+    fit_k = lambda c, v, r=cameras[k]: _reconstruction(nuclear_norm_shapes(c, v, r), r, t).points
+    errors[k] = float(heldout_error(fit_k, centred, vis, cv_key, fraction=fraction))
+  k = min(errors, key=lambda c: errors[c])
+  info.update(num_bases=k, heldout_error={str(c): e for c, e in errors.items()})
+  complete, t = complete_low_rank(tracks, vis, rank=3 * k)
+  centred = (tracks - t[..., None, :]) * vis[..., None]
+  if solver == 'prior_free':
+    return _reconstruction(nuclear_norm_shapes(centred, vis, cameras[k]), cameras[k], t), info
+  num_frames = tracks.shape[0]
+  traj_errors = {}
+  for b in sorted({min(b, num_frames) for b in trajectory_bases}):
+    fit_b = lambda c, v, b=b: _reconstruction(trajectory_shapes(c, v, cameras[k], num_bases=b), cameras[k], t).points
+    traj_errors[b] = float(heldout_error(fit_b, centred, vis, cv_key, fraction=fraction))
+  b = min(traj_errors, key=lambda c: traj_errors[c])
+  info.update(trajectory_bases=b, trajectory_heldout_error={str(c): e for c, e in traj_errors.items()})
+  return _reconstruction(trajectory_shapes(centred, vis, cameras[k], num_bases=b), cameras[k], t), info
