@@ -3,7 +3,7 @@
 Layers, each importing only the ones before it:
 
 * pure math (no Flax, IO or config): :mod:`geometry`, :mod:`losses`,
-  :mod:`metrics`, :mod:`diffusion`;
+  :mod:`metrics`, :mod:`diffusion`, :mod:`classic` (classic NRSfM solvers);
 * data (numpy): :mod:`data` (loaders, windows, the dataset registry
   ``data.make_dataset``, the pseudo-3D sidecar);
 * models (Flax): :mod:`models` (``models.from_config``);
@@ -26,6 +26,7 @@ __version__ = '0.1.0'
 _SUBMODULES = (
     'ablation',
     'checkpoint',
+    'classic',
     'configs',
     'data',
     'diffusion',
