@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import classic, configs, loop, metrics, scoring, teacher
+from nrsfm_jax import classic, configs, loop, scoring, teacher
 from nrsfm_jax import data as data_lib
 from nrsfm_jax import runs as runs_lib
 from nrsfm_jax import train as train_lib
@@ -417,9 +417,6 @@ def run_nrsfm(
   """Transductive fits of every row on every sequence; ``{sequence: {row: score()}}``."""
   out = {}
   for seq in sequences:
-    if not rows:
-      out[seq] = {}
-      continue
     s_cfg = (
         (lambda row, s=seq: student_config(s, row))
         if student_config
@@ -477,18 +474,14 @@ def run_classic(
         vis = data_lib.reassemble(dataset, dataset.visibility)
         truth = data_lib.reassemble(dataset, dataset.points3d)
       t0 = time.time()
-      per_sequence, info = {}, {}
+      preds, info = {}, {}
       for name_view, kp in tracks.items():
         rec, info[str(name_view)] = classic.fit(solver, kp, vis[name_view], **fit_kwargs)
-        points = np.asarray(rec.points) * dataset.scale
-        name = name_view[0] if name_view[1] == 0 else f'{name_view[0]}/{name_view[1]}'
-        per_sequence[name] = {
-            'e3d': float(metrics.e3d(points, truth[name_view])),
-            'e3d_akhter': float(metrics.e3d_akhter(points, truth[name_view])),
-        }
+        preds[name_view] = np.asarray(rec.points) * dataset.scale
+      scores = scoring.score_sequences(preds, truth)
       result = {
-          'overall': {k: float(np.mean([v[k] for v in per_sequence.values()])) for k in ('e3d', 'e3d_akhter')},
-          'per_sequence': per_sequence,
+          'overall': scores['overall'],
+          'per_sequence': scores['per_sequence'],
           'choice': info,
           'seconds': round(time.time() - t0, 1),
       }

@@ -501,17 +501,17 @@ def fit(
   num_frames = tracks.shape[0]
   traj_errors, agreement, candidates = {}, {}, {}
   for b in sorted({min(b, num_frames) for b in trajectory_bases}):
-    fit_b = lambda c, v, b=b: _reconstruction(trajectory_shapes(c, v, rotations, num_bases=b), rotations, t).points
-    traj_errors[b] = float(heldout_error(fit_b, centred, vis, cv_key, fraction=fraction))
+    fit_b = lambda c, v, b=b: _reconstruction(trajectory_shapes(c, v, rotations, num_bases=b), rotations, t)
+    traj_errors[b] = float(heldout_error(lambda c, v: fit_b(c, v).points, centred, vis, cv_key, fraction=fraction))
     candidates[b] = fit_b(centred, vis)
-    agreement[b] = float(relative_distance(candidates[b], reference))
+    agreement[b] = float(relative_distance(candidates[b].points, reference))
   b = min(agreement, key=lambda c: agreement[c])
   info.update(
       trajectory_bases=b,
       trajectory_agreement={str(c): e for c, e in agreement.items()},
       trajectory_heldout_error={str(c): e for c, e in traj_errors.items()},
   )
-  return _reconstruction(trajectory_shapes(centred, vis, rotations, num_bases=b), rotations, t), info
+  return candidates[b], info
 
 
 def relative_distance(points: Array, reference: Array) -> Array:

@@ -98,18 +98,34 @@ def score(pred: np.ndarray, dataset: data_lib.WindowDataset, *, protocol: str = 
       per_sequence[name] = entry
     frames = int(len(truth))
   elif protocol == 'nrsfm':
-    per_sequence = {}
-    for (name, view), p in preds.items():
-      g = truths[(name, view)]
-      per_sequence[name if view == 0 else f'{name}/{view}'] = {
-          'e3d': float(metrics.e3d(p, g)),
-          'e3d_akhter': float(metrics.e3d_akhter(p, g)),
-      }
-    overall = {k: float(np.mean([v[k] for v in per_sequence.values()])) for k in ('e3d', 'e3d_akhter')}
-    frames = int(sum(len(p) for p in preds.values()))
+    return score_sequences(preds, truths)
   else:
     raise ValueError(f"Unknown protocol {protocol!r}; expected 'cmu17' or 'nrsfm'.")
   return {'overall': overall, 'per_sequence': per_sequence, 'frames': frames}
+
+
+def score_sequences(
+    preds: dict[tuple[str, int], np.ndarray], truths: dict[tuple[str, int], np.ndarray]
+) -> dict[str, Any]:
+  """BENCHMARKS.md B on whole sequences: e3D and e3D-akhter per sequence, and their mean.
+
+  Args:
+    preds: ``{(name, view): [F, P, 3]}`` camera-frame 3D in data units (as
+      :func:`nrsfm_jax.data.reassemble` gives them).
+    truths: the ground truth under the same keys.
+
+  Returns:
+    ``{'overall': {metric: mean over sequences}, 'per_sequence': {name[/view]: {metric: value}}, 'frames': n}``.
+  """
+  per_sequence = {}
+  for (name, view), p in preds.items():
+    g = truths[(name, view)]
+    per_sequence[name if view == 0 else f'{name}/{view}'] = {
+        'e3d': float(metrics.e3d(p, g)),
+        'e3d_akhter': float(metrics.e3d_akhter(p, g)),
+    }
+  overall = {k: float(np.mean([v[k] for v in per_sequence.values()])) for k in ('e3d', 'e3d_akhter')}
+  return {'overall': overall, 'per_sequence': per_sequence, 'frames': int(sum(len(p) for p in preds.values()))}
 
 
 @jax.jit

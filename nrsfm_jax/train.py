@@ -109,6 +109,10 @@ def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable
 # Windows of the training set that score a run for :func:`selection_objective` (evenly spaced).
 SELECTION_WINDOWS = 8192
 
+# Module-level jit keyed on the (hashable) model and loss config, so scoring several runs of one
+# config (restarts, folds) compiles once.
+_selection_loss = jax.jit(objective.compute_loss, static_argnames=('apply_fn', 'cfg', 'axis_name'))
+
 
 def selection_objective(
     config: ml_collections.ConfigDict,
@@ -143,12 +147,11 @@ def selection_objective(
   batch = min(int(config.train.batch_size), n)
   count = max(batch, min(n, int(max_windows)) // batch * batch)
   indices = np.linspace(0, n - 1, count).round().astype(np.int64).reshape(-1, batch)
-  loss_fn = jax.jit(functools.partial(objective.compute_loss, apply_fn=apply_fn, cfg=lcfg))
   totals: dict[str, float] = {}
   for i, idx in enumerate(indices):
     full = train_ds.take(idx)
     b = {k: jnp.asarray(full[k]) for k in ('keypoints', 'visibility', 'mask')}
-    _, (m, _) = loss_fn(params, batch=b, key=jax.random.PRNGKey(i))
+    _, (m, _) = _selection_loss(params, apply_fn=apply_fn, batch=b, key=jax.random.PRNGKey(i), cfg=lcfg)
     for k, v in jax.device_get(m).items():
       totals[k] = totals.get(k, 0.0) + float(v) / len(indices)
   return totals
