@@ -36,6 +36,18 @@ def test_load_mocap_subjects(mocap):
     data.load_mocap(subjects=['002', '999'])
 
 
+def test_load_mocap_trials(mocap):
+  # A trial key selects that trial; a leading '-' holds a trial (or subject) back.
+  assert set(data.load_mocap(subjects='002_04')) == {'002_04'}
+  held = data.load_mocap(subjects=['002', '003', '-002_04'])
+  assert set(held) == {k for k in mocap if k[:3] in ('002', '003')} - {'002_04'}
+  assert set(data.load_mocap(subjects=['002', '003', '-003'])) == {k for k in mocap if k[:3] == '002'}
+  with pytest.raises(ValueError, match=r"unknown subject or trial '002_99'"):
+    data.load_mocap(subjects=['002', '-002_99'])
+  with pytest.raises(ValueError, match=r'selects no trial'):
+    data.load_mocap(subjects=['003', '-003'])
+
+
 def test_load_mocap_errors(tmp_path):
   missing = tmp_path / 'nope.npz'
   with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):

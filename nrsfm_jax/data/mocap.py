@@ -1,6 +1,6 @@
 """Bundled CMU motion capture (17 Human3.6M-order joints), orthographic cameras, observations.
 
-World frame of the mocap: millimetres, y up. Cameras follow BENCHMARKS.md protocol A exactly:
+World frame of the mocap: millimetres, y up. Cameras follow docs/benchmarks.md protocol A exactly:
 `R_cam = R_x(elevation) @ R_y(azimuth)`, `X_c = R_cam @ X_world`, 2D observations
 `X_c[..., :2]`, hidden depth `X_c[..., 2]`.
 """
@@ -96,6 +96,31 @@ def list_subjects(path: PathLike | None = None) -> list[str]:
     return sorted({_subject_of(key, info) for key in archive.files})
 
 
+def select_trials(path, arrays, info: dict, subjects: Iterable[str] | str) -> list[str]:
+  """The trial keys of ``arrays`` that ``subjects`` selects (see :func:`load_mocap`), sorted.
+
+  Raises:
+    ValueError: an entry names no subject or trial of the file (the available subjects are
+      listed), or nothing is left.
+  """
+  entries = [str(s) for s in ([subjects] if isinstance(subjects, str) else subjects)]
+  subject_of = {key: _subject_of(key, info) for key in arrays}
+  available = sorted(set(subject_of.values()))
+
+  def matches(entry: str) -> set[str]:
+    found = {k for k in arrays if k == entry or subject_of[k] == entry}
+    if not found:
+      raise ValueError(f'{path}: unknown subject or trial {entry!r}; available subjects: {available}')
+    return found
+
+  keep = set().union(*(matches(e) for e in entries if not e.startswith('-')))
+  for entry in (e for e in entries if e.startswith('-')):
+    keep -= matches(entry[1:])
+  if not keep:
+    raise ValueError(f'{path}: {entries} selects no trial')
+  return sorted(keep)
+
+
 def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | None = None) -> dict[str, np.ndarray]:
   """Loads 3D mocap trials.
 
@@ -104,7 +129,9 @@ def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | Non
       subjects 002, 003, 005, 006; millimetres, y up, 60 fps).
     subjects: Subjects to keep, e.g. `['002', '003']` (a single string is one subject);
       None keeps all. A trial's subject comes from the json beside the file if it names
-      one, else from the key's part before '_'.
+      one, else from the key's part before '_'. An entry may also be a trial key
+      (`'002_04'`: that trial alone), and a leading '-' removes a trial or subject from
+      what the others select (`['002', '003', '-002_04']`: hold a trial back).
 
   Returns:
     A dict trial key (e.g. '002_01') -> float32 `[F, J, 3]`, keys sorted.
@@ -124,12 +151,7 @@ def load_mocap(path: PathLike | None = None, subjects: Iterable[str] | str | Non
     raise ValueError(f'{path}: the archive holds no trials')
   info = load_mocap_info(path)
   if subjects is not None:
-    wanted = {str(s) for s in ([subjects] if isinstance(subjects, str) else subjects)}
-    available = sorted({_subject_of(key, info) for key in arrays})
-    unknown = sorted(wanted - set(available))
-    if unknown:
-      raise ValueError(f'{path}: unknown subject(s) {unknown}; available: {available}')
-    arrays = {k: v for k, v in arrays.items() if _subject_of(k, info) in wanted}
+    arrays = {k: arrays[k] for k in select_trials(path, arrays, info, subjects)}
   trials = {}
   for key in sorted(arrays):
     points = arrays[key]
@@ -149,7 +171,7 @@ def camera_rotation(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
   """The benchmark camera rotation `R_cam = R_x(elevation) @ R_y(azimuth)`.
 
   `R_x(a) = [[1, 0, 0], [0, c, -s], [0, s, c]]`, `R_y(a) = [[c, 0, s], [0, 1, 0], [-s, 0, c]]`
-  (c = cos a, s = sin a), exactly as BENCHMARKS.md defines it.
+  (c = cos a, s = sin a), exactly as docs/benchmarks.md defines it.
 
   Sign convention: the camera frame is right-handed with image x right and image y up, so the
   camera looks along -z_c (OpenGL) and +z_c points towards it. Its viewing direction in the

@@ -282,7 +282,8 @@ def cmu17_dataset(
   """The "cmu17" benchmark data: mocap trials seen by orthographic cameras, windowed.
 
   Args:
-    subjects: Subjects to load (None: all in the file).
+    subjects: Subjects to load (None: all in the file); trial keys and '-' hold-backs as in
+      `load_mocap` (`'002,003,-002_04'`).
     length: Window length L.
     path: Mocap `.npz`; None for the bundled file.
     azimuths_deg: One camera per azimuth (view id = index here).
