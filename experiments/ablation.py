@@ -13,7 +13,7 @@ and the teacher of ``configs/teacher.py:<teacher_mode>``; nrsfm-mocap uses
 ``configs/nrsfm.py:<sequence>:<row>`` and a self-mode teacher
 (``configs/teacher.py:nrsfm:<sequence>``) trained on the tcn row's
 reconstructions. ``--cross_subject`` adds leave-one-subject-out folds on cmu17
-(per-fold numbers, the depth-0 reference and the mean; BENCHMARKS.md A). Writes
+(per-fold numbers, the depth-0 reference and the mean; docs/benchmarks.md A). Writes
 ``results.json``, ``results.md`` (the README tables) and ``cmu17.png`` / ``nrsfm_<sequence>.png``
 in --workdir. Rerunning resumes;
 finished runs are only re-scored.

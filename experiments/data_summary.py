@@ -1,7 +1,7 @@
 """Prints what data ships with nrsfm_jax and draws one frame of each dataset.
 
 Usage:
-  python -m experiments.data_summary [--plot_dir=data_summary]  # --plot_dir= skips plots
+  python -m experiments.data_summary [--plot_dir=runs/data_summary]  # --plot_dir= skips plots
 """
 
 from absl import app, flags
@@ -9,7 +9,9 @@ from absl import app, flags
 from nrsfm_jax.data import format_summary, summarize_bundled
 from nrsfm_jax.plotting import plot_bundled
 
-_PLOT_DIR = flags.DEFINE_string('plot_dir', 'data_summary', 'Folder for one PNG per dataset; empty to skip plotting.')
+_PLOT_DIR = flags.DEFINE_string(
+    'plot_dir', 'runs/data_summary', 'Folder for one PNG per dataset; empty to skip plotting.'
+)
 
 
 def main(argv):

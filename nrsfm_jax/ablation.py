@@ -1,4 +1,4 @@
-"""The paper's Table II ablation on both benchmarks (BENCHMARKS.md A and B), as library functions.
+"""The paper's Table II ablation on both benchmarks (docs/benchmarks.md A and B), as library functions.
 
 Rows: ``lifter`` (C3DPO baseline), ``smooth`` (+ smoothness), ``tcn``
 (+ smoothness + TCN) and ``teacher`` (+ smoothness + TCN + diffusion teacher).
@@ -9,7 +9,7 @@ Rows: ``lifter`` (C3DPO baseline), ``smooth`` (+ smoothness), ``tcn``
   ``tcn`` row's reconstructions) and caches its pseudo-3D.
 * nrsfm-mocap: per sequence, transductive; the teacher row's teacher is
   trained in self mode on the ``tcn`` row's reconstructions of that sequence
-  (the sequence's 3D is never used for fitting, BENCHMARKS.md B).
+  (the sequence's 3D is never used for fitting, docs/benchmarks.md B).
 
 Every run lives in its own workdir under the ablation's, and rerunning resumes
 (finished rows are only re-scored). ``experiments/ablation.py`` is the command.
@@ -43,7 +43,7 @@ TITLES = {
     'tcn': '+ smoothness + TCN',
     'teacher': '+ smoothness + TCN + teacher',
 }
-# Dai et al.'s published prior-free BMM e3D-akhter (BENCHMARKS.md B) and EM-PND's.
+# Dai et al.'s published prior-free BMM e3D-akhter (docs/benchmarks.md B) and EM-PND's.
 BMM = {'drink': 0.0266, 'pickup': 0.1731, 'yoga': 0.1150, 'stretch': 0.1034, 'dance': 0.1864}
 PND = {'drink': 0.0048, 'pickup': 0.0195, 'yoga': 0.0171, 'stretch': 0.0224, 'dance': 0.1595}
 NRSFM_SEQUENCES = tuple(BMM)
@@ -194,7 +194,7 @@ def run_cmu17_cross_subject(
     stack: bool | dict[str, Any] = False,
     folds: list[str] | None = None,
 ) -> dict[str, Any]:
-  """Every row on every leave-one-subject-out fold of cmu17 (BENCHMARKS.md A, "cross-subject mean").
+  """Every row on every leave-one-subject-out fold of cmu17 (docs/benchmarks.md A, "cross-subject mean").
 
   Fold ``s`` trains on the other subjects and tests on every frame of ``s``;
   it lives in ``<workdir>/fold_<s>/<row>`` and resumes like :func:`run_cmu17`.
@@ -269,8 +269,8 @@ def cross_subject_table(results: dict[str, Any]) -> str:
   names = list(folds)
   head = (
       '| row | '
-      + ' | '.join(f'MPJPE {s}' for s in names)
-      + ' | mean MPJPE | mean PA-MPJPE | mean Stress | mean accel |'
+      + ' | '.join(f'MPJPE {s} (mm)' for s in names)
+      + ' | mean MPJPE | mean PA-MPJPE | mean Stress | mean accel (mm/frame²) |'
   )
   lines = [head, '|---' * (len(names) + 5) + '|']
   titles = dict(TITLES, **REFERENCE_TITLES)
@@ -343,7 +343,7 @@ def seeds_table(runs: dict[str, dict[str, Any]], row: str = 'lifter', chosen: di
   names = list(first['folds'])
   lines = [
       '| run | '
-      + ' | '.join(f'MPJPE {s}' for s in names)
+      + ' | '.join(f'MPJPE {s} (mm)' for s in names)
       + ' | mean MPJPE | mean PA-MPJPE | mean Stress | folds < depth 0 |',
       '|---' * (len(names) + 5) + '|',
   ]
@@ -508,23 +508,26 @@ REFERENCE_TITLES = {
 
 
 def cmu17_table(results: dict[str, Any], c3dpo: bool = False) -> str:
-  """Markdown: MPJPE, PA-MPJPE, Stress, acceleration error, MPJPE cut vs the lifter row.
+  """Markdown: MPJPE, PA-MPJPE, Stress, acceleration error, MPJPE change vs the lifter row (− = better).
 
   Also the references where ``results`` has them (depth 0; the teacher on its own) and, with
   ``c3dpo`` (the development split), official C3DPO's scores on the same frames.
   """
   base = results.get('lifter', {}).get('overall', {}).get('mpjpe')
-  lines = ['| row | MPJPE | PA-MPJPE | Stress | accel | MPJPE cut vs lifter only |', '|---|---|---|---|---|---|']
+  lines = [
+      '| row | MPJPE (mm) | PA-MPJPE (mm) | Stress (mm) | accel (mm/frame²) | MPJPE vs lifter only (− = better) |',
+      '|---|---|---|---|---|---|',
+  ]
   extra = {'c3dpo': {'overall': scoring.C3DPO_REFERENCE}} if c3dpo else {}
   titles = dict(TITLES, **REFERENCE_TITLES)
   for row in ('depth0',) + ALL_ROWS + ('teacher_alone', 'c3dpo'):
     if row not in results and row not in extra:
       continue
     o = (results.get(row) or extra[row])['overall']
-    cut = f'{100 * (base - o["mpjpe"]) / base:+.1f}%' if base and row in ALL_ROWS else '–'
+    change = f'{100 * (o["mpjpe"] - base) / base:+.1f}%' if base and row in ALL_ROWS else '–'
     lines.append(
         f'| {titles[row]} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
-        f'{o["accel_error"]:.2f} | {cut} |'
+        f'{o["accel_error"]:.2f} | {change} |'
     )
   return '\n'.join(lines)
 
@@ -546,7 +549,7 @@ def nrsfm_table(results: dict[str, Any]) -> str:
   titles = dict(TITLES, **CLASSIC_TITLES)
   rows = [r for r in titles if any(r in v for v in results.values())]
   lines = [
-      '| sequence | ' + ' | '.join(titles[r] for r in rows) + ' | BMM | EM-PND |',
+      '| sequence (e3D / e3D-akhter, fractions) | ' + ' | '.join(titles[r] for r in rows) + ' | BMM | EM-PND |',
       '|---|' + '---|' * (len(rows) + 2),
   ]
   for seq, res in results.items():
@@ -642,7 +645,7 @@ def write_results(
         '### cmu17 development split (train 002, 003, 005; test 006)',
         '',
         'MPJPE, PA-MPJPE and Stress in mm; acceleration error in mm/frame²; the last column is the '
-        'MPJPE cut relative to the lifter-only row.',
+        "relative change of MPJPE from the lifter-only row's (negative: better).",
         '',
         cmu17_table(cmu17, c3dpo=c3dpo),
         '',

@@ -1,4 +1,4 @@
-"""Evaluation metrics, exactly as defined in BENCHMARKS.md.
+"""Evaluation metrics, exactly as defined in docs/benchmarks.md.
 
 All functions take numpy or JAX arrays, are jit-compatible, and return JAX
 arrays (``np.asarray`` them for reporting). Per-frame metrics return one value
@@ -187,7 +187,7 @@ def akhter_scale(points: Array, *, ddof: int = 1) -> Array:
 
 
 def e3d_akhter(pred: Array, gt: Array) -> Array:
-  """Akhter et al.'s ``compareStructs`` error as defined in BENCHMARKS.md B.
+  """Akhter et al.'s ``compareStructs`` error as defined in docs/benchmarks.md B.
 
   Centre each frame; divide prediction and truth each by its own
   :func:`akhter_scale`; align the whole sequence with one orthogonal 3×3 matrix

@@ -1,4 +1,4 @@
-"""Prediction and scoring: every window once, BENCHMARKS.md metrics, the depth-0 and C3DPO references."""
+"""Prediction and scoring: every window once, docs/benchmarks.md metrics, the depth-0 and C3DPO references."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def score(pred: np.ndarray, dataset: data_lib.WindowDataset, *, protocol: str = 
 def score_sequences(
     preds: dict[tuple[str, int], np.ndarray], truths: dict[tuple[str, int], np.ndarray]
 ) -> dict[str, Any]:
-  """BENCHMARKS.md B on whole sequences: e3D and e3D-akhter per sequence, and their mean.
+  """docs/benchmarks.md B on whole sequences: e3D and e3D-akhter per sequence, and their mean.
 
   Args:
     preds: ``{(name, view): [F, P, 3]}`` camera-frame 3D in data units (as
@@ -223,7 +223,7 @@ def evaluate_and_save(
   return result
 
 
-# BENCHMARKS.md A: the official C3DPO code, 25 minutes on a 2-core CPU, train 002/003/005, test 006.
+# docs/benchmarks.md A: the official C3DPO code, 25 minutes on a 2-core CPU, train 002/003/005, test 006.
 C3DPO_REFERENCE = {'mpjpe': 78.9, 'pa_mpjpe': 60.9, 'stress': 31.6, 'accel_error': 5.6}
 DEV_SPLIT = ('002,003,005', '006')
 
@@ -236,7 +236,7 @@ def is_dev_split(data_config: ml_collections.ConfigDict) -> bool:
 
 
 def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:
-  """The depth-0 reference on ``dataset`` (BENCHMARKS.md A): the truth's x, y with every depth 0.
+  """The depth-0 reference on ``dataset`` (docs/benchmarks.md A): the truth's x, y with every depth 0.
 
   A lifter that does not beat it has learned no usable depth.
   """

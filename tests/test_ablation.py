@@ -47,7 +47,7 @@ def test_cross_subject_run_reports_every_fold_and_the_mean(tmp_path):
   np.testing.assert_allclose(mean['mpjpe'], np.mean(folds))
   assert mean['folds'] == 2 and result['mean']['depth0']['folds'] == 2
   table = ablation.cross_subject_table(result)
-  assert 'MPJPE 002 | MPJPE 003 | mean MPJPE' in table and 'depth 0 (reference)' in table
+  assert 'MPJPE 002 (mm) | MPJPE 003 (mm) | mean MPJPE' in table and 'depth 0 (reference)' in table
   assert f'{mean["mpjpe"]:.1f}' in table and '+ smoothness' not in table
   _, md_path = ablation.write_results(str(tmp_path), None, None, ['cmd'], cross_subject=result)
   with open(md_path) as f:

@@ -1,4 +1,4 @@
-"""Tests for nrsfm_jax.metrics against BENCHMARKS.md's definitions."""
+"""Tests for nrsfm_jax.metrics against docs/benchmarks.md's definitions."""
 
 import chex
 import jax

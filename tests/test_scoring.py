@@ -1,4 +1,4 @@
-"""Tests for nrsfm_jax.scoring. BENCHMARKS.md A end to end: bundled data + cameras + windows + metrics reproduce
+"""Tests for nrsfm_jax.scoring. docs/benchmarks.md A end to end: bundled data + cameras + windows + metrics reproduce
 the published reference."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from nrsfm_jax import configs, data, scoring
 
 
 def test_depth_zero_baseline_matches_benchmarks():
-  # BENCHMARKS.md: predicting depth 0 everywhere on subject 006 gives
+  # docs/benchmarks.md: predicting depth 0 everywhere on subject 006 gives
   # MPJPE 129.3, PA-MPJPE 97.4, Stress 48.6, acceleration error 1.9.
   ds = data.cmu17_dataset('006', length=243)
   pred = ds.points3d.copy()

@@ -1,4 +1,4 @@
-"""Transductive fit of one nrsfm-mocap sequence (BENCHMARKS.md B).
+"""Transductive fit of one nrsfm-mocap sequence (docs/benchmarks.md B).
 
 Usage: ``--config=nrsfm_jax/configs/nrsfm.py:drink`` (a bundled name or an .npz
 path), optionally with an ablation variant of ``default.py``:

@@ -10,17 +10,17 @@ Sources:
 
 * ``cmu17``: the bundled (or ``data.path``) CMU mocap, subjects
   ``data.train_subjects`` / ``data.val_subjects`` seen by the orthographic
-  cameras ``data.azimuths`` / ``data.elevation`` (BENCHMARKS.md A);
+  cameras ``data.azimuths`` / ``data.elevation`` (docs/benchmarks.md A);
 * ``h36m``: Human3.6M 3D in VideoPose3D's layout (``data.path`` =
   ``data_3d_h36m.npz``; subjects such as ``'S1,S5'``) seen by the same
   orthographic cameras, so the cmu17 protocol and metrics apply unchanged;
 * ``nrsfm``: one nrsfm-mocap sequence (``data.sequence``), transductive: the
-  same frames for both splits (BENCHMARKS.md B);
+  same frames for both splits (docs/benchmarks.md B);
 * ``tracks``: a user's 2D tracks (``data.path``), transductive, no 3D.
 
 ``data.transductive`` (cmu17, h36m; default False): the train split adds the
 eval subjects' 2D and drops all 3D, NRSfM's setting (fit the test 2D, never
-see its 3D). Off, the eval subjects are never seen at all (BENCHMARKS.md A).
+see its 3D). Off, the eval subjects are never seen at all (docs/benchmarks.md A).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _cmu17(d, split, *, length, scale, seed):
   return _without_eval_3d(d, split, dataset)
 
 
-# Human3.6M's world frame has z up; the cameras of BENCHMARKS.md A turn about y up.
+# Human3.6M's world frame has z up; the cameras of docs/benchmarks.md A turn about y up.
 _Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], np.float32)
 
 

@@ -12,7 +12,7 @@ embedding. Two token layouts (``DenoiserConfig.arch``):
 
 Padded frames are masked out of temporal attention. The output is the clean
 root-relative 3D (x0 parametrisation). The module knows nothing about the
-noise schedule (STYLE.md 7). Sizes: ``configs/teacher.py`` (CPU default
+noise schedule . Sizes: ``configs/teacher.py`` (CPU default
 ``'frame'``, width 256, 2 blocks; D3DP's ``'st'``, width 512, depth 8, as ``:d3dp``).
 """
 
