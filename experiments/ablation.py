@@ -49,6 +49,13 @@ flags.DEFINE_multi_string(
     'cmu17 with --stack: change the stage-2 settings (ablation.STACK_OVERRIDES), as [row:]section.key=value '
     '(every stacked row, or only that row); repeatable, e.g. --stack_override=teacher:train.num_steps=2000.',
 )
+flags.DEFINE_float(
+    'stack_anchor',
+    0.0,
+    "cmu17 with --stack: the windows, smooth and tcn rows also fit the lifter row's own reconstructions of "
+    'their training windows (the teacher term, at this weight; 0 = off), so stage 2 stays near stage 1 '
+    'where the temporal terms do not pull it away.',
+)
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
 flags.DEFINE_list(
     'classic',
@@ -156,6 +163,10 @@ def main(argv):
   teacher_config = teacher_config_fn(FLAGS.teacher_override, FLAGS.teacher_mode)
   teacher_config()  # Unknown keys fail now, not after the student rows.
   stack = FLAGS.stack
+  if FLAGS.stack_anchor and not stack:
+    raise app.UsageError('--stack_anchor keeps stacked rows near the lifter row: drop --nostack.')
+  if FLAGS.stack_anchor < 0:
+    raise app.UsageError(f'--stack_anchor must be >= 0, got {FLAGS.stack_anchor}.')
   dev = scoring.is_dev_split(student_config('lifter').data)
   if FLAGS.stack_override:
     if not stack:
@@ -176,6 +187,7 @@ def main(argv):
         teacher_config=teacher_config,
         stack=stack,
         folds=FLAGS.folds,
+        anchor=FLAGS.stack_anchor,
     )
     print(ablation.cross_subject_table(cross))
   if 'cmu17' in FLAGS.benchmarks and FLAGS.dev_split:
@@ -187,6 +199,7 @@ def main(argv):
         student_config=student_config,
         teacher_config=teacher_config,
         stack=stack,
+        anchor=FLAGS.stack_anchor,
     )
     print(ablation.cmu17_table(cmu17, c3dpo=dev))
     diagnostics['cmu17'] = {
@@ -228,7 +241,17 @@ def main(argv):
   command = 'python -m experiments.ablation ' + ' '.join(sys.argv[1:])
   commands = [c for c in previous.get('commands', []) if c != command] + [command]
   print(ablation.diagnostics_table(diagnostics))
-  json_path, md_path = ablation.write_results(workdir, cmu17, nrsfm or None, commands, diagnostics, cross, c3dpo=dev)
+  data = student_config('lifter').data
+  json_path, md_path = ablation.write_results(
+      workdir,
+      cmu17,
+      nrsfm or None,
+      commands,
+      diagnostics,
+      cross,
+      c3dpo=dev,
+      split=f'train {data.train_subjects}; test {data.val_subjects}',
+  )
   print(f'wrote {json_path}, {md_path} and the plots in {workdir}')
 
 

@@ -11,7 +11,7 @@ Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predi
 
 from absl import app, flags, logging
 
-from nrsfm_jax import evaluation
+from nrsfm_jax import evaluation, loop
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.', required=True)
 _SUBJECTS = flags.DEFINE_string('subjects', None, "cmu17 subjects, e.g. '006,007' (cmu17 protocol).")
@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  loop.run_cli(main, config_flags=())

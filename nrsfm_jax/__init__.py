@@ -39,6 +39,7 @@ _SUBMODULES = (
     'objective',
     'optim',
     'plotting',
+    'predict',
     'profiling',
     'runs',
     'scoring',

@@ -64,6 +64,10 @@ def _check_rows(rows, self_teacher: bool = True):
 STACK_OVERRIDES = {'train.num_steps': 500, 'optim.lr': 3e-4, 'optim.warmup_steps': 20}
 
 
+# Stacked rows that `anchor` keeps near the lifter row (the teacher row has its teacher instead).
+ANCHORED_ROWS = ('windows', 'smooth', 'tcn')
+
+
 def stacked(
     cfg: ml_collections.ConfigDict, lifter_dir: str, overrides: dict[str, Any] | None = None
 ) -> ml_collections.ConfigDict:
@@ -119,6 +123,7 @@ def _run_rows(
     rows,
     log: Callable[[str], None],
     stack: bool | dict[str, Any] = False,
+    anchor: float = 0.0,
 ) -> dict[str, Any]:
   results = {}
   rows = _check_rows(rows, 'teacher' in rows and teacher_config().teacher.mode == 'self')
@@ -128,6 +133,9 @@ def _run_rows(
     cfg = student_config(row)
     if stack and row != 'lifter':
       cfg = stacked(cfg, os.path.join(workdir, 'lifter'), _stack_overrides_for(stack, row))
+      if anchor and row in ANCHORED_ROWS:
+        cfg.train.pseudo3d = os.path.abspath(os.path.join(workdir, 'lifter'))
+        cfg.loss.terms.teacher.weight = anchor
     row_dir = os.path.join(workdir, row)
     t0 = time.time()
     if row == 'teacher':
@@ -162,16 +170,20 @@ def run_cmu17(
     teacher_config: Callable[[], ml_collections.ConfigDict] | None = None,
     log: Callable[[str], None] = print,
     stack: bool | dict[str, Any] = False,
+    anchor: float = 0.0,
 ) -> dict[str, Any]:
   """Trains and scores the rows on the cmu17 development split; ``{row: score()}``.
 
   ``stack``: every row after the lifter starts from the lifter row (:func:`stacked`); a dict
   also changes :data:`STACK_OVERRIDES`, for every row (``{'train.num_steps': 2000}``) or for
-  one (``{'teacher:train.num_steps': 2000}``).
+  one (``{'teacher:train.num_steps': 2000}``). ``anchor > 0`` (with ``stack``): the
+  :data:`ANCHORED_ROWS` also fit the lifter row's own reconstructions of their training windows
+  through the teacher term, at this weight (``train.pseudo3d`` = the lifter's workdir), so the
+  second stage cannot drift from the first where the temporal terms do not ask it to.
   """
   student_config = student_config or (lambda row: configs.get('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
-  return _run_rows(student_config, teacher_config, workdir, rows, log, stack=stack)
+  return _run_rows(student_config, teacher_config, workdir, rows, log, stack=stack, anchor=anchor)
 
 
 def cross_subject_folds(subjects) -> list[tuple[str, list[str]]]:
@@ -193,6 +205,7 @@ def run_cmu17_cross_subject(
     log: Callable[[str], None] = print,
     stack: bool | dict[str, Any] = False,
     folds: list[str] | None = None,
+    anchor: float = 0.0,
 ) -> dict[str, Any]:
   """Every row on every leave-one-subject-out fold of cmu17 (docs/benchmarks.md A, "cross-subject mean").
 
@@ -206,7 +219,7 @@ def run_cmu17_cross_subject(
     workdir: the ablation's cmu17 cross-subject directory.
     rows: rows to run.
     subjects: the subjects to fold over (default: every subject in the data).
-    teacher_mode, student_config, teacher_config, log, stack: as :func:`run_cmu17`.
+    teacher_mode, student_config, teacher_config, log, stack, anchor: as :func:`run_cmu17`.
     folds: held-out subjects to run now (default: all). The other folds are
       read from their ``fold_results.json`` where one exists (not retrained or
       re-scored), and left out otherwise; ``[]`` only collects.
@@ -246,7 +259,7 @@ def run_cmu17_cross_subject(
       return cfg
 
     log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
-    result = _run_rows(fold_config, teacher_config, fold_dir, rows, log, stack=stack)
+    result = _run_rows(fold_config, teacher_config, fold_dir, rows, log, stack=stack, anchor=anchor)
     loop.write_json_atomic(saved, result)
     results[held_out] = result
   return {'folds': results, 'mean': fold_means(results)}
@@ -618,12 +631,14 @@ def write_results(
     diagnostics: dict[str, Any] | None = None,
     cross_subject: dict[str, Any] | None = None,
     c3dpo: bool = True,
+    split: str = 'train 002, 003, 005; test 006',
 ) -> tuple[str, str]:
   """``results.json`` (raw scores) and ``results.md`` (the README tables) in ``workdir``.
 
   ``commands``: the invocations that produced the results (in order);
   ``cross_subject``: :func:`run_cmu17_cross_subject`'s result, if run;
-  ``c3dpo``: the cmu17 rows are on the development split (show official C3DPO's scores).
+  ``c3dpo``: the cmu17 rows are on the development split (show official C3DPO's scores);
+  ``split``: the cmu17 rows' subjects, for the heading.
   """
   os.makedirs(workdir, exist_ok=True)
   payload = {
@@ -642,7 +657,7 @@ def write_results(
   parts = ['Produced by: ' + '; '.join(f'`{c}`' for c in commands), '']
   if cmu17:
     parts += [
-        '### cmu17 development split (train 002, 003, 005; test 006)',
+        f'### cmu17 {"development split " if c3dpo else ""}({split})',
         '',
         'MPJPE, PA-MPJPE and Stress in mm; acceleration error in mm/frame²; the last column is the '
         "relative change of MPJPE from the lifter-only row's (negative: better).",
@@ -652,7 +667,7 @@ def write_results(
     ]
     if cmu17.get('teacher_eval'):
       parts += [
-          'The teacher on its own (MPJPE, mm, on 006; mean / joint-wise reprojection aggregation):',
+          'The teacher on its own (MPJPE, mm, on the test subjects; mean / joint-wise reprojection aggregation):',
           '',
           teacher_table(cmu17['teacher_eval']),
           '',

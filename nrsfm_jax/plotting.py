@@ -197,3 +197,118 @@ def plot_rows(
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   return path
+
+
+# Views of a lifted skeleton (image convention: x right, y down, z away from the camera):
+# (title, elevation, azimuth) of matplotlib's 3D axes, whose vertical axis shows -y (up).
+LIFT_VIEWS = (('3D, from the front-left', 10.0, -60.0), ('3D, from the side', 10.0, 0.0))
+
+
+def _bone_color(b: int) -> str:
+  return {'L': 'tab:blue', 'R': 'tab:red'}.get(CMU_JOINTS[b][0], 'k')
+
+
+def _lift_limits(keypoints, visibility, points3d):
+  vis = visibility > 0
+  xy = keypoints[vis]
+  lo2, hi2 = xy.min(0), xy.max(0)
+  half2 = 0.55 * float(np.max(hi2 - lo2)) + 1e-6
+  good = np.isfinite(points3d).all(-1)
+  p = points3d[good]
+  half3 = 0.55 * float(np.max(p.max(0) - p.min(0))) + 1e-6 if len(p) else 1.0
+  return ((lo2 + hi2) / 2, half2), half3
+
+
+def _draw_lift_frame(ax2d, axes3d, keypoints, visibility, points3d, limits, label):
+  (c2, h2), h3 = limits
+  ax2d.cla()
+  vis = visibility > 0
+  for a, b in CMU_BONES:
+    if vis[a] and vis[b]:
+      ax2d.plot(keypoints[[a, b], 0], keypoints[[a, b], 1], color=_bone_color(b), lw=2)
+  ax2d.scatter(keypoints[vis, 0], keypoints[vis, 1], s=8, c='k', zorder=3)
+  ax2d.set_xlim(c2[0] - h2, c2[0] + h2)
+  ax2d.set_ylim(c2[1] + h2, c2[1] - h2)  # Image y grows downwards.
+  ax2d.set_aspect('equal')
+  ax2d.set_title(f'2D input, {label}', fontsize=9)
+  for ax, (title, elev, azim) in zip(axes3d, LIFT_VIEWS):
+    ax.cla()
+    if np.isfinite(points3d).all():
+      x, depth, up = points3d[:, 0], points3d[:, 2], -points3d[:, 1]
+      for a, b in CMU_BONES:
+        ax.plot(x[[a, b]], depth[[a, b]], up[[a, b]], color=_bone_color(b), lw=2)
+      ax.scatter(x, depth, up, s=6, c='k')
+    ax.set_xlim(-h3, h3)
+    ax.set_ylim(-h3, h3)
+    ax.set_zlim(-h3, h3)
+    ax.set_box_aspect((1, 1, 1))
+    ax.view_init(elev=elev, azim=azim)
+    ax.set_xlabel('x')
+    ax.set_ylabel('depth')
+    ax.set_zlabel('up')
+    ax.tick_params(labelsize=6)
+    ax.set_title(title, fontsize=9)
+
+
+def plot_lift_sheet(
+    path: PathLike, keypoints: np.ndarray, visibility: np.ndarray, points3d: np.ndarray, frames=None, num: int = 4
+) -> str:
+  """A PNG contact sheet: ``num`` evenly spaced frames, the 2D input beside the 3D from two views.
+
+  Args:
+    path: the PNG to write.
+    keypoints: ``[F, 17, 2]`` image coordinates (y down); visibility ``[F, 17]``.
+    points3d: ``[F, 17, 3]`` from :func:`nrsfm_jax.predict.lift` (NaN frames are left empty).
+    frames: ``[F]`` frame ids for the titles (default ``0..F-1``).
+    num: rows of the sheet.
+
+  Returns:
+    ``str(path)``.
+  """
+  frames = np.arange(len(keypoints)) if frames is None else np.asarray(frames)
+  picks = np.unique(np.linspace(0, len(keypoints) - 1, num).round().astype(int))
+  limits = _lift_limits(keypoints, visibility, points3d)
+  fig = figure()(figsize=(10.5, 3.4 * len(picks)))
+  for r, f in enumerate(picks):
+    ax2d = fig.add_subplot(len(picks), 3, 3 * r + 1)
+    axes3d = [fig.add_subplot(len(picks), 3, 3 * r + 2 + i, projection='3d') for i in range(2)]
+    _draw_lift_frame(ax2d, axes3d, keypoints[f], visibility[f], points3d[f], limits, f'frame {frames[f]}')
+  fig.suptitle('blue: left, red: right', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  return str(path)
+
+
+def animate_lift(
+    path: PathLike,
+    keypoints: np.ndarray,
+    visibility: np.ndarray,
+    points3d: np.ndarray,
+    frames=None,
+    *,
+    fps: float = 15.0,
+    max_frames: int = 120,
+) -> str:
+  """An animated GIF (matplotlib's Pillow writer, no ffmpeg) of the 2D input beside the 3D from two views.
+
+  Long inputs are subsampled evenly to at most ``max_frames`` frames. Arguments as
+  :func:`plot_lift_sheet`.
+  """
+  try:
+    from matplotlib.animation import FuncAnimation, PillowWriter
+  except ImportError as e:
+    raise ImportError("animations need matplotlib: pip install 'nrsfm_jax[plot]'") from e
+  frames = np.arange(len(keypoints)) if frames is None else np.asarray(frames)
+  picks = np.unique(np.linspace(0, len(keypoints) - 1, min(max_frames, len(keypoints))).round().astype(int))
+  limits = _lift_limits(keypoints, visibility, points3d)
+  fig = figure()(figsize=(10.5, 3.6))
+  ax2d = fig.add_subplot(1, 3, 1)
+  axes3d = [fig.add_subplot(1, 3, 2 + i, projection='3d') for i in range(2)]
+
+  def draw(i):
+    f = picks[i]
+    _draw_lift_frame(ax2d, axes3d, keypoints[f], visibility[f], points3d[f], limits, f'frame {frames[f]}')
+    return []
+
+  FuncAnimation(fig, draw, frames=len(picks)).save(str(path), writer=PillowWriter(fps=fps), dpi=70)
+  return str(path)

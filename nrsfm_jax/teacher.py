@@ -60,13 +60,25 @@ def supervised_targets(dataset: data_lib.WindowDataset) -> np.ndarray:
   return np.asarray(geometry.root_relative(dataset.points3d / dataset.scale), np.float32)
 
 
-def self_targets(
-    student_workdir: str, dataset: data_lib.WindowDataset, *, log: Callable[[str], None] = print
+def reconstruction_targets(
+    student_workdir: str,
+    dataset: data_lib.WindowDataset,
+    *,
+    resolve_flips: bool = True,
+    log: Callable[[str], None] = print,
 ) -> np.ndarray:
-  """A trained student's flip-resolved, root-relative reconstructions of ``dataset``: ``[N, L, P, 3]``.
+  """A trained student's root-relative reconstructions of ``dataset``'s windows: ``[N, L, P, 3]``.
+
+  Args:
+    student_workdir: the student run.
+    dataset: windows normalised at that run's 2D scale.
+    resolve_flips: depth-flip each frame to the handedness of the student's mean shape
+      (:func:`geometry.resolve_flip_by_reference`; the self-mode teacher's targets). Off: the
+      reconstructions as the student makes them (``train.pseudo3d`` set to a run's workdir).
+    log: progress sink.
 
   Raises:
-    ValueError: the student was trained at another 2D scale (other data).
+    ValueError: no workdir given, or the student was trained at another 2D scale (other data).
   """
   if not student_workdir:
     raise ValueError("teacher.mode='self' needs teacher.student_workdir (a workdir of experiments/train.py).")
@@ -77,14 +89,29 @@ def self_targets(
         f"{dataset.scale:.6g}: the teacher must use the student's data config."
     )
   points = scoring.predict(model.apply, params, dataset)
-  reference = model.apply(params, method=Student.mean_shape)
-  resolved = jax.jit(geometry.resolve_flip_by_reference)(points, reference, mask=dataset.visibility)
-  flipped = float(np.mean(np.any(np.asarray(resolved) != points, axis=(-1, -2))[dataset.mask > 0]))
-  log(
-      f'self targets: {student_workdir} (step {meta["step"]}); {100 * flipped:.1f}% of frames '
-      "depth-flipped to the mean shape's handedness"
-  )
-  return np.asarray(geometry.root_relative(resolved), np.float32)
+  if resolve_flips:
+    reference = model.apply(params, method=Student.mean_shape)
+    resolved = jax.jit(geometry.resolve_flip_by_reference)(points, reference, mask=dataset.visibility)
+    flipped = float(np.mean(np.any(np.asarray(resolved) != points, axis=(-1, -2))[dataset.mask > 0]))
+    log(
+        f'self targets: {student_workdir} (step {meta["step"]}); {100 * flipped:.1f}% of frames '
+        "depth-flipped to the mean shape's handedness"
+    )
+    points = resolved
+  else:
+    log(f'targets: the reconstructions of {student_workdir} (step {meta["step"]}), as it makes them')
+  return np.asarray(geometry.root_relative(points), np.float32)
+
+
+def self_targets(
+    student_workdir: str, dataset: data_lib.WindowDataset, *, log: Callable[[str], None] = print
+) -> np.ndarray:
+  """A trained student's flip-resolved, root-relative reconstructions of ``dataset``: ``[N, L, P, 3]``.
+
+  Raises:
+    ValueError: the student was trained at another 2D scale (other data).
+  """
+  return reconstruction_targets(student_workdir, dataset, resolve_flips=True, log=log)
 
 
 # ----------------------------------------------------------------------------

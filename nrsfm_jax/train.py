@@ -80,6 +80,10 @@ def init_params_from(workdir: str, params, scale: float, log: Callable[[str], No
 def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable[[str], None]):
   """``(pseudo3d [N, L, P, 3] | None, per-joint weights [N, L, P] | None)`` for the teacher term.
 
+  ``train.pseudo3d`` is a teacher's cached ``.npz``, or a student run's workdir: then the
+  targets are that run's own reconstructions of the training windows (an anchor, e.g. the
+  stacked ablation's stage 1 keeping stage 2 near it).
+
   The weights are :func:`losses.spread_confidence` of the hypotheses' spread
   with ``τ = loss.terms.teacher.confidence_scale`` × the median spread over the
   training set's visible joints (so the setting carries across datasets and
@@ -93,6 +97,12 @@ def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable
   c = float(term.get('confidence_scale', 0.0)) if term is not None else 0.0
   if c < 0:
     raise ValueError(f'loss.terms.teacher.confidence_scale must be >= 0, got {c}.')
+  if os.path.isdir(config.train.pseudo3d):  # A run: its own reconstructions anchor this one.
+    from nrsfm_jax import teacher  # pylint: disable=g-import-not-at-top  (teacher builds on this module's peers)
+
+    if c:
+      raise ValueError('loss.terms.teacher.confidence_scale needs hypotheses; train.pseudo3d is a run, not a teacher.')
+    return teacher.reconstruction_targets(config.train.pseudo3d, train_ds, resolve_flips=False, log=log), None
   if not c:
     return data_lib.load_pseudo3d(config.train.pseudo3d, train_ds), None
   pseudo, spread = data_lib.load_pseudo3d(config.train.pseudo3d, train_ds, spread=True)

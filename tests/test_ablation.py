@@ -168,3 +168,18 @@ def test_classic_rows_score_a_sequence_and_reread_it(tmp_path):
   assert again == out and sum('read from' in line for line in logs) == 2
   table = ablation.nrsfm_table(out)
   assert 'classic: prior-free low rank' in table.splitlines()[0]
+
+
+def test_stack_anchor_points_the_stage2_rows_at_the_lifter_run(tmp_path, monkeypatch):
+  trained = {}
+
+  def fake_train(cfg, workdir, log=print):  # The wiring only: train.pseudo3d's run targets are tested in test_train.
+    trained[os.path.basename(workdir)] = cfg
+    return {'overall': {}}
+
+  monkeypatch.setattr(ablation.train_lib, 'train_and_evaluate', fake_train)
+  ablation.run_cmu17(str(tmp_path), ['lifter', 'windows', 'smooth'], stack=True, anchor=0.5, log=print)
+  for row in ('windows', 'smooth'):
+    assert trained[row].train.pseudo3d == str(tmp_path / 'lifter') and trained[row].loss.terms.teacher.weight == 0.5
+    assert trained[row].train.init_from == str(tmp_path / 'lifter')
+  assert trained['lifter'].train.pseudo3d == '' and trained['lifter'].loss.terms.teacher.weight == 0

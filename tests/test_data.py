@@ -497,6 +497,19 @@ def test_cmu17_dataset(mocap):
   )
 
 
+def test_camera_rings_at_several_elevations(mocap):
+  # data.elevations adds a ring of the same azimuths per elevation; view id = ring * azimuths + azimuth.
+  config = configs.get('tiny')
+  config.data.train_subjects, config.data.azimuths, config.data.elevations = '003', (0.0, 90.0), (30.0,)
+  dataset = data.make_dataset(config.data, 'train', seed=0)
+  assert set(dataset.view_ids.tolist()) == {0, 1, 2, 3}
+  truth = data.reassemble(dataset, dataset.points3d)
+  np.testing.assert_array_equal(truth[('003_01', 3)], data.orthographic_views(mocap['003_01'], (90.0,), 30.0)[0])
+  np.testing.assert_array_equal(
+      truth[('003_01', 1)], data.orthographic_views(mocap['003_01'], (90.0,), config.data.elevation)[0]
+  )
+
+
 def test_nrsfm_and_tracks_datasets(tmp_path):
   dataset = data.nrsfm_dataset('Pickup', length=100)
   assert dataset.names == ('pickup',) and dataset.num_windows == 4

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from nrsfm_jax import configs, loop, models, train
+from nrsfm_jax import configs, data, geometry, loop, models, objective, scoring, train
 
 
 def _params_of(workdir):
@@ -379,6 +379,24 @@ def test_restarts_keep_the_seed_with_the_lowest_training_objective(tmp_path):
   again = train.selection_objective(config, model.apply, params, data_lib.make_datasets(config)[0])
   np.testing.assert_allclose(again['total'], chosen['objective']['total'], rtol=1e-5)
   assert any(f'kept seed {chosen["seed"]}' in line for line in logs)
+
+
+def test_pseudo3d_from_a_run_is_that_runs_own_reconstructions(run, loaded):
+  # train.pseudo3d = a student run's workdir: the teacher term fits its reconstructions, unflipped.
+  workdir, _ = run
+  config, model, params, _ = loaded
+  config = configs.get('tiny')
+  config.train.pseudo3d = workdir
+  config.loss.terms.teacher.weight = 1.0
+  train_ds, _ = data.make_datasets(config)
+  lcfg = objective.loss_config(config)
+  targets, weights = train._teacher_targets(config, lcfg, train_ds, log=lambda s: None)
+  expected = geometry.root_relative(scoring.predict(model.apply, params, train_ds))
+  np.testing.assert_allclose(targets, expected, atol=1e-6)
+  assert weights is None
+  config.loss.terms.teacher.confidence_scale = 1.0
+  with pytest.raises(ValueError, match='needs hypotheses'):
+    train._teacher_targets(config, objective.loss_config(config), train_ds, log=lambda s: None)
 
 
 def test_selection_objective_reads_only_the_training_2d():

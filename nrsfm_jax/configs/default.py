@@ -1,4 +1,4 @@
-"""Default config: cmu17 development split on a 2-core CPU (BENCHMARKS.md A).
+"""Default config: cmu17 development split on a 2-core CPU (docs/benchmarks.md A).
 
 Deviations from the paper, for a ~12-minute CPU budget (``paper.py`` has the
 paper's): Adam with cosine decay instead of SGD; a 256-wide, 3-block lifter
@@ -33,14 +33,16 @@ def get_config(arg=None):
   c.data.name = 'cmu17'  # 'cmu17' | 'nrsfm' | 'tracks'
   c.data.path = ''  # '' = bundled data (cmu17) / required for 'tracks'
   c.data.sequence = 'drink'  # nrsfm: bundled name or .npz path
+  # Subjects, trial keys ('002_04') or '-'-prefixed hold-backs ('002,003,-002_04'); see data.load_mocap.
   c.data.train_subjects = '002,003,005'
   c.data.val_subjects = '006'
-  # NRSfM's setting: also fit the val subjects' 2D (never their 3D). Off = BENCHMARKS.md A.
+  # NRSfM's setting: also fit the val subjects' 2D (never their 3D). Off = docs/benchmarks.md A.
   c.data.transductive = False
   c.data.window = 81
   c.data.eval_window = 243  # 0 = data.window
   c.data.azimuths = (45.0, 135.0, 225.0, 315.0)
   c.data.elevation = 10.0
+  c.data.elevations = ()  # more camera rings: every azimuth also at each of these elevations (deg)
   c.data.noise_std = 0.0  # 2D noise (data units, mm for cmu17)
   c.data.dropout = 0.0  # keypoint dropout probability
 
@@ -106,7 +108,9 @@ def get_config(arg=None):
   # objective on the training 2D (train.selection_objective; no 3D is read to choose).
   c.train.restarts = 1
   c.train.init_from = ''  # a trained run whose matching parameters initialise this one
-  c.train.pseudo3d = ''  # .npz of cached teacher pseudo-3D for the train windows
+  # The teacher term's targets: a teacher's cached pseudo-3D .npz for the train windows, or a student
+  # run's workdir (its own reconstructions of them: an anchor; experiments/ablation.py --stack_anchor).
+  c.train.pseudo3d = ''
 
   c.model.use_refiner = variant in ('tcn', 'teacher')
   if variant == 'teacher':

@@ -153,12 +153,26 @@ def _without_eval_3d(d, split: str, dataset: windows.WindowDataset) -> windows.W
 
 
 # The config.data keys of the mocap sources (subjects seen by orthographic cameras).
-_VIEW_KEYS = ('path', 'train_subjects', 'val_subjects', 'transductive', 'azimuths', 'elevation', 'noise_std', 'dropout')
+_VIEW_KEYS = (
+    'path',
+    'train_subjects',
+    'val_subjects',
+    'transductive',
+    'azimuths',
+    'elevation',
+    'elevations',
+    'noise_std',
+    'dropout',
+)
 
 
 def _camera_kwargs(d, seed: int) -> dict[str, Any]:
   return dict(
-      azimuths_deg=tuple(d.azimuths), elevation_deg=d.elevation, noise_std=d.noise_std, dropout=d.dropout, seed=seed
+      azimuths_deg=tuple(d.azimuths),
+      elevation_deg=(d.elevation, *d.get('elevations', ())) if d.get('elevations') else d.elevation,
+      noise_std=d.noise_std,
+      dropout=d.dropout,
+      seed=seed,
   )
 
 

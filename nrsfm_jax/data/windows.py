@@ -273,7 +273,7 @@ def cmu17_dataset(
     length: int = 243,
     path: PathLike | None = None,
     azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
-    elevation_deg: float = 10.0,
+    elevation_deg: float | Sequence[float] = 10.0,
     noise_std: float = 0.0,
     dropout: float = 0.0,
     seed: int = 0,
@@ -287,7 +287,8 @@ def cmu17_dataset(
     length: Window length L.
     path: Mocap `.npz`; None for the bundled file.
     azimuths_deg: One camera per azimuth (view id = index here).
-    elevation_deg: Camera elevation (see `camera_rotation` for its sign).
+    elevation_deg: Camera elevation (see `camera_rotation` for its sign), or several: one ring
+      of `azimuths_deg` cameras per elevation.
     noise_std: 2D Gaussian noise, mm.
     dropout: Keypoint dropout probability.
     seed: Noise/dropout seed; each trial draws from `[seed, crc32(trial key)]`, so a trial's
@@ -314,7 +315,7 @@ def views_dataset(
     *,
     length: int = 243,
     azimuths_deg: Sequence[float] = (45.0, 135.0, 225.0, 315.0),
-    elevation_deg: float = 10.0,
+    elevation_deg: float | Sequence[float] = 10.0,
     noise_std: float = 0.0,
     dropout: float = 0.0,
     seed: int = 0,
@@ -323,10 +324,13 @@ def views_dataset(
   """World-frame trials ``{name: [F, J, 3]}`` (y up) seen by orthographic cameras, windowed.
 
   The arguments are :func:`cmu17_dataset`'s; the trials may come from any source.
+  ``elevation_deg`` may be a sequence: one ring of ``azimuths_deg`` cameras per elevation.
   """
+  elevations = tuple(elevation_deg) if isinstance(elevation_deg, Sequence) else (float(elevation_deg),)
   sequences = {}
   for key, points in trials.items():
-    views = orthographic_views(points, azimuths_deg, elevation_deg)
+    # View id: elevation ring e, azimuth a -> e * len(azimuths) + a.
+    views = np.concatenate([orthographic_views(points, azimuths_deg, e) for e in elevations])
     keypoints, visibility = observe(
         views, key_or_seed=[seed, zlib.crc32(key.encode())], noise_std=noise_std, dropout=dropout
     )
