@@ -78,8 +78,11 @@ def stacked(
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   cfg.train.init_from = lifter_dir
   for key, value in dict(STACK_OVERRIDES, **(overrides or {})).items():
-    section, name = key.split('.')
-    cfg[section][name] = value
+    *path, name = key.split('.')
+    node = cfg
+    for part in path:  # 'optim.lr', or deeper: 'loss.terms.smooth.weight'.
+      node = node[part]
+    node[name] = value
   return cfg
 
 

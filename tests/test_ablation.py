@@ -98,6 +98,8 @@ def test_stack_overrides_apply_to_every_row_or_to_the_named_one():
   assert ablation._stack_overrides_for(stack, 'teacher') == {'optim.lr': 1e-4, 'train.num_steps': 2000}
   cfg = ablation.stacked(base, '/runs/lifter', ablation._stack_overrides_for(stack, 'teacher'))
   assert (cfg.optim.lr, cfg.train.num_steps, cfg.optim.warmup_steps) == (1e-4, 2000, 20)
+  nested = ablation.stacked(base, '/runs/lifter', {'loss.terms.smooth.weight': 1.0})  # Deeper keys too.
+  assert nested.loss.terms.smooth.weight == 1.0 and base.loss.terms.smooth.weight != 1.0
   with pytest.raises(ValueError, match="unknown row 'tnc'"):
     ablation._stack_overrides_for({'tnc:optim.lr': 1.0}, 'tcn')
 
