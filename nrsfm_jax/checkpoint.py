@@ -188,8 +188,22 @@ def flatten_params(params) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in flat.items()}
 
 
+def _without_machine_paths(tree):
+  """A config dict with every absolute path (a run's pseudo-3D cache, init_from, data file) cut to its
+  file name: an export leaves the machine it was made on, and its config is provenance, not inputs."""
+  if isinstance(tree, dict):
+    return {k: _without_machine_paths(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_without_machine_paths(v) for v in tree]
+  if isinstance(tree, str) and os.path.isabs(tree):
+    return os.path.basename(tree)
+  return tree
+
+
 def export_params(path: str, params, config: ml_collections.ConfigDict, *, scale: float, num_points: int) -> str:
   """Writes ``path`` (.npz): '/'-joined parameter arrays, the config JSON and metadata.
+
+  Absolute paths in the config are cut to file names (the export is meant to travel).
 
   A ``<path>.json`` sidecar with the same config is written for humans.
   """
@@ -197,7 +211,7 @@ def export_params(path: str, params, config: ml_collections.ConfigDict, *, scale
   if not path.endswith('.npz'):
     path += '.npz'
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  config_json = config.to_json_best_effort(sort_keys=True)
+  config_json = json.dumps(_without_machine_paths(json.loads(config.to_json_best_effort())), sort_keys=True)
   meta = json.dumps({'scale': float(scale), 'num_points': int(num_points), 'format': 'nrsfm_jax/1'})
   arrays: dict[str, Any] = dict(
       flatten_params(params), **{CONFIG_KEY: np.asarray(config_json), META_KEY: np.asarray(meta)}
@@ -276,8 +290,22 @@ def load_exported(path: str) -> tuple[Callable, Any]:
       jnp.ones((1, 4, p)),
       jnp.ones((1, 4)),
   )
-  params = load_params(path, init)
-  scale = float(meta['scale'])
+  return predictor_fn(model, float(meta['scale'])), load_params(path, init)
+
+
+def export_meta(path: str) -> dict[str, Any]:
+  """An export's metadata (``scale``, ``num_points``, ``format``) without loading its parameters."""
+  with np.load(path, allow_pickle=False) as f:
+    if META_KEY not in f.files:
+      raise KeyError(f'{path}: not an nrsfm_jax export (key {META_KEY!r} missing).')
+    return json.loads(str(f[META_KEY]))
+
+
+def predictor_fn(model, scale: float) -> Callable:
+  """The jitted ``apply_fn(params, keypoints, visibility=None, frame_mask=None)`` of :func:`load_exported`.
+
+  For any student ``model`` trained at 2D ``scale``: raw data-unit keypoints in, data-unit 3D out.
+  """
 
   def apply_fn(params, keypoints, visibility=None, frame_mask=None):
     keypoints = jnp.asarray(keypoints, jnp.float32)
@@ -296,7 +324,7 @@ def load_exported(path: str) -> tuple[Callable, Any]:
     out = model.apply(params, kp, visibility * mask[..., None], mask)['reconstruction'] * scale
     return out[0] if squeeze else out
 
-  return jax.jit(apply_fn), params
+  return jax.jit(apply_fn)
 
 
 __all__ = [
@@ -305,6 +333,8 @@ __all__ = [
     'export_params',
     'flatten_params',
     'load_exported',
+    'export_meta',
     'load_params',
     'merge_params',
+    'predictor_fn',
 ]

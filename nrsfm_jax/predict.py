@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nrsfm_jax import checkpoint as ckpt_lib
@@ -66,17 +63,10 @@ def load_predictor(source: str | None = None) -> Predictor:
     config, model, params, meta = load_run(source)
     if 'teacher' in config:
       raise ValueError(f'{source} is a teacher run; predict needs a student run (experiments/train.py).')
-    scale = float(meta['scale'])
-
-    def apply_fn(params, keypoints, visibility):
-      kp = center_2d(keypoints[None], visibility[None], xp=jnp)[0] / scale
-      mask = jnp.ones(keypoints.shape[:1])[None]
-      return model.apply(params, kp, visibility[None], mask)['reconstruction'][0] * scale
-
-    return Predictor(jax.jit(apply_fn), params, scale, int(meta['num_points']), source)
-  fn, params = ckpt_lib.load_exported(source)
-  with np.load(source, allow_pickle=False) as f:
-    meta = json.loads(str(f[ckpt_lib.META_KEY]))
+    fn = ckpt_lib.predictor_fn(model, float(meta['scale']))
+  else:
+    fn, params = ckpt_lib.load_exported(source)
+    meta = ckpt_lib.export_meta(source)
   return Predictor(fn, params, float(meta['scale']), int(meta['num_points']), source)
 
 

@@ -124,9 +124,12 @@ def test_load_params_names_the_bad_key(tmp_path):
   config = configs.get('tiny')
   _, state = _state(config)
   params = state.params
+  config.train.pseudo3d = str(tmp_path / 'teacher' / 'pseudo3d' / 'abc.npz')  # A machine-local path ...
   path = checkpoint.export_params(str(tmp_path / 'p.npz'), params, config, scale=1.0, num_points=17)
   with np.load(path) as f:
     arrays = dict(f)
+  assert str(tmp_path) not in open(path[:-4] + '.json').read()  # ... does not travel with the export.
+  assert str(tmp_path) not in str(arrays['__config__']) and 'abc.npz' in str(arrays['__config__'])
   key = sorted(k for k in arrays if not k.startswith('__'))[0]
 
   missing = dict(arrays)

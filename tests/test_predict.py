@@ -16,12 +16,7 @@ def _coco_pose(frames=6):
   """COCO-17 2D poses in pixels (y down) with scores, and the model-order joints they came from."""
   points = data.load_mocap(subjects='002_04')['002_04'][:frames]  # [F, 17, 3] mm, y up
   h36m = points[..., :2] * np.array([0.5, -0.5]) + np.array([640.0, 360.0])  # pixels, y down
-  coco = np.zeros((frames, 17, 2))
-  for j, name in kp_lib._DIRECT.items():
-    coco[:, kp_lib.COCO_JOINTS.index(name)] = h36m[:, data.CMU_JOINTS.index(j)]
-  # Put every face point on the model's Head joint, so the face centre is the Head.
-  head = h36m[:, data.CMU_JOINTS.index('Head')]
-  coco[:, list(kp_lib._FACE)] = head[:, None]
+  coco = kp_lib.h36m_to_coco(h36m)  # The 12 shared joints; every face point on the Head joint.
   scores = np.full((frames, 17), 0.9)
   return coco, scores, h36m
 
