@@ -27,6 +27,7 @@ import sys
 from absl import app, flags, logging
 
 from nrsfm_jax import ablation, classic, configs, loop, plotting, scoring
+from nrsfm_jax import data as data_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/ablation', 'Directory of the ablation (one subdirectory per run).')
@@ -251,7 +252,9 @@ def main(argv):
       diagnostics,
       cross,
       c3dpo=dev,
-      split=f'train {data.train_subjects}; test {data.val_subjects}',
+      split='train {}; test {}'.format(
+          *(','.join(data_lib.split_subjects(data, s, transductive=False)) for s in ('train', 'eval'))
+      ),
   )
   print(f'wrote {json_path}, {md_path} and the plots in {workdir}')
 

@@ -129,7 +129,7 @@ def build_eval_dataset(
     what = f"the run's eval split ({d.name})"
     protocol = protocol or data_lib.protocol_of(d)
     if d.name == 'cmu17':
-      name = 'cmu17_' + '_'.join(data_lib.parse_names(d.val_subjects))
+      name = 'cmu17_' + '_'.join(data_lib.split_subjects(d, 'eval'))
     else:
       name = f'{d.name}_{dataset.names[0]}'
   expected = int(meta['num_points'])

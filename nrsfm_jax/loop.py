@@ -226,6 +226,7 @@ def run_loop(
     log: Callable[[str], None],
     finish: Callable = lambda s: s,
     progress: Callable[[dict[str, Any], float], str] = lambda m, rate: '',
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
 ) -> Any:
   """Runs ``step_fn`` from the state's step to ``num_steps`` and returns the final (device-layout) state.
 
@@ -243,6 +244,9 @@ def run_loop(
     log: progress sink.
     finish: converts ``step_fn``'s state layout back to a plain state for saving.
     progress: ``(metrics, steps_per_second) -> str`` appended to the progress line.
+    evaluate: ``plain state -> {metric: value}``, called every ``train_config.eval_every``
+      steps (not at ``num_steps``: the caller's final evaluation scores that step); its values
+      go to ``metrics.jsonl`` as ``eval/<metric>``.
 
   Raises:
     NonFiniteLossError: a non-finite step. Nothing is saved then: the last
@@ -288,6 +292,13 @@ def run_loop(
             f'ETA {format_duration((num_steps - step) / max(rate, 1e-9))}'
         )
         t_loop, timed = time.time(), 0
+      eval_every = int(train_config.get('eval_every', 0) or 0)
+      if evaluate is not None and eval_every and step % eval_every == 0 and step < num_steps:
+        t_eval = time.time()
+        scores = evaluate(finish(state))
+        writer.write(step, {f'eval/{k}': v for k, v in scores.items()})
+        log(f'eval at step {step}: ' + ' '.join(f'{k}={v:.4g}' for k, v in scores.items()))
+        t_loop += time.time() - t_eval  # The steps/s shown stays the training's.
       if checkpoint_every and step % checkpoint_every == 0:
         save_state(ckpt, finish(state), meta)
   except KeyboardInterrupt:

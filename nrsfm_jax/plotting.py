@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 
 import ml_collections
@@ -312,3 +314,114 @@ def animate_lift(
 
   FuncAnimation(fig, draw, frames=len(picks)).save(str(path), writer=PillowWriter(fps=fps), dpi=70)
   return str(path)
+
+
+def read_metrics(workdir: PathLike, filename: str = 'metrics.jsonl') -> list[dict[str, float]]:
+  """The JSON lines of a run's ``metrics.jsonl`` (``loop.MetricWriter``); ``[]`` if there is none.
+
+  A run that was resumed may have logged a step twice: each line is kept, in order.
+  """
+  path = Path(workdir) / filename
+  if not path.is_file():
+    return []
+  lines = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          lines.append(json.loads(line))
+        except json.JSONDecodeError as e:  # A line cut by a crash mid-write: skip it, say where.
+          warnings.warn(f'{path}:{number}: not JSON ({e.msg}); skipped', stacklevel=2)
+  return lines
+
+
+def plot_training(workdir: PathLike, path: PathLike | None = None, *, title: str = '') -> Path | None:
+  """A run's loss curves and evaluation scores over steps: ``<workdir>/training.png``.
+
+  Left: every logged loss term (and ``total``) against the step, log scale. Right: the
+  ``eval/<metric>`` entries (:func:`nrsfm_jax.loop.run_loop`'s ``evaluate``, and the final
+  evaluation) in data units, with the depth-0 reference of ``eval.json`` as a dotted line.
+
+  Returns:
+    The PNG's path, or None when ``metrics.jsonl`` holds nothing to draw.
+  """
+  lines = read_metrics(workdir)
+  if not lines:
+    return None
+  path = Path(path) if path is not None else Path(workdir) / 'training.png'
+
+  def series(key):
+    pts = sorted({int(m['step']): float(m[key]) for m in lines if key in m}.items())
+    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+  keys = list(dict.fromkeys(k for m in lines for k in m if k != 'step'))
+  losses = [k for k in keys if not k.startswith('eval/') and k != 'grad_norm']
+  evals = [k for k in keys if k.startswith('eval/')]
+  fig = figure()(figsize=(11, 4), constrained_layout=True)
+  ax_loss, ax_eval = fig.subplots(1, 2)
+  for k in losses:
+    steps, values = series(k)
+    positive = values > 0
+    if positive.any():
+      ax_loss.plot(
+          steps[positive],
+          values[positive],
+          label=k,
+          lw=2.0 if k == 'total' else 1.2,
+          color='k' if k == 'total' else None,
+      )
+  ax_loss.set_yscale('log')
+  ax_loss.set_xlabel('step')
+  ax_loss.set_ylabel('loss (normalised units)')
+  ax_loss.set_title('training loss terms')
+  ax_loss.grid(alpha=0.3)
+  if losses:
+    ax_loss.legend(fontsize=7, ncol=2)
+  if evals:
+    depth0 = {}
+    eval_json = Path(workdir) / 'eval.json'
+    if eval_json.is_file():
+      with open(eval_json) as f:
+        depth0 = json.load(f).get('depth0', {}).get('overall', {})
+    # Acceleration error (per frame²) is ~100× smaller than the position errors: its own axis.
+    ax_accel = ax_eval.twinx() if any('accel' in k for k in evals) else None
+    handles = []
+    for i, k in enumerate(evals):
+      steps, values = series(k)
+      name = k.removeprefix('eval/')
+      ax = ax_accel if ax_accel is not None and 'accel' in k else ax_eval
+      (line,) = ax.plot(steps, values, marker='o', color=f'C{i}', ls='--' if ax is ax_accel else '-', label=name)
+      handles.append(line)
+      if name in depth0:
+        ax.axhline(depth0[name], color=line.get_color(), ls=':', lw=1)
+    ax_eval.set_xlabel('step')
+    ax_eval.set_ylabel('position error (data units; mm for cmu17, h36m)')
+    if ax_accel is not None:
+      ax_accel.set_ylabel('acceleration error (data units / frame², dashed)')
+    ax_eval.set_title('eval split' + (' (dotted: depth 0)' if depth0 else ''))
+    ax_eval.grid(alpha=0.3)
+    ax_eval.legend(handles=handles, fontsize=7)
+  else:
+    ax_eval.axis('off')
+    ax_eval.text(0.5, 0.5, 'no evaluation scores\n(no 3D in the eval split, or train.eval_every = 0)', ha='center')
+  if title:
+    fig.suptitle(title)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  return path
+
+
+def try_plot_training(workdir: str, log=print) -> str | None:
+  """:func:`plot_training`, for the trainers: a missing matplotlib or a failed plot is one log
+  line, never a failed run. Returns the PNG's path or None."""
+  try:
+    path = plot_training(workdir, title=os.path.basename(os.path.normpath(workdir)))
+  except ImportError as e:
+    log(f'no training.png: {e}')
+    return None
+  except Exception as e:  # pylint: disable=broad-except  (a picture must not fail a finished run)
+    log(f'no training.png: {type(e).__name__}: {e}')
+    return None
+  if path is not None:
+    log(f'loss curves and eval scores: {path}')
+  return None if path is None else str(path)

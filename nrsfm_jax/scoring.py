@@ -225,14 +225,16 @@ def evaluate_and_save(
 
 # docs/benchmarks.md A: the official C3DPO code, 25 minutes on a 2-core CPU, train 002/003/005, test 006.
 C3DPO_REFERENCE = {'mpjpe': 78.9, 'pa_mpjpe': 60.9, 'stress': 31.6, 'accel_error': 5.6}
-DEV_SPLIT = ('002,003,005', '006')
+DEV_SPLIT = data_lib.DEFAULT_SPLITS['cmu17']
 
 
 def is_dev_split(data_config: ml_collections.ConfigDict) -> bool:
   """Whether ``config.data`` is the cmu17 development split (where official C3DPO's scores apply)."""
   d = data_config
-  names = (','.join(data_lib.parse_names(d.train_subjects)), ','.join(data_lib.parse_names(d.val_subjects)))
-  return d.name == 'cmu17' and names == DEV_SPLIT
+  if d.name != 'cmu17':
+    return False
+  names = tuple(','.join(data_lib.split_subjects(d, s, transductive=False)) for s in ('train', 'eval'))
+  return names == DEV_SPLIT
 
 
 def depth_zero_score(dataset: data_lib.WindowDataset) -> dict[str, Any]:

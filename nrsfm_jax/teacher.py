@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from nrsfm_jax import checkpoint as ckpt_lib
-from nrsfm_jax import configs, diffusion, geometry, loop, losses, models, objective, optim, runs, scoring
+from nrsfm_jax import configs, diffusion, geometry, loop, losses, models, objective, optim, plotting, runs, scoring
 from nrsfm_jax import data as data_lib
 from nrsfm_jax.models import Denoiser, Student
 
@@ -346,6 +346,7 @@ def train_teacher(
       progress=lambda m, rate: f' | loss={float(m["loss"]):.4g} (MPJPE, normalised units)',
   )
   log(f'teacher training done in {loop.format_duration(time.time() - t_start)}')
+  plotting.try_plot_training(workdir, log)
   if not evaluate:
     return {}
   eval_path = os.path.join(workdir, 'teacher_eval.json')

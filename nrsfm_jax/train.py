@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from nrsfm_jax import checkpoint as ckpt_lib
-from nrsfm_jax import configs, loop, losses, models, objective, optim, runs, scoring
+from nrsfm_jax import configs, loop, losses, models, objective, optim, plotting, runs, scoring
 from nrsfm_jax import data as data_lib
 from nrsfm_jax.models import Student
 
@@ -232,8 +232,9 @@ def _train_restarts(
   )
   if not evaluate:
     return {}
-  _, model, params, _ = runs.load_run(workdir)
-  return scoring.evaluate_and_save(config, workdir, model.apply, params, eval_ds, log=log)
+  _, model, params, meta = runs.load_run(workdir)
+  result = scoring.evaluate_and_save(config, workdir, model.apply, params, eval_ds, log=log)
+  return _record_final(workdir, int(meta['step']), result, log)
 
 
 @loop.holds_workdir
@@ -299,6 +300,14 @@ def train_and_evaluate(
     terms = ' '.join(f'{k}={float(m[k]):.4g}' for k in objective.LOSS_TERMS + ('total',) if k in m)
     return f', {rate * batch_size * train_ds.window_length:,.0f} frames/s | {terms}'
 
+  protocol = data_lib.protocol_of(config.data)
+  evaluate_fn = None
+  if evaluate and eval_ds.points3d is not None and protocol is not None:
+
+    def evaluate_fn(plain_state):
+      pred = scoring.predict(model.apply, plain_state.params, eval_ds, batch_size=config.train.eval_batch_size)
+      return scoring.score(pred * eval_ds.scale, eval_ds, protocol=protocol)['overall']
+
   dstate = loop.run_loop(
       step_fn.prepare(state),
       lambda s, b: step_fn(s, b, loop_key),
@@ -311,9 +320,19 @@ def train_and_evaluate(
       log=log,
       finish=step_fn.finish,
       progress=progress,
+      evaluate=evaluate_fn,
   )
   state = step_fn.finish(dstate)
   log(f'training done in {loop.format_duration(time.time() - t_start)}')
   if not evaluate:
     return {}
-  return scoring.evaluate_and_save(config, workdir, model.apply, state.params, eval_ds, log=log)
+  result = scoring.evaluate_and_save(config, workdir, model.apply, state.params, eval_ds, log=log)
+  return _record_final(workdir, int(state.step), result, log)
+
+
+def _record_final(workdir: str, step: int, result: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+  """Appends the final evaluation to ``metrics.jsonl`` (as ``eval/<metric>``) and draws ``training.png``."""
+  if result:
+    loop.MetricWriter(workdir).write(step, {f'eval/{k}': v for k, v in result['overall'].items()})
+  plotting.try_plot_training(workdir, log)
+  return result

@@ -647,3 +647,127 @@ def test_transductive_train_split_adds_the_eval_2d_without_any_3d():
   assert train_ds.num_windows > plain.num_windows
   # The eval windows are the eval subject's own 2D, at the train split's scale.
   assert eval_ds.scale == train_ds.scale and {n.split('_')[0] for n in eval_ds.names} == {'006'}
+
+
+def _perspective_camera(azimuth_deg: float, distance_mm: float = 5000.0):
+  """A Human3.6M-like camera on a ring around the origin, 1.5 m up, looking at it (world z up)."""
+  a = np.deg2rad(azimuth_deg)
+  centre = np.array([distance_mm * np.cos(a), distance_mm * np.sin(a), 1500.0])
+  forward = -centre / np.linalg.norm(centre)
+  right = np.cross(forward, [0.0, 0.0, 1.0])
+  right /= np.linalg.norm(right)
+  down = np.cross(forward, right)
+  rotation = np.stack([right, down, forward])  # camera x right, y down, z forward
+  k = np.array([[1145.0, 0.0, 512.0], [0.0, 1144.0, 515.0], [0.0, 0.0, 1.0]])
+  return k, rotation, -rotation @ centre
+
+
+def write_h36m_folder(folder, frames: int = 90, subjects=('S1', 'S5', 'S6', 'S7', 'S8', 'S9', 'S11')):
+  """Files in VideoPose3D's exact layout, made from bundled mocap: 32-joint world 3D in metres (z up)
+  and the 2D of four perspective cameras in pixels. Returns ``{(subject, action, camera): (K, R, t)}``."""
+  trials = data.load_mocap()
+  keys = sorted(trials)
+  y_up_to_z_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+  positions_3d, positions_2d, cameras = {}, {}, {}
+  for i, subject in enumerate(subjects):
+    positions_3d[subject], positions_2d[subject] = {}, {}
+    for j, action in enumerate(('Walking', 'Eating 2')):
+      points = trials[keys[(2 * i + j) * 3 % len(keys)]][:frames].astype(np.float64)
+      points = (points - points[:1, :1] * [1, 0, 1]) @ y_up_to_z_up.T  # mm, z up, started at the origin
+      full = np.zeros((len(points), 32, 3))
+      full[:, h36m.H36M_KEPT_JOINTS] = points
+      positions_3d[subject][action] = (full / 1000.0).astype(np.float32)
+      views = []
+      for c, azimuth in enumerate((45.0, 135.0, 225.0, 315.0)):
+        k, rotation, t = _perspective_camera(azimuth + 7 * i)
+        cameras[(subject, action, c)] = (k, rotation, t)
+        projected = (points @ rotation.T + t) @ k.T  # the 17 joints VideoPose3D keeps
+        views.append((projected[..., :2] / projected[..., 2:]).astype(np.float32))
+      positions_2d[subject][action] = views
+  metadata = {'num_joints': 17, 'keypoints_symmetry': [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
+  np.savez_compressed(folder / 'data_3d_h36m.npz', positions_3d=positions_3d)
+  np.savez_compressed(folder / 'data_2d_h36m_gt.npz', positions_2d=positions_2d, metadata=metadata)
+  return cameras
+
+
+def test_fit_projective_camera_recovers_a_known_camera():
+  rng = np.random.default_rng(0)
+  points = rng.normal(size=(300, 3)) * 400.0
+  k, rotation, t = _perspective_camera(30.0)
+  projected = (points @ rotation.T + t) @ k.T
+  fit = data.fit_projective_camera(points, projected[:, :2] / projected[:, 2:])
+  np.testing.assert_allclose(fit['R'], rotation, atol=1e-9)
+  np.testing.assert_allclose(fit['t'], t, atol=1e-6)
+  np.testing.assert_allclose(fit['K'], k, atol=1e-6)
+  assert fit['rms'] < 1e-6 and np.isclose(np.linalg.det(fit['R']), 1.0)
+  with pytest.raises(ValueError, match='at least 6'):
+    data.fit_projective_camera(points[:5], projected[:5, :2])
+  with pytest.raises(ValueError, match='degenerate'):
+    data.fit_projective_camera(np.repeat(points[:1], 20, 0), np.repeat(projected[:1, :2], 20, 0))
+
+
+def test_h36m_folder_gives_the_real_cameras_views_on_the_papers_split(tmp_path):
+  cameras = write_h36m_folder(tmp_path, frames=40)
+  config = configs.get('default', 'lifter')
+  config.data.name, config.data.path, config.data.window = 'h36m', str(tmp_path), 16
+  train, test = data.make_datasets(config)
+  assert train.names == tuple(f'{s}/{a}' for s in ('S1', 'S5', 'S6', 'S7', 'S8') for a in ('Walking', 'Eating 2'))
+  assert test.names == ('S9/Walking', 'S9/Eating 2', 'S11/Walking', 'S11/Eating 2')
+  assert test.scale == train.scale and data.protocol_of(config.data) == 'cmu17'
+  truth = data.reassemble(test, test.points3d)
+  kp = data.reassemble(test, test.keypoints * test.scale)
+  world = data.load_h36m(tmp_path / 'data_3d_h36m.npz', subjects=['S9'])['S9']['Walking']['points3d']
+  for c in range(4):
+    k, rotation, t = cameras[('S9', 'Walking', c)]
+    expected = world @ rotation.T + t  # camera frame, mm
+    np.testing.assert_allclose(truth[('S9/Walking', c)], expected, atol=0.05)
+    # 2D in mm at the root's depth: the camera-frame x, y up to perspective (a few % here).
+    centred = expected[..., :2] - expected[..., :2].mean(1, keepdims=True)
+    error = np.abs(kp[('S9/Walking', c)] - centred).max()
+    assert error < 0.1 * np.abs(centred).max()
+  # 2D that does not belong to the 3D is refused, naming the file, sequence and camera.
+  arrays = np.load(tmp_path / 'data_2d_h36m_gt.npz', allow_pickle=True)
+  positions_2d = arrays['positions_2d'].item()
+  positions_2d['S9']['Walking'][2] = positions_2d['S1']['Eating 2'][0]  # another recording's 2D
+  np.savez_compressed(tmp_path / 'data_2d_h36m_gt.npz', positions_2d=positions_2d, metadata=arrays['metadata'])
+  with pytest.raises(data.DataError, match=r'data_2d_h36m_gt\.npz: S9/Walking camera 2: its 2D is not a projection'):
+    data.make_dataset(config.data, 'eval', scale=1.0)
+  config.data.detector = 'cpn'
+  with pytest.raises(data.DataError, match=r"data_2d_h36m_cpn\.npz: no such file.*config\.data\.detector='cpn'"):
+    data.make_dataset(config.data, 'eval', scale=1.0)
+
+
+def test_h36m_trains_and_evaluates_from_the_command_line(tmp_path):
+  """The issue's command, on files in VideoPose3D's layout: the paper's split, its metrics."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  folder = tmp_path / 'h36m'
+  folder.mkdir()
+  write_h36m_folder(folder, frames=60)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'experiments.train',
+          f'--workdir={tmp_path / "run"}',
+          '--config=nrsfm_jax/configs/tiny.py',
+          '--config.data.name=h36m',
+          f'--config.data.path={folder}',
+          '--config.data.train_subjects=',  # tiny.py names cmu17 subjects; '' is the source's split
+          '--config.data.val_subjects=',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      timeout=180,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'run' / 'eval.json') as f:
+    result = json.load(f)
+  assert set(result['per_sequence']) == {'S9/Walking', 'S9/Eating 2', 'S11/Walking', 'S11/Eating 2'}
+  assert result['frames'] == 4 * 4 * 60  # every frame of every test camera, once
+  for metric in ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error'):
+    assert np.isfinite(result['overall'][metric]) and result['overall'][metric] > 0

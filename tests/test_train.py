@@ -23,6 +23,7 @@ def _params_of(workdir):
 def test_end_to_end_resume_matches_uninterrupted(tmp_path):
   config = configs.get('tiny')
   config.train.parallel = 'none'
+  config.train.eval_every = 2
   logs = []
   full_dir, cut_dir = str(tmp_path / 'full'), str(tmp_path / 'cut')
   result = train.train_and_evaluate(config, full_dir, log=logs.append)
@@ -30,11 +31,19 @@ def test_end_to_end_resume_matches_uninterrupted(tmp_path):
   assert all(np.isfinite(v) for v in result['overall'].values())
   assert result['frames'] > 0 and '006_01' in result['per_sequence']
   assert any('ETA' in line for line in logs)
-  for name in ('config.json', 'metrics.jsonl', 'eval.json', 'eval_predictions.npz'):
+  for name in ('config.json', 'metrics.jsonl', 'eval.json', 'eval_predictions.npz', 'training.png'):
     assert os.path.exists(os.path.join(full_dir, name)), name
+  with open(os.path.join(full_dir, 'training.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   with open(os.path.join(full_dir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  assert rows[-1]['step'] == config.train.num_steps and 'reproj' in rows[-1]
+  losses = [r for r in rows if 'reproj' in r]
+  assert losses[-1]['step'] == config.train.num_steps
+  # Eval scores over steps: every eval_every steps, and the final evaluation (= eval.json).
+  evals = [r for r in rows if 'eval/mpjpe' in r]
+  assert [r['step'] for r in evals] == [2, 4, 6]
+  assert evals[-1]['eval/mpjpe'] == pytest.approx(result['overall']['mpjpe'])
+  assert any(line.startswith('eval at step 2: mpjpe=') for line in logs)
 
   # Kill the run (Ctrl-C) after step 4, then rerun the same command.
   def interrupt(line):
@@ -330,7 +339,7 @@ def test_validate_names_the_config_key_at_fault():
   configs.check_applies(config, ['data.sequence', 'data.window', 'train.num_steps'])
   with pytest.raises(
       configs.ConfigError,
-      match=r"config\.data\.train_subjects='002,003,005' does not apply to config\.data\.name='nrsfm' "
+      match=r"config\.data\.train_subjects='' does not apply to config\.data\.name='nrsfm' "
       r'\(it is read by: cmu17, h36m\)',
   ):
     configs.check_applies(config, ['data.train_subjects'])

@@ -52,6 +52,7 @@ def _at_least(low):
 _RANGES = {
     'train.batch_size': _at_least(1),
     'train.eval_batch_size': _at_least(1),
+    'train.eval_every': _at_least(0),
     'train.num_steps': _at_least(0),
     'train.num_epochs': _at_least(0),
     'train.log_every': _at_least(1),

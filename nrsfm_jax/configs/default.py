@@ -30,12 +30,16 @@ def get_config(arg=None):
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'cmu17'  # 'cmu17' | 'nrsfm' | 'tracks'
-  c.data.path = ''  # '' = bundled data (cmu17) / required for 'tracks'
+  c.data.name = 'cmu17'  # 'cmu17' | 'h36m' | 'nrsfm' | 'tracks'
+  # '' = bundled data (cmu17) / h36m: the folder of VideoPose3D's npz files / required for 'tracks'
+  c.data.path = ''
   c.data.sequence = 'drink'  # nrsfm: bundled name or .npz path
   # Subjects, trial keys ('002_04') or '-'-prefixed hold-backs ('002,003,-002_04'); see data.load_mocap.
-  c.data.train_subjects = '002,003,005'
-  c.data.val_subjects = '006'
+  # '' = the source's standard split (data.DEFAULT_SPLITS): cmu17 002,003,005 / 006 (the development
+  # split); h36m the paper's S1,S5,S6,S7,S8 / S9,S11.
+  c.data.train_subjects = ''
+  c.data.val_subjects = ''
+  c.data.detector = 'gt'  # h36m: the 2D file data_2d_h36m_<detector>.npz ('gt', 'cpn_ft_h36m_dbb', ...)
   # NRSfM's setting: also fit the val subjects' 2D (never their 3D). Off = docs/benchmarks.md A.
   c.data.transductive = False
   c.data.window = 81
@@ -104,6 +108,9 @@ def get_config(arg=None):
   c.train.max_checkpoints = 2
   c.train.parallel = 'auto'  # 'auto' | 'none' | 'pmap' | 'shard_map'
   c.train.eval_batch_size = 64
+  # Score the eval split every this many steps (0: only at the end), into metrics.jsonl and the
+  # run's training.png. Logged only: nothing is chosen on it (the eval 3D stays unseen by training).
+  c.train.eval_every = 500
   # > 1: train this many seeds (seed, seed + 1, ...) and keep the one with the lowest training
   # objective on the training 2D (train.selection_objective; no 3D is read to choose).
   c.train.restarts = 1

@@ -26,5 +26,6 @@ def get_config(arg=None):
   c.train.log_every = 2
   c.train.checkpoint_every = 3
   c.train.eval_batch_size = 16
+  c.train.eval_every = 0
   c.train.restarts = 1
   return c

@@ -1,6 +1,14 @@
 """Data: bundled mocap, loaders, cameras, windows, normalisation and batching (numpy only)."""
 
-from nrsfm_jax.data.h36m import H36M_KEPT_JOINTS, H36M_REMOVED_JOINTS, load_h36m, normalize_screen_coordinates
+from nrsfm_jax.data.h36m import (
+    H36M_KEPT_JOINTS,
+    H36M_REMOVED_JOINTS,
+    H36M_SPLIT,
+    camera_frame_views,
+    fit_projective_camera,
+    load_h36m,
+    normalize_screen_coordinates,
+)
 from nrsfm_jax.data.mocap import (
     ASSETS_DIR,
     CMU_BONE_PAIRS,
@@ -19,6 +27,7 @@ from nrsfm_jax.data.mocap import (
 from nrsfm_jax.data.nrsfm import load_nrsfm_sequence, nrsfm_sequence_path
 from nrsfm_jax.data.pseudo3d import PSEUDO3D_KEYS, load_pseudo3d, save_pseudo3d
 from nrsfm_jax.data.registry import (
+    DEFAULT_SPLITS,
     DataError,
     dataset_names,
     h36m_dataset,
@@ -27,6 +36,7 @@ from nrsfm_jax.data.registry import (
     parse_names,
     protocol_of,
     register_dataset,
+    split_subjects,
     window_length,
 )
 from nrsfm_jax.data.summary import format_summary, summarize_bundled
@@ -93,6 +103,11 @@ __all__ = [
     'save_pseudo3d',
     'dataset_names',
     'h36m_dataset',
+    'H36M_SPLIT',
+    'camera_frame_views',
+    'fit_projective_camera',
+    'DEFAULT_SPLITS',
+    'split_subjects',
     'DataError',
     'make_dataset',
     'make_datasets',

@@ -11,12 +11,19 @@ Sources:
 * ``cmu17``: the bundled (or ``data.path``) CMU mocap, subjects
   ``data.train_subjects`` / ``data.val_subjects`` seen by the orthographic
   cameras ``data.azimuths`` / ``data.elevation`` (docs/benchmarks.md A);
-* ``h36m``: Human3.6M 3D in VideoPose3D's layout (``data.path`` =
-  ``data_3d_h36m.npz``; subjects such as ``'S1,S5'``) seen by the same
-  orthographic cameras, so the cmu17 protocol and metrics apply unchanged;
+* ``h36m``: Human3.6M in VideoPose3D's layout. ``data.path`` = the folder
+  holding ``data_3d_h36m.npz`` and ``data_2d_h36m_<data.detector>.npz``
+  (``'gt'``: ground-truth 2D): the paper's setting, the real four cameras'
+  2D (:func:`nrsfm_jax.data.h36m.camera_frame_views`); or ``data.path`` =
+  the 3D file alone: seen by the cmu17 orthographic cameras instead.
+  Subjects such as ``'S1,S5'``; the cmu17 protocol and metrics apply;
 * ``nrsfm``: one nrsfm-mocap sequence (``data.sequence``), transductive: the
   same frames for both splits (docs/benchmarks.md B);
 * ``tracks``: a user's 2D tracks (``data.path``), transductive, no 3D.
+
+Subjects: ``data.train_subjects`` / ``data.val_subjects``; ``''`` (the
+default) is the source's standard split, :data:`DEFAULT_SPLITS` (cmu17: the
+development split 002,003,005 / 006; h36m: the paper's S1,S5,S6,S7,S8 / S9,S11).
 
 ``data.transductive`` (cmu17, h36m; default False): the train split adds the
 eval subjects' 2D and drops all 3D, NRSfM's setting (fit the test 2D, never
@@ -26,13 +33,17 @@ see its 3D). Off, the eval subjects are never seen at all (docs/benchmarks.md A)
 from __future__ import annotations
 
 import dataclasses
+import os
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from nrsfm_jax.data import h36m as h36m_lib
 from nrsfm_jax.data import windows
 from nrsfm_jax.data.h36m import load_h36m
+from nrsfm_jax.data.mocap import observe
 
 SPLITS = ('train', 'eval')
 
@@ -131,13 +142,23 @@ def make_datasets(config, scale: float | None = None) -> tuple[windows.WindowDat
   return train, make_dataset(config.data, 'eval', scale=train.scale, seed=config.seed)
 
 
-def _subjects(d, split: str) -> list[str]:
+# A source's standard (train, eval) subjects, used where config.data.train_subjects / val_subjects is ''.
+DEFAULT_SPLITS: dict[str, tuple[str, str]] = {'cmu17': ('002,003,005', '006'), 'h36m': h36m_lib.H36M_SPLIT}
+
+
+def split_subjects(d, split: str, *, transductive: bool = True) -> list[str]:
+  """The subjects of ``split`` in ``config.data`` ``d``: its ``train_subjects`` / ``val_subjects``,
+  ``''`` meaning the source's :data:`DEFAULT_SPLITS`; with ``data.transductive`` the train split
+  also lists the eval subjects (unless ``transductive=False``)."""
   key = 'train_subjects' if split == 'train' else 'val_subjects'
-  names = parse_names(d[key])
+  text = d.get(key, '')
+  if not str(text).strip() and d.name in DEFAULT_SPLITS:
+    text = DEFAULT_SPLITS[d.name][0 if split == 'train' else 1]
+  names = parse_names(text)
   if not names:
     raise ValueError(f'config.data.{key} names no subject.')
-  if split == 'train' and d.get('transductive', False):
-    names += [s for s in _subjects(d, 'eval') if s not in names]
+  if transductive and split == 'train' and d.get('transductive', False):
+    names += [s for s in split_subjects(d, 'eval') if s not in names]
   return names
 
 
@@ -179,7 +200,7 @@ def _camera_kwargs(d, seed: int) -> dict[str, Any]:
 @register_dataset('cmu17', 'cmu17', _VIEW_KEYS)
 def _cmu17(d, split, *, length, scale, seed):
   dataset = windows.cmu17_dataset(
-      _subjects(d, split), length=length, path=d.path or None, scale=scale, **_camera_kwargs(d, seed)
+      split_subjects(d, split), length=length, path=d.path or None, scale=scale, **_camera_kwargs(d, seed)
   )
   return _without_eval_3d(d, split, dataset)
 
@@ -189,14 +210,26 @@ _Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], n
 
 
 def h36m_dataset(
-    path, subjects: Sequence[str] | str | None, *, length: int = 243, scale: float | None = None, **camera_kwargs
+    path,
+    subjects: Sequence[str] | str | None,
+    *,
+    length: int = 243,
+    scale: float | None = None,
+    detector: str = 'gt',
+    **camera_kwargs,
 ) -> windows.WindowDataset:
-  """Human3.6M 3D (VideoPose3D's ``data_3d_h36m.npz``) seen by the cmu17 orthographic cameras.
+  """Human3.6M in VideoPose3D's layout, windowed; trials are named ``'<subject>/<action>'``.
 
-  World z-up is turned to y-up first; trials are named ``'<subject>/<action>'``.
-  ``camera_kwargs``: ``azimuths_deg``, ``elevation_deg``, ``noise_std``,
-  ``dropout``, ``seed`` as :func:`windows.cmu17_dataset`.
+  ``path`` a folder: its ``data_3d_h36m.npz`` and ``data_2d_h36m_<detector>.npz``, the real
+  cameras' 2D (view id = the 2D file's camera index), with camera-frame 3D and 2D in
+  millimetres at the root's depth (:func:`nrsfm_jax.data.h36m.camera_frame_views`);
+  ``camera_kwargs`` ``noise_std`` (mm), ``dropout`` and ``seed`` apply, the azimuths and
+  elevations do not. ``path`` the 3D file: its 3D (world z-up turned to y-up) seen by the
+  orthographic cameras of ``camera_kwargs`` (``azimuths_deg``, ``elevation_deg``,
+  ``noise_std``, ``dropout``, ``seed``, as :func:`windows.cmu17_dataset`).
   """
+  if os.path.isdir(path):
+    return _h36m_real_cameras(path, subjects, length=length, scale=scale, detector=detector, **camera_kwargs)
   trials = {
       f'{s}/{a}': entry['points3d'] @ _Z_UP_TO_Y_UP.T
       for s, actions in load_h36m(path, subjects=subjects).items()
@@ -205,11 +238,50 @@ def h36m_dataset(
   return windows.views_dataset(trials, length=length, scale=scale, **camera_kwargs)
 
 
-@register_dataset('h36m', 'cmu17', _VIEW_KEYS)
+def _h36m_real_cameras(
+    folder, subjects, *, length: int, scale: float | None, detector: str, noise_std=0.0, dropout=0.0, seed=0, **_
+) -> windows.WindowDataset:
+  path_3d = os.path.join(folder, h36m_lib.H36M_3D_FILE)
+  path_2d = os.path.join(folder, h36m_lib.h36m_2d_file(detector))
+  for path in (path_3d, path_2d):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"{path}: no such file; config.data.path={str(folder)!r} must hold VideoPose3D's "
+          f'{h36m_lib.H36M_3D_FILE} and {h36m_lib.h36m_2d_file(detector)} (config.data.detector={detector!r})'
+      )
+  sequences = {}
+  for s, actions in load_h36m(path_3d, path_2d, subjects=subjects).items():
+    for a, entry in actions.items():
+      key = f'{s}/{a}'
+      points, keypoints, visibility = h36m_lib.camera_frame_views(
+          entry['points3d'], entry['keypoints'], name=f'{path_2d}: {key}'
+      )
+      if noise_std > 0 or dropout > 0:
+        flat = np.concatenate([keypoints, np.zeros_like(keypoints[..., :1])], -1)
+        keypoints, kept = observe(
+            flat, key_or_seed=[seed, zlib.crc32(key.encode())], noise_std=noise_std, dropout=dropout
+        )
+        visibility = visibility * kept
+        keypoints = np.where(visibility[..., None] > 0, keypoints, 0.0)
+      sequences[key] = (points, keypoints, visibility)
+  return windows.build_dataset(sequences, length, scale)
+
+
+@register_dataset('h36m', 'cmu17', _VIEW_KEYS + ('detector',))
 def _h36m(d, split, *, length, scale, seed):
   if not d.path:
-    raise ValueError("config.data.name='h36m' needs config.data.path (VideoPose3D's data_3d_h36m.npz).")
-  dataset = h36m_dataset(d.path, _subjects(d, split), length=length, scale=scale, **_camera_kwargs(d, seed))
+    raise ValueError(
+        "config.data.name='h36m' needs config.data.path: the folder holding VideoPose3D's data_3d_h36m.npz and "
+        'data_2d_h36m_gt.npz (or the 3D file alone, seen by orthographic cameras).'
+    )
+  dataset = h36m_dataset(
+      d.path,
+      split_subjects(d, split),
+      length=length,
+      scale=scale,
+      detector=d.get('detector', 'gt'),
+      **_camera_kwargs(d, seed),
+  )
   return _without_eval_3d(d, split, dataset)
 
 
