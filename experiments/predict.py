@@ -11,9 +11,11 @@ Writes, in --output (default: ``<input without extension>_3d``):
 
 * ``<name>_3d.npz``: ``points3d [F, 17, 3]`` (root-relative, camera frame: x right, y down,
   z away from the camera, in the input's units; NaN on frames with no keypoint), the 2D
-  ``keypoints``/``visibility`` it was lifted from, ``frames`` (the input's frame ids) and
-  ``joints`` (names);
-* ``<name>_3d.csv``: ``frame, joint, x, y, z`` (empty where a frame had no keypoint);
+  ``keypoints``/``visibility`` it was lifted from, ``frames`` (the input's frame ids),
+  ``joints`` (names) and, with a teacher (by default with the shipped model), ``uncertainty
+  [F, 17]`` (the teacher's hypotheses' per-joint spread, input units) and ``teacher3d``
+  (their joint-wise aggregate);
+* ``<name>_3d.csv``: ``frame, joint, x, y, z[, uncertainty]`` (empty where a frame had no keypoint);
 * ``<name>.gif``: the 2D input beside the 3D from two viewpoints; ``<name>_sheet.png``: a few frames.
 """
 
@@ -35,6 +37,12 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Output folder (default: <input wi
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'A student run (experiments/train.py) or an exported .npz; default: the shipped model.'
 )
+_TEACHER = flags.DEFINE_string(
+    'teacher',
+    'auto',
+    "A diffusion teacher for per-joint uncertainty: a teacher run or export; 'auto' (default): the shipped "
+    "teacher with the shipped model, none with --workdir; '' for none (faster).",
+)
 _FORMAT = flags.DEFINE_enum('format', 'auto', ('auto',) + kp_lib.FORMATS, 'Input format (auto: from the name).')
 _PERSON = flags.DEFINE_integer('person', 0, 'Which person of each frame (detector formats, in file order).')
 _MIN_SCORE = flags.DEFINE_float('min_score', 0.3, 'Detector scores below this make a keypoint missing.')
@@ -53,6 +61,7 @@ def main(argv):
         _INPUT.value,
         _OUTPUT.value,
         model=_WORKDIR.value,
+        teacher=_TEACHER.value,
         fmt=_FORMAT.value,
         person=_PERSON.value,
         min_score=_MIN_SCORE.value,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Trains and exports the model that ships with the package (nrsfm_jax/pretrained/cmu17_student.npz),
-# the default of `python -m experiments.predict`. The paper's full method (lifter, supervised
+# Trains and exports the model that ships with the package (nrsfm_jax/pretrained/cmu17_student.npz and
+# the teacher that taught it, cmu17_teacher.npz), the default of `python -m experiments.predict`. The paper's full method (lifter, supervised
 # diffusion teacher, student with smoothness + TCN + teacher term; README's main job) on every
 # bundled subject, except trial 002_04 ("jump, balance"), which is held back: the test
 # tests/test_predict.py::test_shipped_model_beats_depth0_on_a_held_back_trial scores the shipped
@@ -16,3 +16,4 @@ python -m experiments.ablation --workdir="$workdir" --benchmarks=cmu17 --rows=li
   --override='data.azimuths=(0.0,45.0,90.0,135.0,180.0,225.0,270.0,315.0)' \
   --override=data.elevation=0.0 --override='data.elevations=(30.0,)'
 python -m experiments.export --workdir="$workdir/cmu17/teacher" --output=nrsfm_jax/pretrained/cmu17_student.npz
+python -m experiments.export --workdir="$workdir/cmu17/teacher_supervised" --output=nrsfm_jax/pretrained/cmu17_teacher.npz

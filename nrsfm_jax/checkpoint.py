@@ -262,16 +262,12 @@ def merge_params(init_params, stored: dict[str, Any], *, source: str, strict: bo
   return flax.traverse_util.unflatten_dict(merged, sep='/'), taken
 
 
-def load_exported(path: str) -> tuple[Callable, Any]:
-  """Rebuilds a predictor from :func:`export_params` output.
+def load_exported_model(path: str) -> tuple[ml_collections.ConfigDict, Any, Any, dict[str, Any]]:
+  """Rebuilds any exported model, student or diffusion teacher: ``(config, model, params, meta)``.
 
-  Returns:
-    ``(apply_fn, params)`` where the jitted ``apply_fn(params, keypoints, visibility=None)``
-    maps raw 2D keypoints ``[..., T, P, 2]`` (data units; NaN = missing) of
-    one window of any length ``T`` to camera-frame 3D ``[..., T, P, 3]`` in the
-    same units (x/y centred on the visible points per frame; with the default
-    ``model.observed_xy`` a visible point's x, y are its observed 2D and only
-    its depth comes from the model).
+  The model is a ``Student`` or, for an export of a teacher run (its config has a ``teacher``
+  section), a ``Denoiser``; ``params`` are its variables; ``meta`` holds ``scale`` (the training
+  2D scale) and ``num_points``.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'No exported parameters at {path}.')
@@ -280,17 +276,49 @@ def load_exported(path: str) -> tuple[Callable, Any]:
       raise KeyError(f'{path}: not an nrsfm_jax export (keys {CONFIG_KEY!r}/{META_KEY!r} missing).')
     config = ml_collections.ConfigDict(json.loads(str(f[CONFIG_KEY])))
     meta = json.loads(str(f[META_KEY]))
-  model = models.from_config('student', config.model, meta['num_points'])
   p = meta['num_points']
   # Shapes only: an eager init would compile every op of the model (tens of seconds on CPU).
-  init = jax.eval_shape(
-      functools.partial(model.init, method=Student.init_all),
-      jax.random.PRNGKey(0),
-      jnp.zeros((1, 4, p, 2)),
-      jnp.ones((1, 4, p)),
-      jnp.ones((1, 4)),
-  )
-  return predictor_fn(model, float(meta['scale'])), load_params(path, init)
+  if 'teacher' in config:
+    model = models.from_config('denoiser', config.model, p)
+    init = jax.eval_shape(
+        model.init,
+        jax.random.PRNGKey(0),
+        jnp.zeros((1, 4, p, 3)),
+        jnp.zeros((1,), jnp.int32),
+        jnp.zeros((1, 4, p, 2)),
+        jnp.ones((1, 4, p)),
+        jnp.ones((1, 4)),
+    )
+  else:
+    model = models.from_config('student', config.model, p)
+    init = jax.eval_shape(
+        functools.partial(model.init, method=Student.init_all),
+        jax.random.PRNGKey(0),
+        jnp.zeros((1, 4, p, 2)),
+        jnp.ones((1, 4, p)),
+        jnp.ones((1, 4)),
+    )
+  return config, model, load_params(path, init), meta
+
+
+def load_exported(path: str) -> tuple[Callable, Any]:
+  """Rebuilds a student's predictor from :func:`export_params` output.
+
+  Returns:
+    ``(apply_fn, params)`` where the jitted ``apply_fn(params, keypoints, visibility=None)``
+    maps raw 2D keypoints ``[..., T, P, 2]`` (data units; NaN = missing) of
+    one window of any length ``T`` to camera-frame 3D ``[..., T, P, 3]`` in the
+    same units (x/y centred on the visible points per frame; with the default
+    ``model.observed_xy`` a visible point's x, y are its observed 2D and only
+    its depth comes from the model).
+
+  Raises:
+    ValueError: ``path`` is a teacher's export (:func:`load_exported_model` reads those).
+  """
+  config, model, params, meta = load_exported_model(path)
+  if 'teacher' in config:
+    raise ValueError(f"{path} is a diffusion teacher's export; load it with load_exported_model.")
+  return predictor_fn(model, float(meta['scale'])), params
 
 
 def export_meta(path: str) -> dict[str, Any]:
@@ -333,6 +361,7 @@ __all__ = [
     'export_params',
     'flatten_params',
     'load_exported',
+    'load_exported_model',
     'export_meta',
     'load_params',
     'merge_params',

@@ -231,7 +231,8 @@ def export_run(
     log: where the summary goes.
 
   Returns:
-    The path written; ``checkpoint.load_exported(path)`` rebuilds the predictor.
+    The path written; ``checkpoint.load_exported(path)`` rebuilds a student's predictor,
+    ``checkpoint.load_exported_model(path)`` any model (a teacher's too).
   """
   config, _, params, meta = load_run(workdir, step)
   output = output or os.path.join(workdir, 'export', 'params.npz')
@@ -239,6 +240,14 @@ def export_run(
   num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
   log(f'exported step {meta["step"]} of {workdir} to {path}')
   log(f'{num_params:,} parameters; {meta["num_points"]} points; 2D scale {meta["scale"]:.6g}')
+  if 'teacher' in config:
+    log(
+        'load it with:\n'
+        '  from nrsfm_jax.predict import load_predictor\n'
+        f'  predictor = load_predictor(<a student>, teacher={path!r})  # lift() adds per-joint uncertainty\n'
+        '  # or the bare denoiser: nrsfm_jax.checkpoint.load_exported_model(path)'
+    )
+    return path
   log(
       'load it with:\n'
       '  from nrsfm_jax.checkpoint import load_exported\n'

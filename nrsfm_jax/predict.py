@@ -9,6 +9,11 @@ image coordinates (pixels, y down) to root-relative 3D in the same units:
 * z: depth, growing away from the camera (OpenCV's camera frame), in the same units. An
   orthographic model knows depth up to that scale, and only relative to the root (the hip).
 
+With a diffusion teacher (the shipped one, :data:`PRETRAINED_TEACHER`, or ``teacher=`` a teacher
+run or export), :func:`lift` also samples its H hypotheses per window and returns their per-joint
+disagreement as an uncertainty (same units), and their joint-wise reprojection aggregate as a
+second 3D estimate.
+
 The model was trained on 2D in its own units (millimetres of the mocap, ``meta['scale']``):
 each input is brought to that scale by the ratio of the training 2D scale to the input's own
 2D scale (:func:`nrsfm_jax.data.dataset_scale`, the RMS of its centred visible coordinates),
@@ -30,27 +35,91 @@ from nrsfm_jax import geometry
 from nrsfm_jax.data.windows import center_2d, dataset_scale
 from nrsfm_jax.runs import load_run
 
-PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained', 'cmu17_student.npz')
+_PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')
+PRETRAINED = os.path.join(_PRETRAINED_DIR, 'cmu17_student.npz')
+# The supervised diffusion teacher that taught the shipped student (same data, same 2D scale).
+PRETRAINED_TEACHER = os.path.join(_PRETRAINED_DIR, 'cmu17_teacher.npz')
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A diffusion teacher ready to sample (:func:`nrsfm_jax.teacher.predict`).
+
+  Attributes:
+    apply_fn, params: the denoiser.
+    schedule: its diffusion schedule.
+    scale: its training 2D scale (data units per normalised unit).
+    window: the window length it was trained on (tracks are cut into windows of this length).
+    num_hypotheses, num_steps: H and K DDIM steps, from its config.
+    source: where it was loaded from.
+  """
+
+  apply_fn: Callable
+  params: Any
+  schedule: Any
+  scale: float
+  window: int
+  num_hypotheses: int
+  num_steps: int
+  source: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-  """A student ready to lift: ``apply_fn(params, keypoints [T, P, 2] data units, visibility [T, P]) -> [T, P, 3]``."""
+  """A student ready to lift: ``apply_fn(params, keypoints [T, P, 2] data units, visibility [T, P]) -> [T, P, 3]``,
+  and optionally a :class:`Teacher` for per-joint uncertainty."""
 
   apply_fn: Callable
   params: Any
   scale: float
   num_points: int
   source: str
+  teacher: Teacher | None = None
 
 
-def load_predictor(source: str | None = None) -> Predictor:
+def load_teacher(source: str) -> Teacher:
+  """A teacher run's workdir (``experiments/train_teacher.py``) or its export (``experiments/export.py``).
+
+  Raises:
+    FileNotFoundError: nothing at ``source``.
+    ValueError: ``source`` is a student, not a teacher.
+  """
+  from nrsfm_jax import diffusion  # pylint: disable=g-import-not-at-top
+
+  if not os.path.exists(source):
+    raise FileNotFoundError(f'no teacher at {source}')
+  if os.path.isdir(source):
+    config, model, params, meta = load_run(source)
+  else:
+    config, model, params, meta = ckpt_lib.load_exported_model(source)
+  if 'teacher' not in config:
+    raise ValueError(f'{source} is a student, not a diffusion teacher (experiments/train_teacher.py makes those).')
+  return Teacher(
+      apply_fn=model.apply,
+      params=params,
+      schedule=diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps),
+      scale=float(meta['scale']),
+      window=int(config.data.window),
+      num_hypotheses=int(config.diffusion.num_hypotheses),
+      num_steps=int(config.diffusion.num_steps),
+      source=source,
+  )
+
+
+def load_predictor(source: str | None = None, teacher: str | None = 'auto') -> Predictor:
   """The shipped model (``source=None``), an exported ``.npz`` or a student run's workdir.
+
+  Args:
+    source: the student; None for the shipped one (:data:`PRETRAINED`).
+    teacher: ``'auto'``: the shipped teacher with the shipped student, none otherwise; a teacher
+      run or export; None or ``''``: no teacher (no uncertainty, faster).
 
   Raises:
     FileNotFoundError: nothing at ``source`` (or the package was installed without its model).
-    ValueError: ``source`` is a teacher run.
+    ValueError: ``source`` is a teacher run, or ``teacher`` a student, or they were trained at
+      different 2D scales (different data).
   """
+  shipped = not source
   source = source or PRETRAINED
   if not os.path.exists(source):
     hint = (
@@ -67,7 +136,15 @@ def load_predictor(source: str | None = None) -> Predictor:
   else:
     fn, params = ckpt_lib.load_exported(source)
     meta = ckpt_lib.export_meta(source)
-  return Predictor(fn, params, float(meta['scale']), int(meta['num_points']), source)
+  if teacher == 'auto':
+    teacher = PRETRAINED_TEACHER if shipped and os.path.exists(PRETRAINED_TEACHER) else None
+  sampler = load_teacher(teacher) if teacher else None
+  if sampler is not None and not np.isclose(sampler.scale, float(meta['scale']), rtol=1e-4):
+    raise ValueError(
+        f'the teacher {sampler.source} was trained at 2D scale {sampler.scale:.6g}, the student {source} at '
+        f'{float(meta["scale"]):.6g}: they were trained on different data'
+    )
+  return Predictor(fn, params, float(meta['scale']), int(meta['num_points']), source, sampler)
 
 
 # The eight limbs (upper/lower arms and legs, as joint-name pairs) and their mean 3D length in the
@@ -140,7 +217,10 @@ def lift(
   Returns:
     ``{'points3d': [T, P, 3]`` root-relative camera-frame 3D in the input's units (x right,
     y down, z away from the camera; NaN on frames with no visible point),
-    ``'scale': the factor input units per model unit}``.
+    ``'scale': the factor input units per model unit}``; with the predictor's teacher also
+    ``'uncertainty': [T, P]`` (its hypotheses' RMS distance to their mean, per joint, input
+    units) and ``'teacher3d': [T, P, 3]`` (their joint-wise reprojection aggregate, as
+    ``points3d``).
 
   Raises:
     ValueError: shapes that do not match the model, or no visible point.
@@ -165,8 +245,46 @@ def lift(
   # Model frame (x right, y up, z towards the camera) back to the image's, a proper rotation.
   points = points * np.array([1.0, -1.0, -1.0]) * ratio
   points = np.asarray(geometry.root_relative(points), np.float64)
-  points[~(visibility > 0).any(-1)] = np.nan
-  return {'points3d': points.astype(np.float32), 'scale': np.float32(ratio)}
+  empty = ~(visibility > 0).any(-1)
+  points[empty] = np.nan
+  result = {'points3d': points.astype(np.float32), 'scale': np.float32(ratio)}
+  if predictor.teacher is not None:
+    spread, teacher3d = _sample_teacher(predictor.teacher, model_kp, visibility)
+    teacher3d = teacher3d * np.array([1.0, -1.0, -1.0]) * ratio
+    spread, teacher3d = spread * ratio, np.asarray(geometry.root_relative(teacher3d), np.float64)
+    spread[empty], teacher3d[empty] = np.nan, np.nan
+    result.update(uncertainty=spread.astype(np.float32), teacher3d=teacher3d.astype(np.float32))
+  return result
+
+
+def _sample_teacher(teacher: Teacher, keypoints: np.ndarray, visibility: np.ndarray, seed: int = 0):
+  """``(spread [T, P], jpma aggregate [T, P, 3])`` in data units, model frame, for one track in data units."""
+  from nrsfm_jax import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
+  from nrsfm_jax.data.windows import build_dataset, reassemble  # pylint: disable=g-import-not-at-top
+
+  # The teacher's own normalisation (centred per frame, divided by its training scale), cut into
+  # windows of its training length; the last one padded and masked.
+  dataset = build_dataset({'track': (None, keypoints[None], visibility[None])}, teacher.window, scale=teacher.scale)
+  out = teacher_lib.predict(
+      teacher.apply_fn,
+      teacher.params,
+      teacher.schedule,
+      dataset,
+      num_hypotheses=teacher.num_hypotheses,
+      num_steps=teacher.num_steps,
+      seed=seed,
+      aggregations=('spread', 'jpma'),
+  )
+  spread = reassemble(dataset, out['spread'])[('track', 0)] * teacher.scale
+  points = reassemble(dataset, out['jpma'])[('track', 0)] * teacher.scale
+  return np.asarray(spread, np.float64), np.asarray(points, np.float64)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+  """Spearman's rank correlation of two 1-D arrays (NaN pairs dropped)."""
+  ok = np.isfinite(a) & np.isfinite(b)
+  ranks = [np.argsort(np.argsort(x[ok])).astype(np.float64) for x in (a, b)]
+  return float(np.corrcoef(*ranks)[0, 1])
 
 
 # The bundled trial that experiments/pretrained.sh holds back from the shipped model.
@@ -197,13 +315,19 @@ def demo_view(
 
 
 def write_outputs(output: str, name: str, lifted: dict[str, np.ndarray], track: Any) -> list[str]:
-  """``<output>/<name>_3d.npz`` and ``<name>_3d.csv`` of :func:`lift`'s result for ``track``; their paths."""
+  """``<output>/<name>_3d.npz`` and ``<name>_3d.csv`` of :func:`lift`'s result for ``track``; their paths.
+
+  The npz holds ``points3d``, ``keypoints``, ``visibility``, ``frames``, ``joints``, ``scale`` and,
+  with a teacher, ``uncertainty`` and ``teacher3d``; the CSV ``frame, joint, x, y, z`` and, with a
+  teacher, ``uncertainty``.
+  """
   import csv  # pylint: disable=g-import-not-at-top
 
   from nrsfm_jax.data import CMU_JOINTS  # pylint: disable=g-import-not-at-top
 
   os.makedirs(output, exist_ok=True)
   npz = os.path.join(output, f'{name}_3d.npz')
+  extra = {k: lifted[k] for k in ('uncertainty', 'teacher3d') if k in lifted}
   np.savez(
       npz,
       points3d=lifted['points3d'],
@@ -212,14 +336,19 @@ def write_outputs(output: str, name: str, lifted: dict[str, np.ndarray], track: 
       frames=track.frames,
       joints=np.asarray(CMU_JOINTS),
       scale=lifted['scale'],
+      **extra,
   )
   path_csv = os.path.join(output, f'{name}_3d.csv')
+  uncertainty = lifted.get('uncertainty')
   with open(path_csv, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['frame', 'joint', 'x', 'y', 'z'])
-    for frame, pose in zip(track.frames, lifted['points3d']):
-      for joint, p in zip(CMU_JOINTS, pose):
-        writer.writerow([frame, joint] + (['', '', ''] if np.isnan(p).any() else [f'{v:.4f}' for v in p]))
+    writer.writerow(['frame', 'joint', 'x', 'y', 'z'] + (['uncertainty'] if uncertainty is not None else []))
+    for i, (frame, pose) in enumerate(zip(track.frames, lifted['points3d'])):
+      for j, (joint, p) in enumerate(zip(CMU_JOINTS, pose)):
+        row = [frame, joint] + (['', '', ''] if np.isnan(p).any() else [f'{v:.4f}' for v in p])
+        if uncertainty is not None:
+          row.append('' if np.isnan(uncertainty[i, j]) else f'{uncertainty[i, j]:.4f}')
+        writer.writerow(row)
   return [npz, path_csv]
 
 
@@ -228,6 +357,7 @@ def predict_file(
     output: str | None = None,
     *,
     model: str | None = None,
+    teacher: str | None = 'auto',
     fmt: str = 'auto',
     person: int = 0,
     min_score: float = 0.3,
@@ -244,6 +374,7 @@ def predict_file(
     output: the output folder (default ``<source without extension>_3d``; with ``demo``,
       ``runs/predict_demo``).
     model: :func:`load_predictor`'s ``source`` (default: the shipped model).
+    teacher: :func:`load_predictor`'s ``teacher`` (default: the shipped teacher with the shipped model).
     fmt, person, min_score: as ``read_keypoints``.
     pictures: also write ``<name>.gif`` and ``<name>_sheet.png`` (:mod:`nrsfm_jax.plotting`).
     gif_frames: at most this many frames in the GIF.
@@ -252,7 +383,10 @@ def predict_file(
     log: progress sink.
 
   Returns:
-    ``{'points3d': [F, 17, 3], 'written': [paths], 'mpjpe', 'depth0' (demo only)}``.
+    ``{'points3d': [F, 17, 3], 'written': [paths]}``, with a teacher ``'uncertainty' [F, 17]``,
+    and with ``demo`` the scores in mm: ``'mpjpe'``, ``'depth0'``, with a teacher
+    ``'teacher_mpjpe'`` and ``'uncertainty_error_corr'`` (Spearman correlation over joints and
+    frames between the uncertainty and the student's error).
 
   Raises:
     FileNotFoundError, ValueError, KeyError: a missing or malformed input or model (named).
@@ -275,17 +409,31 @@ def predict_file(
   source = source.rstrip('/') or source
   output = output or os.path.splitext(source)[0] + '_3d'
   track = kp_lib.read_keypoints(source, fmt=fmt, person=person, min_score=min_score)
-  predictor = load_predictor(model)
+  predictor = load_predictor(model, teacher)
   missing = 1.0 - float(track.visibility.mean())
   log(f'read {source} ({track.source}): {len(track.keypoints)} frames, {100 * missing:.1f}% of keypoints missing')
-  log(f'model: {predictor.source}')
+  log(f'model: {predictor.source}' + (f'; teacher: {predictor.teacher.source}' if predictor.teacher else ''))
+  if predictor.teacher is not None:
+    log(f'sampling the teacher ({predictor.teacher.num_hypotheses} hypotheses) for the uncertainty ...')
   lifted = lift(predictor, track.keypoints, track.visibility)
   name = os.path.splitext(os.path.basename(source))[0]
   result: dict[str, Any] = {'points3d': lifted['points3d'], 'written': write_outputs(output, name, lifted, track)}
+  if 'uncertainty' in lifted:
+    result['uncertainty'] = lifted['uncertainty']
   if truth is not None:
-    result['mpjpe'] = float(np.mean(metrics.mpjpe(lifted['points3d'], truth))) / 0.4
-    result['depth0'] = float(np.mean(metrics.mpjpe(truth * np.array([1.0, 1.0, 0.0]), truth))) / 0.4
+    px_per_mm = 0.4  # demo_view's
+    result['mpjpe'] = float(np.mean(metrics.mpjpe(lifted['points3d'], truth))) / px_per_mm
+    result['depth0'] = float(np.mean(metrics.mpjpe(truth * np.array([1.0, 1.0, 0.0]), truth))) / px_per_mm
     log(f'demo MPJPE {result["mpjpe"]:.1f} mm (depth 0: {result["depth0"]:.1f} mm), root-relative, depth-flip best')
+    if 'uncertainty' in lifted:
+      result['teacher_mpjpe'] = float(np.mean(metrics.mpjpe(lifted['teacher3d'], truth))) / px_per_mm
+      resolved = np.asarray(metrics.flip_resolve(lifted['points3d'], truth))
+      error = np.linalg.norm(resolved - truth, axis=-1)[:, 1:]  # The root's error and spread are 0.
+      result['uncertainty_error_corr'] = _spearman(lifted['uncertainty'][:, 1:].ravel(), error.ravel())
+      log(
+          f'demo: teacher alone (joint-wise aggregate) MPJPE {result["teacher_mpjpe"]:.1f} mm; uncertainty vs '
+          f'the student\'s per-joint error: Spearman {result["uncertainty_error_corr"]:.2f}'
+      )
   if pictures:
     log('drawing the pictures ...')
     args = (track.keypoints, track.visibility, lifted['points3d'], track.frames)

@@ -176,14 +176,20 @@ def test_load_predictor_errors(tmp_path, run):
   with pytest.raises(FileNotFoundError, match='no model at'):
     predict.load_predictor(str(tmp_path / 'nope.npz'))
   predictor = predict.load_predictor(run[0])  # A run's workdir.
-  assert predictor.num_points == 17
+  assert predictor.num_points == 17 and predictor.teacher is None  # The shipped teacher goes with its student.
+  with pytest.raises(ValueError, match=r'is a student, not a diffusion teacher'):
+    predict.load_predictor(run[0], teacher=run[0])
+  with pytest.raises(ValueError, match=r'trained at 2D scale .* different data'):
+    predict.load_predictor(run[0], teacher=predict.PRETRAINED_TEACHER)
+  with pytest.raises(ValueError, match=r"diffusion teacher's export"):
+    checkpoint.load_exported(predict.PRETRAINED_TEACHER)
   points = predict.lift(predictor, np.ones((3, 17, 2)) * np.arange(17)[:, None], np.ones((3, 17)))['points3d']
   assert points.shape == (3, 17, 3) and np.isfinite(points).all()
 
 
 def test_shipped_model_beats_depth0_on_a_held_back_trial():
-  assert os.path.getsize(predict.PRETRAINED) < 10 * 2**20
-  predictor = predict.load_predictor()
+  assert os.path.getsize(predict.PRETRAINED) + os.path.getsize(predict.PRETRAINED_TEACHER) < 10 * 2**20
+  predictor = predict.load_predictor(teacher=None)
   # Trial 002_04, held back from the shipped model, from a camera angle it never saw, in pixels.
   pixels, truth = predict.demo_view()
   points = predict.lift(predictor, pixels, np.ones(pixels.shape[:2], np.float32))['points3d']
@@ -211,14 +217,18 @@ def test_predict_script_lifts_coco_json_and_openpose_folders_with_no_training(tm
   _write_openpose(tmp_path / 'openpose', coco, scores)
   proc = _predict_script(f'--input={tmp_path / "dets.json"}', f'--output={tmp_path / "out"}', '--gif_frames=3')
   assert proc.returncode == 0, proc.stderr
-  assert 'cmu17_student.npz' in proc.stdout
+  assert 'cmu17_student.npz' in proc.stdout and 'cmu17_teacher.npz' in proc.stdout
   names = sorted(os.listdir(tmp_path / 'out'))
   assert names == ['dets.gif', 'dets_3d.csv', 'dets_3d.npz', 'dets_sheet.png']
   with np.load(tmp_path / 'out' / 'dets_3d.npz') as f:
     assert f['points3d'].shape == (12, 17, 3) and np.isfinite(f['points3d']).all()
     assert list(f['frames']) == list(range(100, 112)) and list(f['joints']) == list(data.CMU_JOINTS)
+    # The shipped teacher's per-joint uncertainty: 0 at the root (root-relative), positive elsewhere.
+    assert f['uncertainty'].shape == (12, 17) and f['teacher3d'].shape == (12, 17, 3)
+    np.testing.assert_allclose(f['uncertainty'][:, 0], 0.0, atol=1e-3)
+    assert (f['uncertainty'][:, 1:] > 0).all() and np.isfinite(f['uncertainty']).all()
   lines = (tmp_path / 'out' / 'dets_3d.csv').read_text().splitlines()
-  assert lines[0] == 'frame,joint,x,y,z' and len(lines) == 1 + 12 * 17
+  assert lines[0] == 'frame,joint,x,y,z,uncertainty' and len(lines) == 1 + 12 * 17
   # The same pipeline in-process (the script is a thin flag layer over it): an OpenPose folder,
   # the output folder defaulting to <input>_3d, a frame without a person left NaN.
   out = predict.predict_file(str(tmp_path / 'openpose'), pictures=False, log=lambda s: None)
@@ -226,6 +236,9 @@ def test_predict_script_lifts_coco_json_and_openpose_folders_with_no_training(tm
   assert out['written'][0] == str(tmp_path / 'openpose_3d' / 'openpose_3d.npz')
   demo = predict.predict_file(None, str(tmp_path / 'demo'), demo=True, pictures=False, log=lambda s: None)
   assert demo['mpjpe'] < 0.7 * demo['depth0'] and os.path.exists(tmp_path / 'demo' / 'demo_002_04.json')
+  # The uncertainty says where the student errs (Spearman 0.59 measured), and the teacher's own
+  # aggregate beats depth 0 too.
+  assert demo['uncertainty_error_corr'] > 0.3 and demo['teacher_mpjpe'] < 0.7 * demo['depth0']
   (tmp_path / 'broken.json').write_text('[{"image_id": 0, "keypoints": [1, 2]}]')
   proc = _predict_script(f'--input={tmp_path / "broken.json"}')
   lines = proc.stderr.strip().splitlines()

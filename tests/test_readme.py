@@ -19,6 +19,7 @@ def test_readme_api_block_runs(capsys):
   namespace: dict = {}
   exec(compile(_api_block(), 'README.md (Python API)', 'exec'), namespace)  # noqa: S102
   assert namespace['R_hat'].shape == (8, 3, 3) and namespace['per_frame'].shape == (8,)
-  assert namespace['points3d'].shape == (8, 17, 3) and namespace['lifted'].shape == (8, 17, 3)
+  assert namespace['points3d'].shape == (8, 17, 3) and namespace['lifted']['points3d'].shape == (8, 17, 3)
+  assert namespace['lifted']['uncertainty'].shape == (8, 17)
   assert namespace['x0_hat'].shape == namespace['x0'].shape
   assert 'depth 0' in capsys.readouterr().out
