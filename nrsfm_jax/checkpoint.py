@@ -85,8 +85,13 @@ class Checkpointer:
     """Saves ``state`` (a TrainState) at ``step`` with JSON ``meta``; overwrites nothing."""
     if step in self.manager.all_steps():
       return
+    tree = _state_tree(state)
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)):
+      # Several processes (jax.distributed) hold one replicated state: save it as host arrays, so
+      # the checkpoint restores anywhere (one process, other devices) with no sharding given.
+      tree = jax.device_get(tree)
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_tree(state)), meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))
     )
     self.manager.save(step, args=args, force=True)
     self.manager.wait_until_finished()

@@ -39,6 +39,8 @@ class MetricWriter:
     self.path = os.path.join(workdir, filename)
 
   def write(self, step: int, values: dict[str, Any]):
+    if not is_primary():  # Multi-process: one writer (every process holds the same metrics).
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in values.items()}}) + '\n')
 
@@ -62,6 +64,56 @@ def flatten_dict(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
     else:
       out[f'{prefix}{k}'] = v
   return out
+
+
+# ----------------------------------------------------------------------------
+# Multi-process data parallelism (jax.distributed).
+# ----------------------------------------------------------------------------
+
+_DISTRIBUTED_READY = False
+
+
+def initialize_distributed(train_config: ml_collections.ConfigDict, log: Callable[[str], None] = print) -> None:
+  """``jax.distributed.initialize`` from ``config.train`` (once per process; before any JAX computation).
+
+  ``train.coordinator_address`` (``host:port`` of process 0), ``train.num_processes`` and
+  ``train.process_id``; left at ``''`` / 0 / -1 they come from the environment, as JAX detects it
+  (SLURM, Open MPI, Cloud TPU, Kubernetes). On CPU the collectives are gloo's.
+
+  Raises:
+    ConfigError: only some of the three were given, or JAX found no cluster to join.
+  """
+  global _DISTRIBUTED_READY
+  if _DISTRIBUTED_READY:
+    return
+  address = str(train_config.get('coordinator_address', '') or '')
+  count = int(train_config.get('num_processes', 0) or 0)
+  index = int(train_config.get('process_id', -1))
+  given = [bool(address), count > 0, index >= 0]
+  if any(given) and not all(given):
+    raise ConfigError(
+        'config.train.distributed: give all of train.coordinator_address, train.num_processes and '
+        'train.process_id, or none of them (then the cluster environment, e.g. SLURM, provides them); '
+        f'got {address!r}, {count}, {index}.'
+    )
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU-only processes talk over gloo.
+  try:
+    if all(given):
+      jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
+    else:
+      jax.distributed.initialize()
+  except (ValueError, RuntimeError) as e:
+    raise ConfigError(f'config.train.distributed: jax.distributed.initialize failed: {e}') from e
+  _DISTRIBUTED_READY = True
+  log(
+      f'distributed: process {jax.process_index()} of {jax.process_count()}, '
+      f'{jax.local_device_count()} local / {jax.device_count()} global {jax.default_backend()} devices'
+  )
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files (process 0; always true in a single process)."""
+  return not _DISTRIBUTED_READY or jax.process_index() == 0
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict, log: Callable[[str], None]) -> None:
@@ -177,10 +229,18 @@ def workdir_lock(workdir: str, log: Callable[[str], None] = print):
 
 
 def holds_workdir(fn: Callable) -> Callable:
-  """Decorator for ``fn(config, workdir, *, log=...)``: runs it under :func:`workdir_lock`."""
+  """Decorator for ``fn(config, workdir, *, log=...)``: runs it under :func:`workdir_lock`.
+
+  With ``config.train.distributed`` it first joins the cluster (:func:`initialize_distributed`);
+  the other processes then run ``fn`` silently (``log`` a no-op) without the lock.
+  """
 
   @functools.wraps(fn)
   def wrapped(config, workdir, *args, log: Callable[[str], None] = print, **kwargs):
+    if 'train' in config and config.train.get('distributed', False):
+      initialize_distributed(config.train, log)
+      if not is_primary():  # The processes share the workdir; process 0 holds it and writes the files.
+        return fn(config, workdir, *args, log=lambda s: None, **kwargs)
     with workdir_lock(workdir, log):
       return fn(config, workdir, *args, log=log, **kwargs)
 
@@ -194,17 +254,24 @@ def save_state(ckpt, state, meta: dict[str, Any]) -> int:
   return step
 
 
-def window_batches(dataset, batch_size: int, seed: int, **per_window) -> Callable[[int], dict[str, Any]]:
+def window_batches(
+    dataset, batch_size: int, seed: int, *, process: tuple[int, int] = (0, 1), **per_window
+) -> Callable[[int], dict[str, Any]]:
   """``step -> batch``: step's shuffled windows (``data.batch_indices``) with keypoints, visibility, mask.
 
   ``per_window`` arrays (``[N, ...]``, indexed like the windows, e.g. teacher
   targets or pseudo-3D; None is left out) are gathered into the batch under
-  their keyword.
+  their keyword. ``process=(index, count)``: this process's contiguous share
+  (``batch_size / count`` windows) of every global batch, the only part it loads.
   """
   extra = {k: v for k, v in per_window.items() if v is not None}
+  index, count = process
+  if batch_size % count:
+    raise ValueError(f'train.batch_size={batch_size} is not divisible by the {count} processes.')
 
   def batch_fn(step: int) -> dict[str, Any]:
     idx = batch_indices(dataset.num_windows, batch_size, seed=seed, step=step)
+    idx = idx.reshape(count, -1)[index]
     full = dataset.take(idx)
     batch = {k: full[k] for k in ('keypoints', 'visibility', 'mask')}
     batch.update({k: v[idx] for k, v in extra.items()})

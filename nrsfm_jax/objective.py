@@ -486,7 +486,9 @@ def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None):
   Args:
     loss_cfg: static loss settings.
     mode: ``'none'`` (jit), ``'pmap'`` or ``'shard_map'``.
-    devices: devices for the parallel modes (default: all local devices).
+    devices: devices for the parallel modes (default: all local devices; after
+      ``jax.distributed.initialize``, pass ``jax.devices()``: the global mesh, each process
+      feeding its share of the batch, see ``loop.window_batches``).
 
   Returns:
     ``step(state, batch, key) -> (state, metrics)`` taking and returning
@@ -520,8 +522,11 @@ def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None):
     mesh = Mesh(np.asarray(devices), (AXIS,))
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
     fn = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())), donate_argnums=0)
+    multi_process = any(d.process_index != jax.process_index() for d in devices)
 
     def shard(batch):
+      if multi_process:  # The batch is this process's share; the global array spans every process.
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharded, np.asarray(x)), batch)
       return jax.device_put(batch, sharded)
 
     return _Wrapped(
@@ -554,7 +559,16 @@ class _Wrapped:
 
 
 def choose_parallel(mode: str, batch_size: int) -> str:
-  """``'auto'``: shard_map over all local devices when there are several and the batch divides."""
+  """``'auto'``: shard_map over all local devices when there are several and the batch divides.
+
+  Several processes (``jax.distributed``): always shard_map over the global devices.
+  """
+  if jax.process_count() > 1:
+    if mode not in ('auto', 'shard_map'):
+      raise ValueError(f"train.parallel={mode!r} with several processes; use 'shard_map' (or 'auto').")
+    if batch_size % jax.device_count():
+      raise ValueError(f'train.batch_size={batch_size} is not divisible by the {jax.device_count()} global devices.')
+    return 'shard_map'
   n = jax.local_device_count()
   if mode == 'auto':
     return 'shard_map' if n > 1 and batch_size % n == 0 else 'none'

@@ -185,3 +185,45 @@ def benchmark_teacher_step(
       'ddim_steps': int(d.num_steps),
       'sample_frames_per_s': frames / _time(sample, *args, repeats=max(1, repeats // 3)),
   }
+
+
+# JAX's compile events (tracing, lowering to MLIR, XLA's backend compile), in seconds.
+_COMPILE_EVENTS = (
+    '/jax/core/compile/jaxpr_trace_duration',
+    '/jax/core/compile/jaxpr_to_mlir_module_duration',
+    '/jax/core/compile/backend_compile_duration',
+)
+_compile_seconds = [0.0]
+_listening = [False]
+
+
+def _on_event(event: str, duration: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    _compile_seconds[0] += duration
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent tracing, lowering and compiling since the first call (a counter)."""
+  if not _listening[0]:
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
+    _listening[0] = True
+  return _compile_seconds[0]
+
+
+def benchmark_evaluate(workdir: str, repeats: int = 2) -> list[dict[str, float]]:
+  """Wall time and compile time of ``evaluation.evaluate_run(workdir)`` called ``repeats`` times in one process.
+
+  Returns:
+    One ``{'wall_s', 'compile_s', 'compile_fraction'}`` per call: the first pays for the
+    compiles (or the persistent cache's loads), the later ones should reuse them.
+  """
+  from nrsfm_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  compile_seconds()
+  out = []
+  for _ in range(repeats):
+    c0, t0 = compile_seconds(), time.perf_counter()
+    evaluation.evaluate_run(workdir, log=lambda s: None)
+    wall, comp = time.perf_counter() - t0, compile_seconds() - c0
+    out.append({'wall_s': wall, 'compile_s': comp, 'compile_fraction': comp / wall})
+  return out

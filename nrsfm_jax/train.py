@@ -256,8 +256,11 @@ def train_and_evaluate(
   """
   os.makedirs(workdir, exist_ok=True)
   configs.validate(config)
-  loop.save_config(workdir, config, log)
+  if loop.is_primary():
+    loop.save_config(workdir, config, log)
   if int(config.train.get('restarts', 1)) > 1:
+    if config.train.get('distributed', False):
+      raise configs.ConfigError('config.train.restarts > 1 with train.distributed: run the seeds as separate jobs.')
     return _train_restarts(config, workdir, log=log, evaluate=evaluate)
   t_start = time.time()
   train_ds, eval_ds = data_lib.make_datasets(config)
@@ -287,14 +290,22 @@ def train_and_evaluate(
   if lcfg.weight('teacher') and pseudo is None:
     log('note: loss.terms.teacher.weight > 0 but train.pseudo3d is empty: the teacher term is off.')
   mode = objective.choose_parallel(config.train.parallel, batch_size)
-  step_fn = objective.make_step(lcfg, mode)
+  multi_process = jax.process_count() > 1  # config.train.distributed: the global mesh of every process
+  step_fn = objective.make_step(lcfg, mode, devices=jax.devices() if multi_process else None)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log(
       f'model: {n_params:,} parameters, receptive field {model.config.receptive_field} frames; '
       f'parallel={mode} on {step_fn.num_devices} {jax.default_backend()} device(s)'
   )
 
-  batch_fn = loop.window_batches(train_ds, batch_size, config.seed, pseudo3d=pseudo, pseudo3d_weight=pseudo_weight)
+  batch_fn = loop.window_batches(
+      train_ds,
+      batch_size,
+      config.seed,
+      process=(jax.process_index(), jax.process_count()),
+      pseudo3d=pseudo,
+      pseudo3d_weight=pseudo_weight,
+  )
 
   def progress(m, rate):
     terms = ' '.join(f'{k}={float(m[k]):.4g}' for k in objective.LOSS_TERMS + ('total',) if k in m)
@@ -302,10 +313,12 @@ def train_and_evaluate(
 
   protocol = data_lib.protocol_of(config.data)
   evaluate_fn = None
-  if evaluate and eval_ds.points3d is not None and protocol is not None:
+  if evaluate and loop.is_primary() and eval_ds.points3d is not None and protocol is not None:
 
     def evaluate_fn(plain_state):
-      pred = scoring.predict(model.apply, plain_state.params, eval_ds, batch_size=config.train.eval_batch_size)
+      # Host parameters: with several processes the state spans them all, and only process 0 scores.
+      params = jax.device_get(plain_state.params)
+      pred = scoring.predict(model.apply, params, eval_ds, batch_size=config.train.eval_batch_size)
       return scoring.score(pred * eval_ds.scale, eval_ds, protocol=protocol)['overall']
 
   dstate = loop.run_loop(
@@ -324,9 +337,10 @@ def train_and_evaluate(
   )
   state = step_fn.finish(dstate)
   log(f'training done in {loop.format_duration(time.time() - t_start)}')
-  if not evaluate:
+  if not evaluate or not loop.is_primary():
     return {}
-  result = scoring.evaluate_and_save(config, workdir, model.apply, state.params, eval_ds, log=log)
+  params = jax.device_get(state.params)
+  result = scoring.evaluate_and_save(config, workdir, model.apply, params, eval_ds, log=log)
   return _record_final(workdir, int(state.step), result, log)
 
 

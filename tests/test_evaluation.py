@@ -37,6 +37,18 @@ def test_evaluate_default_split_matches_eval_json(run):
     assert f['006_01/view0'].shape[1:] == (17, 3)
 
 
+def test_a_second_evaluation_compiles_nothing(run):
+  """Fixed eval shapes and jitted functions keyed on the (shared) model: reloading the same run
+  and scoring it again reuses every compiled function."""
+  from nrsfm_jax import profiling
+
+  workdir, _ = run
+  evaluation.evaluate_run(workdir, log=lambda s: None)
+  before = profiling.compile_seconds()
+  evaluation.evaluate_run(workdir, log=lambda s: None)
+  assert profiling.compile_seconds() == before
+
+
 def test_subjects_split_uses_training_scale(run, loaded):
   # The eval subject named explicitly gives the eval split's windows exactly (so its metrics),
   # normalised with the training scale, not with a scale recomputed from subject 006.

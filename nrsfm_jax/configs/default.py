@@ -107,6 +107,13 @@ def get_config(arg=None):
   c.train.checkpoint_every = 250
   c.train.max_checkpoints = 2
   c.train.parallel = 'auto'  # 'auto' | 'none' | 'pmap' | 'shard_map'
+  # Several processes (hosts), one global mesh (jax.distributed.initialize; shard_map over every
+  # process's devices; each process loads its share of each batch; process 0 writes the files).
+  # '' / 0 / -1: from the cluster's environment (SLURM, Open MPI, Cloud TPU); see README "Multi-host".
+  c.train.distributed = False
+  c.train.coordinator_address = ''  # host:port of process 0
+  c.train.num_processes = 0
+  c.train.process_id = -1
   c.train.eval_batch_size = 64
   # Score the eval split every this many steps (0: only at the end), into metrics.jsonl and the
   # run's training.png. Logged only: nothing is chosen on it (the eval 3D stays unseen by training).

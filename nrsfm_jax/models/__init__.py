@@ -13,12 +13,25 @@ from nrsfm_jax.models.tcn import TemporalRefiner, causal_shift, receptive_field
 MODELS = {'student': (Student, StudentConfig), 'denoiser': (Denoiser, DenoiserConfig)}
 
 
+# One module instance per (model, hyperparameters): jitted functions keyed on ``model.apply``
+# (static arguments) then hit their cache across runs of the same architecture; bound methods
+# compare their instance by identity, so equal but distinct modules would each recompile.
+_BUILT: dict = {}
+
+
 def from_config(name: str, model_config, num_points: int):
-  """``MODELS[name]`` built from ``config.model`` (missing keys take the dataclass defaults)."""
+  """``MODELS[name]`` built from ``config.model`` (missing keys take the dataclass defaults).
+
+  Equal hyperparameters give the same (immutable) module instance.
+  """
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; expected one of {tuple(MODELS)}.')
   cls, config_cls = MODELS[name]
-  return cls(_configs.to_dataclass(config_cls, model_config, num_points=num_points))
+  config = _configs.to_dataclass(config_cls, model_config, num_points=num_points)
+  key = (name, config)
+  if key not in _BUILT:
+    _BUILT[key] = cls(config)
+  return _BUILT[key]
 
 
 def defaults(name: str) -> dict:
