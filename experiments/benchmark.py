@@ -3,6 +3,7 @@ r"""Speed benchmark: train-step throughput, compile time, memory, inference, fra
   python -m experiments.benchmark                  # default config + C3DPO-sized lifter
   python -m experiments.benchmark --quick          # small sizes, a smoke run
   python -m experiments.benchmark --output=bench.json
+  python -m experiments.benchmark --dtype=bfloat16 --only=teacher_frame   # mixed precision, one case
 
 Cases:
 * ``default``: the default config's full student step (lifter + TCN + Ψ), its
@@ -32,6 +33,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('output', 'benchmark.json', 'Where to write the JSON results.')
 flags.DEFINE_bool('quick', False, 'Small sizes and few repeats (smoke test).')
 flags.DEFINE_integer('repeats', 10, 'Timed steps per case.')
+flags.DEFINE_enum(
+    'dtype',
+    'float32',
+    ['float32', 'bfloat16'],
+    'Compute dtype of every model (model.dtype; bfloat16 = mixed precision, float32 parameters and optimiser).',
+)
+flags.DEFINE_string('only', '', 'Comma-separated case names to run (default: all).')
 
 
 def cases(quick: bool):
@@ -64,9 +72,12 @@ def main(argv):
   peak = profiling.matmul_peak(1024 if FLAGS.quick else 2048, repeats=repeats)
   print(
       f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
-      f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s'
+      f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s; models compute in {FLAGS.dtype}'
   )
+  wanted = set(filter(None, FLAGS.only.split(',')))
+  keep = lambda name: not wanted or name in wanted
   results = {
+      'dtype': FLAGS.dtype,
       'backend': jax.default_backend(),
       'device': jax.devices()[0].device_kind,
       'jax': jax.__version__,
@@ -80,6 +91,9 @@ def main(argv):
   )
   print(header)
   for name, config, batch, window in cases(FLAGS.quick):
+    if not keep(name):
+      continue
+    config.model.dtype = FLAGS.dtype
     r = profiling.benchmark_train_step(config, batch_size=batch, window=window, repeats=repeats)
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r
@@ -93,6 +107,9 @@ def main(argv):
       f'{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"H×K sample fr/s":>17}'
   )
   for name, config, batch, window in teacher_cases(FLAGS.quick):
+    if not keep(name):
+      continue
+    config.model.dtype = FLAGS.dtype
     r = profiling.benchmark_teacher_step(config, batch_size=batch, window=window, repeats=repeats)
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r

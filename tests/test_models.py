@@ -96,6 +96,25 @@ def test_student_shapes_and_identity_refinement_at_init():
   chex.assert_shape(model.apply(params, method=Student.mean_shape), (P, 3))
 
 
+@pytest.mark.parametrize('norm', ['layer', 'batch'])
+def test_student_bfloat16_keeps_float32_parameters_and_outputs(norm):
+  kp, vis, mask = _inputs()
+  model = Student(_small(norm=norm))
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  half = Student(_small(norm=norm, dtype='bfloat16'))
+  half_params = half.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  chex.assert_trees_all_equal_shapes_and_dtypes(half_params, params)  # float32 parameters
+  # Perturb the zero-initialised refiner so the TCN's path counts too.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.05 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
+  )
+  out, out16 = model.apply(params, kp, vis, mask), half.apply(params, kp, vis, mask)
+  for k in ('alpha', 'rotation', 'shape', 'points', 'reconstruction'):
+    assert out16[k].dtype == jnp.float32, k
+    scale = float(jnp.abs(out[k]).max()) + 1e-6
+    assert float(jnp.abs(out16[k] - out[k]).max()) < 0.05 * scale, k
+
+
 def test_padding_does_not_leak_into_real_frames():
   model = Student(_small())
   kp, vis, mask = _inputs()
@@ -165,6 +184,31 @@ def test_denoiser_shapes_root_and_padding(arch):
   assert not np.allclose(model.apply(params, x, t + 500, kp, vis, mask), out)
   with pytest.raises(ValueError, match='arch'):
     Denoiser(DenoiserConfig(num_points=5, width=16, arch='mlp')).init(jax.random.PRNGKey(0), x, t, kp, vis, mask)
+
+
+@pytest.mark.parametrize('arch', ['frame', 'st'])
+def test_denoiser_fused_attention_and_bfloat16(arch):
+  """jax.nn.dot_product_attention is flax's attention (same parameters, same function, padding
+  masked), and bf16 compute keeps float32 parameters and output, close to the float32 result."""
+  from nrsfm_jax.models import Denoiser, DenoiserConfig
+
+  cfg = dict(num_points=5, width=32, depth=1, num_heads=4, arch=arch)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 7, 5, 3)), jnp.float32)
+  kp = jnp.asarray(rng.normal(size=(2, 7, 5, 2)), jnp.float32)
+  vis, mask, t = jnp.ones((2, 7, 5)), jnp.ones((2, 7)).at[0, 5:].set(0.0), jnp.array([10, 700])
+  fused = Denoiser(DenoiserConfig(**cfg, attention='fused'))
+  params = fused.init(jax.random.PRNGKey(0), x, t, kp, vis, mask)
+  out = fused.apply(params, x, t, kp, vis, mask)
+  einsum = Denoiser(DenoiserConfig(**cfg, attention='einsum')).apply(params, x, t, kp, vis, mask)
+  np.testing.assert_allclose(out, einsum, atol=1e-5, rtol=1e-5)
+  half = Denoiser(DenoiserConfig(**cfg, dtype='bfloat16'))
+  assert jax.tree.structure(half.init(jax.random.PRNGKey(0), x, t, kp, vis, mask)) == jax.tree.structure(params)
+  out16 = half.apply(params, x, t, kp, vis, mask)
+  assert out16.dtype == jnp.float32 and all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  assert float(jnp.abs(out16 - out).max()) < 0.05 * float(jnp.abs(out).max())
+  with pytest.raises(ValueError, match='Unknown attention'):
+    Denoiser(DenoiserConfig(**cfg, attention='flash')).init(jax.random.PRNGKey(0), x, t, kp, vis, mask)
 
 
 def test_z_augmentation_is_undone_on_the_camera():

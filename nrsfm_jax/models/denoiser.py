@@ -18,6 +18,9 @@ noise schedule . Sizes: ``configs/teacher.py`` (CPU default
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -42,6 +45,12 @@ class DenoiserConfig:
       (MixSTE/D3DP); ``'frame'``: one token per frame (all joints concatenated),
       temporal attention only (``depth`` blocks; cheaper on a CPU).
     root: joint whose 3D is 0 in the output (root-relative), or -1 for none.
+    attention: ``'fused'``: ``jax.nn.dot_product_attention`` (cuDNN's flash attention on an
+      NVIDIA GPU where it applies, XLA's otherwise); ``'einsum'``: flax's own
+      ``dot_product_attention``. The same function of the same parameters.
+    dtype: compute dtype, ``'float32'`` or ``'bfloat16'`` (mixed precision: parameters, the
+      optimiser and the output stay float32; bf16 has float32's exponent range, so no loss
+      scaling is needed).
   """
 
   num_points: int = flax.struct.field(pytree_node=False, default=17)
@@ -51,6 +60,8 @@ class DenoiserConfig:
   mlp_ratio: int = flax.struct.field(pytree_node=False, default=2)
   arch: str = flax.struct.field(pytree_node=False, default='frame')
   root: int = flax.struct.field(pytree_node=False, default=0)
+  attention: str = flax.struct.field(pytree_node=False, default='fused')
+  dtype: str = flax.struct.field(pytree_node=False, default='float32')
 
 
 def sinusoidal_embedding(positions: Array, dim: int, max_period: float = 10000.0) -> Array:
@@ -61,20 +72,42 @@ def sinusoidal_embedding(positions: Array, dim: int, max_period: float = 10000.0
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], -1)
 
 
+def fused_attention(query: Array, key: Array, value: Array, bias: Array | None = None, mask: Array | None = None, **_):
+  """flax's ``attention_fn`` interface over ``jax.nn.dot_product_attention`` (no dropout).
+
+  ``query`` ``[N, S, heads, head_dim]``, ``mask`` broadcastable to ``[N, heads, S, S]``.
+  """
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+
+
+ATTENTION_FNS: dict[str, Callable[..., Any]] = {'fused': fused_attention, 'einsum': nn.dot_product_attention}
+
+
 class Block(nn.Module):
   """Pre-LayerNorm transformer block over the second-to-last axis: ``[N, S, C] -> [N, S, C]``."""
 
   num_heads: int
   mlp_ratio: int
+  attention: str = 'fused'
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    c = x.shape[-1]
-    h = nn.LayerNorm()(x)
-    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=c, out_features=c)(h, h, mask=mask)
-    h = nn.LayerNorm()(x)
-    h = nn.Dense(self.mlp_ratio * c)(h)
-    return x + nn.Dense(c)(nn.gelu(h))
+    if self.attention not in ATTENTION_FNS:
+      raise ValueError(f'Unknown attention {self.attention!r}; expected one of {tuple(ATTENTION_FNS)}.')
+    c, dtype = x.shape[-1], jnp.dtype(self.dtype)
+    h = nn.LayerNorm(dtype=dtype)(x)
+    attend = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        qkv_features=c,
+        out_features=c,
+        dtype=dtype,
+        attention_fn=ATTENTION_FNS[self.attention],
+    )
+    x = x + attend(h, h, mask=mask)
+    h = nn.LayerNorm(dtype=dtype)(x)
+    h = nn.Dense(self.mlp_ratio * c, dtype=dtype)(h)
+    return x + nn.Dense(c, dtype=dtype)(nn.gelu(h))
 
 
 class Denoiser(nn.Module):
@@ -97,6 +130,7 @@ class Denoiser(nn.Module):
       ``[B, T, P, 3]`` x0 estimate (root joint at the origin).
     """
     c = self.config
+    dtype = jnp.dtype(c.dtype)
     b, length, p, _ = x_t.shape
     vis = visibility[..., None]
     tokens = jnp.concatenate([x_t, keypoints * vis, vis], -1)
@@ -104,16 +138,17 @@ class Denoiser(nn.Module):
     temb = nn.Dense(c.width)(nn.gelu(nn.Dense(c.width)(temb)))
     key_mask = mask > 0
     if c.arch == 'frame':
-      x = nn.Dense(c.width, name='embed')(tokens.reshape(b, length, p * 6))
+      x = nn.Dense(c.width, name='embed', dtype=dtype)(tokens.reshape(b, length, p * 6))
       x = x + sinusoidal_embedding(jnp.arange(length), c.width)[None] + temb[:, None, :]
       frame_mask = jnp.broadcast_to(key_mask[:, None, None, :], (b, 1, length, length))
       for i in range(c.depth):
-        x = Block(c.num_heads, c.mlp_ratio, name=f'temporal_{i}')(x, frame_mask)
+        x = Block(c.num_heads, c.mlp_ratio, c.attention, c.dtype, name=f'temporal_{i}')(x, frame_mask)
+      x = x.astype(jnp.float32)  # The head and the output in float32 (mixed precision).
       out = nn.Dense(p * 3, name='head')(nn.LayerNorm()(x)).reshape(b, length, p, 3)
       return geometry.root_relative(out, c.root if c.root >= 0 else None)
     if c.arch != 'st':
       raise ValueError(f"Unknown denoiser arch {c.arch!r}; expected 'st' or 'frame'.")
-    x = nn.Dense(c.width, name='embed')(tokens)
+    x = nn.Dense(c.width, name='embed', dtype=dtype)(tokens)
     x = x + self.param('joint_embedding', nn.initializers.normal(0.02), (p, c.width))
     x = x + sinusoidal_embedding(jnp.arange(length), c.width)[:, None, :]
     x = x + temb[:, None, None, :]
@@ -121,10 +156,10 @@ class Denoiser(nn.Module):
     temporal_mask = jnp.broadcast_to(key_mask[:, None, None, None, :], (b, p, 1, length, length))
     temporal_mask = temporal_mask.reshape(b * p, 1, length, length)
     for i in range(c.depth):
-      x = Block(c.num_heads, c.mlp_ratio, name=f'spatial_{i}')(x.reshape(b * length, p, c.width))
+      x = Block(c.num_heads, c.mlp_ratio, c.attention, c.dtype, name=f'spatial_{i}')(x.reshape(b * length, p, c.width))
       x = x.reshape(b, length, p, c.width).transpose(0, 2, 1, 3).reshape(b * p, length, c.width)
-      x = Block(c.num_heads, c.mlp_ratio, name=f'temporal_{i}')(x, temporal_mask)
+      x = Block(c.num_heads, c.mlp_ratio, c.attention, c.dtype, name=f'temporal_{i}')(x, temporal_mask)
       x = x.reshape(b, p, length, c.width).transpose(0, 2, 1, 3)
-    x = nn.LayerNorm()(x)
+    x = nn.LayerNorm()(x.astype(jnp.float32))
     out = nn.Dense(3, name='head')(x)
     return geometry.root_relative(out, c.root if c.root >= 0 else None)

@@ -11,12 +11,16 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _norm(kind: str, train: bool, axis_name: str | None, mask: Array | None) -> Callable[[Array], Array]:
-  """LayerNorm, or BatchNorm over every leading axis (synced over ``axis_name``)."""
+def _norm(
+    kind: str, train: bool, axis_name: str | None, mask: Array | None, dtype: str = 'float32'
+) -> Callable[[Array], Array]:
+  """LayerNorm, or BatchNorm over every leading axis (synced over ``axis_name``); computing in ``dtype``."""
   if kind == 'layer':
-    return nn.LayerNorm()
+    return nn.LayerNorm(dtype=jnp.dtype(dtype))
   if kind == 'batch':
-    bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name)
+    bn = nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=jnp.dtype(dtype)
+    )
     return lambda x: bn(x, mask=None if mask is None else jnp.broadcast_to(mask[..., None] > 0, x.shape))
   raise ValueError(f"Unknown norm {kind!r}; expected 'layer' or 'batch'.")
 
@@ -32,6 +36,7 @@ class ResidualBottleneck(nn.Module):
 
   ratio: int = 4
   norm: str = 'layer'
+  dtype: str = 'float32'  # compute dtype; parameters stay float32
 
   @nn.compact
   def __call__(
@@ -39,10 +44,11 @@ class ResidualBottleneck(nn.Module):
   ) -> Array:
     width = x.shape[-1]
     inner = max(width // self.ratio, 1)
-    norm = lambda: _norm(self.norm, train, axis_name, mask)
-    h = nn.relu(norm()(nn.Dense(inner)(x)))
-    h = nn.relu(norm()(nn.Dense(inner)(h)))
-    h = norm()(nn.Dense(width)(h))
+    norm = lambda: _norm(self.norm, train, axis_name, mask, self.dtype)
+    dense = lambda n: nn.Dense(n, dtype=jnp.dtype(self.dtype))
+    h = nn.relu(norm()(dense(inner)(x)))
+    h = nn.relu(norm()(dense(inner)(h)))
+    h = norm()(dense(width)(h))
     return nn.relu(x + h)
 
 
@@ -54,23 +60,25 @@ class MLPTrunk(nn.Module):
 
   ``mask``: optional ``[...]`` weights of the leading axes; BatchNorm's
   statistics use only the examples where it is positive (padding excluded).
+  ``dtype``: compute dtype (``'bfloat16'``: mixed precision); the output is float32.
   """
 
   width: int = 256
   num_blocks: int = 3
   norm: str = 'layer'
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(
       self, x: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
   ) -> Array:
-    x = nn.Dense(self.width)(x)
+    x = nn.Dense(self.width, dtype=jnp.dtype(self.dtype))(x)
     if self.norm == 'batch':
-      x = _norm(self.norm, train, axis_name, mask)(x)
+      x = _norm(self.norm, train, axis_name, mask, self.dtype)(x)
     x = nn.relu(x)
     for _ in range(self.num_blocks):
-      x = ResidualBottleneck(norm=self.norm)(x, train=train, axis_name=axis_name, mask=mask)
-    return x
+      x = ResidualBottleneck(norm=self.norm, dtype=self.dtype)(x, train=train, axis_name=axis_name, mask=mask)
+    return x.astype(jnp.float32)  # The heads (coefficients, rotations) stay float32.
 
 
 class ShapeBasis(nn.Module):
@@ -111,6 +119,7 @@ class Lifter(nn.Module):
   init_std: float = 0.01
   rotation: str = 'so3'
   norm: str = 'layer'
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(
@@ -135,7 +144,7 @@ class Lifter(nn.Module):
       vectors, ``R = so3_exp(ω)``) or, with ``rotation='6d'``, ``[..., 6]``
       (``R = rotation_6d(·)``, identity at initialisation).
     """
-    h = MLPTrunk(self.width, self.num_blocks, self.norm)(
+    h = MLPTrunk(self.width, self.num_blocks, self.norm, self.dtype)(
         lifter_input(keypoints, visibility), train=train, axis_name=axis_name, mask=mask
     )
     # Small heads (C3DPO: std 0.01): shapes start near 0 and rotations near I,
@@ -160,12 +169,13 @@ class Canonicalizer(nn.Module):
   num_bases: int = 10
   init_std: float = 0.01
   norm: str = 'layer'
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(
       self, shape: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
   ) -> Array:
-    h = MLPTrunk(self.width, self.num_blocks, self.norm)(
+    h = MLPTrunk(self.width, self.num_blocks, self.norm, self.dtype)(
         shape.reshape(*shape.shape[:-2], -1), train=train, axis_name=axis_name, mask=mask
     )
     return nn.Dense(self.num_bases, name='alpha', kernel_init=nn.initializers.normal(self.init_std))(h)

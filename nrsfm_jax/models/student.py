@@ -39,6 +39,9 @@ class StudentConfig:
       statistics with equal weight, so a data-parallel step equals the
       single-device one when every device holds as many real frames (always
       so for frame batches, ``data.window = 1``).
+    dtype: compute dtype of the lifter's and Ψ's trunks and of the TCN, ``'float32'`` or
+      ``'bfloat16'`` (mixed precision: parameters, optimiser state, the heads, the geometry
+      and the losses stay float32; bf16 keeps float32's exponent range, so no loss scaling).
     observed_xy: the ``reconstruction`` output keeps the observed x, y of every
       visible point and takes only the depth from the model (C3DPO's
       ``replace_keypoints_with_input``; orthographic 2D *is* the camera-frame
@@ -62,6 +65,7 @@ class StudentConfig:
   mlp_width: int = flax.struct.field(pytree_node=False, default=256)
   norm: str = flax.struct.field(pytree_node=False, default='layer')
   observed_xy: bool = flax.struct.field(pytree_node=False, default=True)
+  dtype: str = flax.struct.field(pytree_node=False, default='float32')
 
   @property
   def receptive_field(self) -> int:
@@ -90,9 +94,9 @@ class Student(nn.Module):
 
   def setup(self):
     c = self.config
-    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation, norm=c.norm)
+    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation, norm=c.norm, dtype=c.dtype)
     self.basis = ShapeBasis(c.num_points, c.num_bases)
-    self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, norm=c.norm)
+    self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, norm=c.norm, dtype=c.dtype)
     if c.refine_space not in ('points', 'coefficients'):
       raise ValueError(f"model.refine_space={c.refine_space!r}; expected 'points' or 'coefficients'.")
     if c.use_refiner:
@@ -104,6 +108,7 @@ class Student(nn.Module):
           c.mlp_width,
           c.tcn_use_2d,
           out_features=c.num_bases if c.refine_space == 'coefficients' else None,
+          dtype=c.dtype,
       )
 
   def __call__(

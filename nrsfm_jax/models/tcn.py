@@ -33,13 +33,16 @@ class TemporalBlock(nn.Module):
   kernel_size: int
   dilation: int
   causal: bool = True
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, x: Array, mask: Array) -> Array:
-    channels = x.shape[-1]
+    channels, dtype = x.shape[-1], jnp.dtype(self.dtype)
     pad = conv_padding(self.kernel_size, self.dilation, self.causal)
-    h = nn.Conv(channels, (self.kernel_size,), kernel_dilation=(self.dilation,), padding=(pad,), name='conv')(x)
-    h = nn.Dense(channels, name='proj')(nn.relu(nn.LayerNorm()(h)))
+    h = nn.Conv(
+        channels, (self.kernel_size,), kernel_dilation=(self.dilation,), padding=(pad,), name='conv', dtype=dtype
+    )(x)
+    h = nn.Dense(channels, name='proj', dtype=dtype)(nn.relu(nn.LayerNorm(dtype=dtype)(h)))
     return nn.relu(x + h) * mask[..., None]
 
 
@@ -55,6 +58,8 @@ class TemporalRefiner(nn.Module):
     use_2d: feed the 2D keypoints and visibility to the TCN beside X_t.
     out_features: None: the output is ``ΔS [B, T, P, 3]``; an int F: a
       per-frame ``[B, T, F]`` (e.g. shape-coefficient refinements ``Δα``).
+    dtype: the TCN's compute dtype (``'bfloat16'``: mixed precision); the fusion MLP and the
+      output stay float32.
   """
 
   channels: int = 128
@@ -64,6 +69,7 @@ class TemporalRefiner(nn.Module):
   mlp_width: int = 256
   use_2d: bool = True
   out_features: int | None = None
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, shapes: Array, keypoints: Array, visibility: Array, mask: Array) -> Array:
@@ -83,9 +89,10 @@ class TemporalRefiner(nn.Module):
     if self.use_2d:
       feats += [(keypoints * visibility[..., None]).reshape(*keypoints.shape[:-2], -1), visibility]
     h = jnp.concatenate(feats, -1) * mask[..., None]
-    h = nn.relu(nn.Dense(self.channels, name='embed')(h)) * mask[..., None]
+    h = nn.relu(nn.Dense(self.channels, name='embed', dtype=jnp.dtype(self.dtype))(h)) * mask[..., None]
     for i, d in enumerate(self.dilations):
-      h = TemporalBlock(self.kernel_size, d, self.causal, name=f'block{i}')(h, mask)
+      h = TemporalBlock(self.kernel_size, d, self.causal, self.dtype, name=f'block{i}')(h, mask)
+    h = h.astype(jnp.float32)
     # Eq. 9: linear fusion of the frame's own shape and its temporal features.
     fused = nn.Dense(self.mlp_width, name='fuse_x')(flat_x) + nn.Dense(self.mlp_width, use_bias=False, name='fuse_f')(h)
     delta = nn.Dense(self.mlp_width, name='mlp_hidden')(nn.relu(fused))
