@@ -15,6 +15,8 @@ Cases:
   (``configs/teacher.py``) with per-frame tokens (the CPU default) and with
   per-joint spatial-temporal tokens at the same width, plus its H × K DDIM
   sampling throughput (pseudo-3D generation).
+* ``paper`` / ``teacher_d3dp`` (``--large``, on by default on a GPU): the paper's student
+  (C3DPO-sized lifter, 243-frame windows, batch 32) and D3DP's teacher size (16 × 243).
 * ``evaluate``: ``evaluation.evaluate_run`` of a tiny run twice in one process, wall and
   compile time (``profiling.compile_seconds``, JAX's compile events): the second call reuses
   every compiled function.
@@ -40,6 +42,12 @@ flags.DEFINE_enum(
     'Compute dtype of every model (model.dtype; bfloat16 = mixed precision, float32 parameters and optimiser).',
 )
 flags.DEFINE_string('only', '', 'Comma-separated case names to run (default: all).')
+flags.DEFINE_bool(
+    'large',
+    None,
+    "Also the paper's student (243-frame windows, C3DPO-sized) and D3DP's teacher (16 x 243): for a GPU "
+    '(default: on when the backend is not the CPU).',
+)
 
 
 def cases(quick: bool):
@@ -50,8 +58,13 @@ def cases(quick: bool):
   c3dpo.loss.terms.reproj_init.weight = 0.0
   c3dpo.loss.terms.canon.frames = 0
   if quick:
-    return [('default', default, 4, 81), ('c3dpo_b128', c3dpo, 128, 1)]
-  return [('default', default, default.train.batch_size, default.data.window), ('c3dpo_b1024', c3dpo, 1024, 1)]
+    out = [('default', default, 4, 81), ('c3dpo_b128', c3dpo, 128, 1)]
+  else:
+    out = [('default', default, default.train.batch_size, default.data.window), ('c3dpo_b1024', c3dpo, 1024, 1)]
+  if FLAGS.large:  # The paper's student: C3DPO-sized lifter, 243-frame windows, batch 32.
+    paper = configs.get('paper')
+    out.append(('paper', paper, 4 if quick else paper.train.batch_size, 27 if quick else paper.data.window))
+  return out
 
 
 def teacher_cases(quick: bool):
@@ -62,7 +75,10 @@ def teacher_cases(quick: bool):
   st.model.num_heads = 4
   batch, window = (4, 27) if quick else (frame.train.batch_size, frame.data.window)
   # 'st' at the CPU default's 256 width does not fit a reasonable step time; 64 wide is shown.
-  return [('teacher_frame', frame, batch, window), ('teacher_st64', st, batch, window)]
+  out = [('teacher_frame', frame, batch, window), ('teacher_st64', st, batch, window)]
+  if FLAGS.large:  # D3DP's size (spatial-temporal, depth 8, width 512), 16 windows of 243 frames.
+    out.append(('teacher_d3dp', configs.get('teacher', 'd3dp'), 4 if quick else 16, 27 if quick else 243))
+  return out
 
 
 def main(argv):
@@ -74,6 +90,8 @@ def main(argv):
       f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
       f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s; models compute in {FLAGS.dtype}'
   )
+  if FLAGS.large is None:
+    FLAGS.large = jax.default_backend() != 'cpu'
   wanted = set(filter(None, FLAGS.only.split(',')))
   keep = lambda name: not wanted or name in wanted
   results = {
