@@ -99,6 +99,13 @@ flags.DEFINE_multi_string(
     'repeatable, e.g. --teacher_override=train.num_steps=10000.',
 )
 flags.DEFINE_string('plot_sequence', 'pickup', 'nrsfm sequence drawn in nrsfm_<sequence>.png.')
+flags.DEFINE_multi_string(
+    'nrsfm_override',
+    [],
+    'nrsfm: a config override of every sequence fit and classic row, repeatable, e.g. '
+    '--nrsfm_override=data.dropout=0.2 (20%% of the points missing) or --nrsfm_override=data.noise_extent=0.01 '
+    '(2D noise, 1%% of the 2D extent).',
+)
 
 
 def _parse_value(text: str):
@@ -142,6 +149,15 @@ def teacher_config_fn(overrides, mode: str):
   """``() -> configs.get('teacher', mode)`` with ``a.b=value`` overrides applied."""
   parsed = _parse_overrides(overrides, 'teacher_override')
   return lambda: _apply_overrides(configs.get('teacher', mode), parsed, 'teacher_override')
+
+
+def nrsfm_config_fn(overrides):
+  """``(sequence, row) -> configs.get('nrsfm', f'{sequence}:{row}')`` with ``a.b=value`` overrides
+  (``row=None``: the sequence's default config)."""
+  parsed = _parse_overrides(overrides, 'nrsfm_override')
+  return lambda seq, row=None: _apply_overrides(
+      configs.get('nrsfm', f'{seq}:{row}' if row else seq), parsed, 'nrsfm_override'
+  )
 
 
 def main(argv):
@@ -215,18 +231,18 @@ def main(argv):
     bad = sorted(set(FLAGS.classic) - set(classic.SOLVERS))
     if bad:
       raise app.UsageError(f'--classic: unknown solvers {bad}; expected some of {classic.SOLVERS}.')
-    fresh = ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows)
+    nrsfm_config = nrsfm_config_fn(FLAGS.nrsfm_override)
+    nrsfm_config(FLAGS.sequences[0], 'lifter')  # Unknown keys fail now.
+    fresh = ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows, student_config=nrsfm_config)
     if FLAGS.classic:
-      for seq, res in ablation.run_classic(ndir, FLAGS.sequences, FLAGS.classic).items():
+      for seq, res in ablation.run_classic(ndir, FLAGS.sequences, FLAGS.classic, config_fn=nrsfm_config).items():
         fresh[seq].update(res)
     for seq, res in fresh.items():
       nrsfm.setdefault(seq, {}).update(res)
     print(ablation.nrsfm_table(nrsfm))
     for seq in FLAGS.sequences:
       diagnostics[f'nrsfm/{seq}'] = {
-          r: ablation.depth_diagnostics(
-              os.path.join(ablation.sequence_dir(ndir, seq), r), configs.get('nrsfm', f'{seq}:{r}')
-          )
+          r: ablation.depth_diagnostics(os.path.join(ablation.sequence_dir(ndir, seq), r), nrsfm_config(seq, r))
           for r in ablation.ROWS
           if r in nrsfm[seq]
       }
@@ -234,7 +250,7 @@ def main(argv):
       seq = FLAGS.plot_sequence
       plotting.plot_rows(
           ablation.sequence_dir(ndir, seq),
-          configs.get('nrsfm', seq),
+          nrsfm_config(seq),
           FLAGS.rows,
           os.path.join(workdir, f'nrsfm_{seq}.png'),
           titles=ablation.TITLES,

@@ -771,3 +771,23 @@ def test_h36m_trains_and_evaluates_from_the_command_line(tmp_path):
   assert result['frames'] == 4 * 4 * 60  # every frame of every test camera, once
   for metric in ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error'):
     assert np.isfinite(result['overall'][metric]) and result['overall'][metric] > 0
+
+
+def test_nrsfm_missing_points_and_noise_relative_to_the_extent():
+  config = configs.get('nrsfm', 'pickup')
+  clean = data.make_dataset(config.data, 'eval')
+  config.data.dropout, config.data.noise_extent = 0.2, 0.01
+  train, test = data.make_datasets(config)
+  same = [data.reassemble(d, d.keypoints * d.scale)[('pickup', 0)] for d in (train, test)]
+  np.testing.assert_allclose(*same, rtol=1e-5, atol=1e-5)  # Transductive: the same 2D in both splits.
+  np.testing.assert_array_equal(test.points3d, clean.points3d)  # The truth stays clean.
+  real = test.mask > 0
+  assert abs(float(test.visibility[real].mean()) - 0.8) < 0.01
+  seen = (test.visibility > 0) & real[..., None]
+  extent = data.windows.extent_2d(clean.points3d[real])
+  observed = test.keypoints * test.scale + test.centroids[:, :, None, :]  # back to the raw 2D
+  noise = (observed - test.points3d[..., :2])[seen]
+  assert 0.007 * extent < float(noise.std()) < 0.013 * extent
+  config.data.noise_extent = -1.0
+  with pytest.raises(configs.ConfigError, match='noise_extent'):
+    configs.validate(config)

@@ -62,6 +62,7 @@ _RANGES = {
     'data.window': _at_least(1),
     'data.eval_window': _at_least(0),
     'data.noise_std': _at_least(0),
+    'data.noise_extent': _at_least(0),
     'data.dropout': ((lambda v: 0 <= v < 1), 'in [0, 1)'),
     'optim.lr': ((lambda v: 0 < v < math.inf), 'finite and > 0'),
     'optim.warmup_steps': _at_least(0),

@@ -49,6 +49,7 @@ def get_config(arg=None):
   c.data.elevations = ()  # more camera rings: every azimuth also at each of these elevations (deg)
   c.data.noise_std = 0.0  # 2D noise (data units, mm for cmu17)
   c.data.dropout = 0.0  # keypoint dropout probability
+  c.data.noise_extent = 0.0  # nrsfm: 2D noise std as a fraction of the sequence's 2D extent (0.01 = "1%")
 
   # The student's hyperparameters start from StudentConfig's defaults (their one source; see its
   # docstring): K = 10 bases, so3 cameras, 256-wide 3-block lifter and Ψ, the paper's causal

@@ -18,7 +18,8 @@ Sources:
   the 3D file alone: seen by the cmu17 orthographic cameras instead.
   Subjects such as ``'S1,S5'``; the cmu17 protocol and metrics apply;
 * ``nrsfm``: one nrsfm-mocap sequence (``data.sequence``), transductive: the
-  same frames for both splits (docs/benchmarks.md B);
+  same frames for both splits (docs/benchmarks.md B); ``data.dropout`` (missing
+  points) and ``data.noise_extent`` (2D noise as a fraction of the 2D extent);
 * ``tracks``: a user's 2D tracks (``data.path``), transductive, no 3D.
 
 Subjects: ``data.train_subjects`` / ``data.val_subjects``; ``''`` (the
@@ -285,10 +286,17 @@ def _h36m(d, split, *, length, scale, seed):
   return _without_eval_3d(d, split, dataset)
 
 
-@register_dataset('nrsfm', 'nrsfm', ('sequence',))
+@register_dataset('nrsfm', 'nrsfm', ('sequence', 'noise_extent', 'dropout'))
 def _nrsfm(d, split, *, length, scale, seed):
-  del split, seed  # Transductive: both splits are the sequence itself.
-  return windows.nrsfm_dataset(d.sequence, length=length, scale=scale)
+  del split  # Transductive: both splits are the sequence itself (the same noise and missing points).
+  return windows.nrsfm_dataset(
+      d.sequence,
+      length=length,
+      scale=scale,
+      noise_extent=d.get('noise_extent', 0.0),
+      dropout=d.get('dropout', 0.0),
+      seed=seed,
+  )
 
 
 @register_dataset('tracks', None, ('path',))

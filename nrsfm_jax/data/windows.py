@@ -338,21 +338,47 @@ def views_dataset(
   return build_dataset(sequences, length, scale)
 
 
-def nrsfm_dataset(name_or_path: PathLike, *, length: int = 243, scale: float | None = None) -> WindowDataset:
+def extent_2d(points: np.ndarray) -> float:
+  """The 2D extent of a sequence, ``max(x range, y range)`` over all frames and points of ``[..., 2+]``."""
+  xy = np.asarray(points)[..., :2].reshape(-1, 2)
+  return float(np.max(xy.max(0) - xy.min(0)))
+
+
+def nrsfm_dataset(
+    name_or_path: PathLike,
+    *,
+    length: int = 243,
+    scale: float | None = None,
+    noise_extent: float = 0.0,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> WindowDataset:
   """One NRSfM benchmark sequence as one view: 2D = `points3d[..., :2]`, 3D kept for evaluation.
 
   Args:
     name_or_path: A bundled name or an `.npz` path (see `load_nrsfm_sequence`).
     length: Window length L.
     scale: 2D scale (None: computed from this sequence).
+    noise_extent: Gaussian 2D noise, its standard deviation as a fraction of the sequence's 2D
+      extent (:func:`extent_2d`; the classic literature's "1% noise" is 0.01).
+    dropout: Fraction of points missing (visibility 0), independently per frame and point.
+    seed: Noise/dropout seed, with the sequence's name: ``[seed, crc32(name)]``.
 
   Returns:
-    A `WindowDataset` with one name: the lower-case bundled name or the file's stem.
+    A `WindowDataset` with one name: the lower-case bundled name or the file's stem; its 3D
+    is the clean truth.
   """
   points = load_nrsfm_sequence(name_or_path)[None].astype(np.float32)
   name = nrsfm_sequence_path(name_or_path).stem
-  visibility = np.ones(points.shape[:-1], np.float32)
-  return build_dataset({name: (points, points[..., :2], visibility)}, length, scale)
+  if noise_extent < 0:
+    raise ValueError(f'noise_extent must be >= 0, got {noise_extent}')
+  keypoints, visibility = observe(
+      points,
+      key_or_seed=[seed, zlib.crc32(name.encode())],
+      noise_std=noise_extent * extent_2d(points),
+      dropout=dropout,
+  )
+  return build_dataset({name: (points, keypoints, visibility)}, length, scale)
 
 
 def tracks_dataset(path: PathLike, *, length: int = 243, scale: float | None = None) -> WindowDataset:
