@@ -1,0 +1,87 @@
+r"""Is a cross-subject row's error temporal? Smoothing its output over time, and its depth flips.
+
+  python -m experiments.temporal_study --workdir=runs/tcn_centred [--rows=lifter,tcn] [--sigmas=0,1,2,3,5]
+
+For every fold of a ``--cross_subject`` ablation (``<workdir>/cmu17_cross_subject/fold_<s>``) and
+every row given, the row's predictions on its held-out subject are filtered over time with a
+Gaussian of ``sigma`` frames (per trial and view, on the raw output: no 3D is read to filter) and
+scored (MPJPE, depth-flip best per frame, mm). It also counts, against the truth, the frames
+whose better depth sign is the flipped one and how often that choice changes between
+consecutive frames. Prints one line per fold and row, then the means over folds.
+"""
+
+import os
+
+import numpy as np
+from absl import app, flags, logging
+from scipy.ndimage import gaussian_filter1d
+
+from nrsfm_jax import data as data_lib
+from nrsfm_jax import geometry, loop, metrics, runs, scoring
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A --cross_subject ablation directory.', required=True)
+_ROWS = flags.DEFINE_list('rows', ['lifter', 'tcn'], 'Rows to study (those present in each fold).')
+_SIGMAS = flags.DEFINE_list('sigmas', ['0', '1', '2', '3', '5'], 'Gaussian widths, frames (0: as predicted).')
+
+
+def study_row(workdir: str, sigmas) -> dict:
+  """``{'mpjpe': {sigma: mm}, 'flipped': fraction, 'flip_changes': per 100 frames}`` for one fold's row."""
+  config, model, params, meta = runs.load_run(workdir)
+  dataset = data_lib.make_dataset(config.data, 'eval', scale=meta['scale'], seed=config.seed)
+  pred = scoring.predict(model.apply, params, dataset, batch_size=64) * dataset.scale
+  seqs, truths = data_lib.reassemble(dataset, pred), data_lib.reassemble(dataset, dataset.points3d)
+  errors = {s: [] for s in sigmas}
+  flipped = changes = frames = 0
+  for key, p in seqs.items():
+    g = truths[key]
+    for s in sigmas:
+      q = gaussian_filter1d(p, s, axis=0, mode='nearest') if s > 0 else p
+      errors[s].append(np.asarray(metrics.mpjpe(q, g)))
+    rel, gt = np.asarray(geometry.root_relative(p)), np.asarray(geometry.root_relative(g))
+    e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
+    e_flip = np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1)
+    choice = e_flip < e_same
+    flipped += int(choice.sum())
+    changes += int((choice[1:] != choice[:-1]).sum())
+    frames += len(choice)
+  return {
+      'mpjpe': {s: float(np.mean(np.concatenate(v))) for s, v in errors.items()},
+      'flipped': flipped / frames,
+      'flip_changes': 100.0 * changes / frames,
+  }
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  sigmas = [float(s) for s in _SIGMAS.value]
+  root = os.path.join(_WORKDIR.value, 'cmu17_cross_subject')
+  if not os.path.isdir(root):
+    raise app.UsageError(f'{root} does not exist: --workdir must be a --cross_subject ablation directory.')
+  folds = sorted(d for d in os.listdir(root) if d.startswith('fold_'))
+  print('fold      row     | MPJPE (mm) at sigma = ' + ', '.join(f'{s:g}' for s in sigmas) + ' | flipped | changes/100')
+  table: dict[str, list[dict]] = {}
+  for fold in folds:
+    for row in _ROWS.value:
+      path = os.path.join(root, fold, row)
+      if not os.path.isdir(path):
+        continue
+      r = study_row(path, sigmas)
+      table.setdefault(row, []).append(r)
+      print(
+          f'{fold:<9} {row:<7} | '
+          + ', '.join(f'{r["mpjpe"][s]:.1f}' for s in sigmas)
+          + f' | {r["flipped"]:.2f} | {r["flip_changes"]:.1f}'
+      )
+  for row, rs in table.items():
+    mean = {s: np.mean([r['mpjpe'][s] for r in rs]) for s in sigmas}
+    print(
+        f'{"mean":<9} {row:<7} | '
+        + ', '.join(f'{mean[s]:.1f}' for s in sigmas)
+        + f' | {np.mean([r["flipped"] for r in rs]):.2f} | {np.mean([r["flip_changes"] for r in rs]):.1f}'
+    )
+
+
+if __name__ == '__main__':
+  loop.run_cli(main, config_flags=())
