@@ -394,6 +394,7 @@ def plot_training(workdir: PathLike, path: PathLike | None = None, *, title: str
       handles.append(line)
       if name in depth0:
         ax.axhline(depth0[name], color=line.get_color(), ls=':', lw=1)
+    ax_eval.set_xlim(ax_loss.get_xlim())  # The same steps as the loss curves (one final score shows where).
     ax_eval.set_xlabel('step')
     ax_eval.set_ylabel('position error (data units; mm for cmu17, h36m)')
     if ax_accel is not None:
