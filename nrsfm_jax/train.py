@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import configs, loop, losses, models, objective, optim, plotting, runs, scoring
@@ -337,11 +338,18 @@ def train_and_evaluate(
   )
   state = step_fn.finish(dstate)
   log(f'training done in {loop.format_duration(time.time() - t_start)}')
+  if multi_process and not (evaluate and loop.is_primary()):
+    # Wait for process 0's evaluation: leaving now would start jax.distributed's shutdown, whose
+    # barrier gives up after 5 minutes.
+    multihost_utils.sync_global_devices('nrsfm_jax: evaluated')
   if not evaluate or not loop.is_primary():
     return {}
   params = jax.device_get(state.params)
   result = scoring.evaluate_and_save(config, workdir, model.apply, params, eval_ds, log=log)
-  return _record_final(workdir, int(state.step), result, log)
+  result = _record_final(workdir, int(state.step), result, log)
+  if multi_process:
+    multihost_utils.sync_global_devices('nrsfm_jax: evaluated')
+  return result
 
 
 def _record_final(workdir: str, step: int, result: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:

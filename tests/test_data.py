@@ -719,7 +719,7 @@ def test_h36m_folder_gives_the_real_cameras_views_on_the_papers_split(tmp_path):
   world = data.load_h36m(tmp_path / 'data_3d_h36m.npz', subjects=['S9'])['S9']['Walking']['points3d']
   for c in range(4):
     k, rotation, t = cameras[('S9', 'Walking', c)]
-    expected = world @ rotation.T + t  # camera frame, mm
+    expected = (world @ rotation.T + t) * np.array([1.0, -1.0, -1.0])  # the library's camera frame (y up), mm
     np.testing.assert_allclose(truth[('S9/Walking', c)], expected, atol=0.05)
     # 2D in mm at the root's depth: the camera-frame x, y up to perspective (a few % here).
     centred = expected[..., :2] - expected[..., :2].mean(1, keepdims=True)

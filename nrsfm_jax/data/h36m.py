@@ -231,7 +231,8 @@ def camera_frame_views(
     max_fit_frames: frames used to fit each camera.
 
   Returns:
-    ``(points_cam [C, F, P, 3] mm, keypoints [C, F, P, 2] mm, visibility [C, F, P])``.
+    ``(points_cam [C, F, P, 3] mm, keypoints [C, F, P, 2] mm, visibility [C, F, P])``, in the
+    library's camera frame (x right, y up, z towards the camera, as the cmu17 views).
 
   Raises:
     ValueError: a camera's 2D is not a projection of the 3D (reprojection RMS over 5% of the
@@ -256,10 +257,14 @@ def camera_frame_views(
           f'against a spread of {spread:.3g} px); are the 2D and 3D files of the same recording?'
       )
     k, rot, t = cam['K'], cam['R'], cam['t']
-    points_cam = points3d @ rot.T + t
+    points_cam = points3d @ rot.T + t  # OpenCV's frame: x right, y down, z away from the camera
     depth = points_cam[:, :1, 2:]  # [F, 1, 1] the root's
     centred = np.where(seen[..., None], uv, 0.0) - k[:2, 2]
     mm = centred * depth / np.array([k[0, 0], k[1, 1]])
+    # The library's camera frame (data.orthographic_views, predict): x right, y up, z towards the
+    # camera; a proper rotation of OpenCV's (about x by 180 degrees).
+    points_cam = points_cam * np.array([1.0, -1.0, -1.0])
+    mm = mm * np.array([1.0, -1.0])
     views.append(points_cam)
     keypoints_mm.append(np.where(seen[..., None], mm, 0.0))
     visibility.append(seen)

@@ -45,8 +45,8 @@ class DenoiserConfig:
       (MixSTE/D3DP); ``'frame'``: one token per frame (all joints concatenated),
       temporal attention only (``depth`` blocks; cheaper on a CPU).
     root: joint whose 3D is 0 in the output (root-relative), or -1 for none.
-    attention: ``'fused'``: ``jax.nn.dot_product_attention`` (cuDNN's flash attention on an
-      NVIDIA GPU where it applies, XLA's otherwise); ``'einsum'``: flax's own
+    attention: ``'fused'``: ``jax.nn.dot_product_attention`` (in jax 0.10 its XLA
+      implementation: it does not pick cuDNN by itself); ``'einsum'``: flax's own
       ``dot_product_attention``. The same function of the same parameters.
     dtype: compute dtype, ``'float32'`` or ``'bfloat16'`` (mixed precision: parameters, the
       optimiser and the output stay float32; bf16 has float32's exponent range, so no loss
