@@ -280,13 +280,6 @@ def _sample_teacher(teacher: Teacher, keypoints: np.ndarray, visibility: np.ndar
   return np.asarray(spread, np.float64), np.asarray(points, np.float64)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-  """Spearman's rank correlation of two 1-D arrays (NaN pairs dropped)."""
-  ok = np.isfinite(a) & np.isfinite(b)
-  ranks = [np.argsort(np.argsort(x[ok])).astype(np.float64) for x in (a, b)]
-  return float(np.corrcoef(*ranks)[0, 1])
-
-
 # The bundled trial that experiments/pretrained.sh holds back from the shipped model.
 HELD_BACK_TRIAL = '002_04'
 
@@ -391,6 +384,8 @@ def predict_file(
   Raises:
     FileNotFoundError, ValueError, KeyError: a missing or malformed input or model (named).
   """
+  import scipy.stats  # pylint: disable=g-import-not-at-top  (a jax dependency)
+
   from nrsfm_jax import metrics, plotting  # pylint: disable=g-import-not-at-top
   from nrsfm_jax.data import keypoints as kp_lib  # pylint: disable=g-import-not-at-top
 
@@ -429,7 +424,9 @@ def predict_file(
       result['teacher_mpjpe'] = float(np.mean(metrics.mpjpe(lifted['teacher3d'], truth))) / px_per_mm
       resolved = np.asarray(metrics.flip_resolve(lifted['points3d'], truth))
       error = np.linalg.norm(resolved - truth, axis=-1)[:, 1:]  # The root's error and spread are 0.
-      result['uncertainty_error_corr'] = _spearman(lifted['uncertainty'][:, 1:].ravel(), error.ravel())
+      result['uncertainty_error_corr'] = float(
+          scipy.stats.spearmanr(lifted['uncertainty'][:, 1:].ravel(), error.ravel(), nan_policy='omit').statistic
+      )
       log(
           f'demo: teacher alone (joint-wise aggregate) MPJPE {result["teacher_mpjpe"]:.1f} mm; uncertainty vs '
           f'the student\'s per-joint error: Spearman {result["uncertainty_error_corr"]:.2f}'
