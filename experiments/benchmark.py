@@ -41,6 +41,13 @@ flags.DEFINE_enum(
     ['float32', 'bfloat16'],
     'Compute dtype of every model (model.dtype; bfloat16 = mixed precision, float32 parameters and optimiser).',
 )
+flags.DEFINE_enum(
+    'attention',
+    None,
+    ['fused', 'cudnn', 'einsum'],
+    "The teachers' attention (model.attention; default: the config's, 'fused'). 'cudnn' (cuDNN flash "
+    'attention) needs a CUDA GPU and --dtype=bfloat16.',
+)
 flags.DEFINE_string('only', '', 'Comma-separated case names to run (default: all).')
 flags.DEFINE_bool(
     'large',
@@ -89,6 +96,7 @@ def main(argv):
   print(
       f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
       f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s; models compute in {FLAGS.dtype}'
+      + (f'; teacher attention {FLAGS.attention}' if FLAGS.attention else '')
   )
   if FLAGS.large is None:
     FLAGS.large = jax.default_backend() != 'cpu'
@@ -96,6 +104,7 @@ def main(argv):
   keep = lambda name: not wanted or name in wanted
   results = {
       'dtype': FLAGS.dtype,
+      'attention': FLAGS.attention or 'config default',
       'backend': jax.default_backend(),
       'device': jax.devices()[0].device_kind,
       'jax': jax.__version__,
@@ -128,6 +137,8 @@ def main(argv):
     if not keep(name):
       continue
     config.model.dtype = FLAGS.dtype
+    if FLAGS.attention:
+      config.model.attention = FLAGS.attention
     r = profiling.benchmark_teacher_step(config, batch_size=batch, window=window, repeats=repeats)
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r
@@ -138,12 +149,14 @@ def main(argv):
     )
   # Evaluation twice in one process (a tiny run trained here): the second call should reuse every
   # compiled function (issue #13: under 10% of its time compiling).
-  with tempfile.TemporaryDirectory() as workdir:
-    tiny = configs.get('tiny')
-    tiny.train.num_steps = 2
-    train.train_and_evaluate(tiny, workdir, log=lambda s: None, evaluate=False)
-    evals = profiling.benchmark_evaluate(workdir, repeats=2)
-  results['evaluate'] = evals
+  evals = []
+  if keep('evaluate'):
+    with tempfile.TemporaryDirectory() as workdir:
+      tiny = configs.get('tiny')
+      tiny.train.num_steps = 2
+      train.train_and_evaluate(tiny, workdir, log=lambda s: None, evaluate=False)
+      evals = profiling.benchmark_evaluate(workdir, repeats=2)
+    results['evaluate'] = evals
   for i, e in enumerate(evals, 1):
     print(
         f'evaluate #{i} (tiny run, cmu17 006): {e["wall_s"]:.2f} s, {e["compile_s"]:.2f} s compiling '

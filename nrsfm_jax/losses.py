@@ -262,6 +262,57 @@ def bone_loss(
   return _zero_masked(values / count, mask)
 
 
+def hinge_bend(points: Array, hinges: tuple[tuple[int, int, int, int, int], ...]) -> Array:
+  """Which way each hinge joint bends: ``[..., P, 3] -> [..., H]``, in ``[-1, 1]``.
+
+  For a hinge ``(a, b, c, l, r)`` (e.g. hip, knee, ankle, then right hip and left hip):
+  ``((b − a) × (c − b)) · (r − l)`` over the three vectors' lengths, i.e. the sine of the bend
+  times the cosine between the bend's axis and the body's ``l → r`` axis. A knee or an elbow
+  bends one way only, so with ``l, r`` chosen for it the value is positive on a real body. It is
+  invariant to rotations and to scale, and changes sign under a reflection (a depth flip), so
+  it tells a limb from its mirror image, which the 2D cannot.
+  """
+  idx = jnp.asarray(hinges, jnp.int32)
+  joint = lambda k: points[..., idx[:, k], :]
+  upper, lower, axis = joint(1) - joint(0), joint(2) - joint(1), joint(4) - joint(3)
+  norm = lambda v: safe_sqrt(jnp.sum(jnp.square(v), -1))
+  return jnp.sum(jnp.cross(upper, lower) * axis, -1) / (norm(upper) * norm(lower) * norm(axis) + 1e-8)
+
+
+def hinge_loss(
+    points: Array,
+    hinges: tuple[tuple[int, int, int, int, int], ...],
+    *,
+    margin: float = 0.05,
+    mask: Array | None = None,
+) -> tuple[Array, Array]:
+  """Knees and elbows bend the anatomical way, a 3D-free prior: ``max(0, margin − bend)``.
+
+  ``bend`` is :func:`hinge_bend` (sine of the bend angle, signed by its direction about the
+  body's left-right axis). A depth-flipped limb, which reprojects exactly as the true one does,
+  has the opposite sign and pays; the true limb pays nothing once bent by more than
+  ``asin(margin)``. No ground-truth 3D is used: only which way human knees and elbows bend.
+
+  Args:
+    points: ``[..., T, P, 3]`` reconstructions (any frame: the bend is rotation-invariant).
+    hinges: ``H`` joint-index tuples ``(a, b, c, l, r)``: the limb ``a → b → c`` bending at ``b``,
+      and the axis ``l → r`` it bends about with a positive sign.
+    margin: the bend (as a sine) below which a limb still pays.
+    mask: ``[..., T]`` frame mask (window padding).
+
+  Returns:
+    ``(values [..., T], weights [..., T])``: each frame's mean over its hinges.
+  """
+  if not hinges:
+    raise ValueError('hinge_loss needs at least one (a, b, c, l, r) hinge.')
+  if mask is None:
+    mask = jnp.ones(points.shape[:-2], points.dtype)
+  mask = jnp.broadcast_to(mask, points.shape[:-2]).astype(points.dtype)
+  points = jnp.where(mask[..., None, None] > 0, points, 0.0)  # Padding may hold anything (NaN).
+  values = jnp.mean(jax.nn.relu(margin - hinge_bend(points, hinges)), -1)
+  return _zero_masked(values, mask)
+
+
 def spread_confidence(spread: Array, tau: float | Array) -> Array:
   """Per-joint confidence from the teacher hypotheses' spread: ``1 / (1 + (spread / τ)²)``.
 

@@ -274,6 +274,23 @@ def bone_term(out, batch, ctx, term):
   )
 
 
+@register_term('hinges')
+def hinge_term(out, batch, ctx, term):
+  """Knees and elbows bend one way, on ``out[term.on]`` (:func:`losses.hinge_loss`; no 3D needed).
+
+  Options: ``hinges`` ((a, b, c, l, r) joint indices: limb a → b → c, axis l → r) and ``margin``.
+  """
+  del ctx
+  points = out[term.get('on', 'shape')]
+  hinges, num_points = term.get('hinges', ()), points.shape[-2]
+  if not hinges or any(len(h) != 5 for h in hinges) or max(max(h) for h in hinges) >= num_points:
+    raise ValueError(
+        'config.loss.terms.hinges.hinges must list (a, b, c, l, r) joint indices below '
+        f"{num_points} (the data's point count); got {hinges!r}."
+    )
+  return Term(*losses.hinge_loss(points, hinges, margin=term.get('margin', 0.05), mask=batch['mask']))
+
+
 @register_term('canon')
 def canonical_loss_term(out, batch, ctx, term):
   """Eq. 18 on ``out[term.on]``, the final canonical shape S_t by default.

@@ -225,3 +225,40 @@ def test_losses_vmap_and_jit():
   per_sample = jax.vmap(f)(pts, kp)
   chex.assert_shape(per_sample, (4,))
   np.testing.assert_allclose(jnp.mean(per_sample), f(pts, kp), rtol=1e-5)
+
+
+def test_hinge_bend_is_rotation_and_scale_invariant_and_flips_with_depth():
+  from nrsfm_jax import data
+
+  mocap = jnp.asarray(data.load_mocap(subjects='006')['006_01'][::10])  # [F, 17, 3], mm, a real body.
+  bend = losses.hinge_bend(mocap, data.CMU_HINGES)
+  assert bend.shape == (mocap.shape[0], 4) and np.all(np.abs(bend) <= 1.0 + 1e-6)
+  assert np.mean(np.asarray(bend) > 0) > 0.95  # Knees and elbows bend the anatomical way.
+  rot = geometry.so3_exp(jnp.array([0.3, -1.2, 0.7]))
+  np.testing.assert_allclose(losses.hinge_bend(2.5 * geometry.rotate(mocap, rot), data.CMU_HINGES), bend, atol=1e-5)
+  mirrored = mocap * jnp.array([1.0, 1.0, -1.0])  # What a depth flip does: same 2D, every sign flipped.
+  np.testing.assert_allclose(losses.hinge_bend(mirrored, data.CMU_HINGES), -bend, atol=1e-5)
+
+
+def test_hinge_loss_charges_the_mirrored_limb_only_and_masks_frames():
+  from nrsfm_jax import data
+
+  mocap = jnp.asarray(data.load_mocap(subjects='006')['006_01'][::10]) / 1000.0
+  loss = jax.jit(lambda p, m: losses.masked_mean(*losses.hinge_loss(p, data.CMU_HINGES, margin=0.0, mask=m)))
+  ones = jnp.ones(mocap.shape[0])
+  good = np.asarray(losses.hinge_bend(mocap, data.CMU_HINGES)).min(-1) > 0  # Frames with every hinge right.
+  frames = mocap[good]
+  assert float(loss(frames, ones[good])) == 0.0
+  # The body mirrored in depth (the same 2D): every knee and elbow bends backwards and pays.
+  flipped = frames * jnp.array([1.0, 1.0, -1.0])
+  assert float(loss(flipped, ones[good])) > 0.1
+  # Padding frames count for nothing, in value and gradient, whatever they hold.
+  mask = ones[good].at[0].set(0.0)
+  padded = flipped.at[0].set(jnp.nan)
+  grads = jax.grad(loss)(padded, mask)
+  assert np.all(np.isfinite(grads)) and np.all(grads[0] == 0.0)
+  assert np.isfinite(float(loss(padded, mask)))
+  # Degenerate limbs (zero length): finite gradients.
+  assert np.all(np.isfinite(jax.grad(loss)(jnp.zeros((2, 17, 3)), jnp.ones(2))))
+  with pytest.raises(ValueError, match='at least one'):
+    losses.hinge_loss(mocap, ())

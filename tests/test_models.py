@@ -209,6 +209,13 @@ def test_denoiser_fused_attention_and_bfloat16(arch):
   assert float(jnp.abs(out16 - out).max()) < 0.05 * float(jnp.abs(out).max())
   with pytest.raises(ValueError, match='Unknown attention'):
     Denoiser(DenoiserConfig(**cfg, attention='flash')).init(jax.random.PRNGKey(0), x, t, kp, vis, mask)
+  cudnn = Denoiser(DenoiserConfig(**cfg, attention='cudnn', dtype='bfloat16'))
+  if jax.default_backend() == 'gpu':  # cuDNN's flash attention: the same function in bf16.
+    out_cudnn = cudnn.apply(params, x, t, kp, vis, mask)
+    assert float(jnp.abs(out_cudnn - out16).max()) < 0.05 * float(jnp.abs(out).max())
+  else:  # Elsewhere a clear error, not a cuDNN traceback.
+    with pytest.raises(ValueError, match='needs a CUDA GPU'):
+      cudnn.apply(params, x, t, kp, vis, mask)
 
 
 def test_z_augmentation_is_undone_on_the_camera():

@@ -235,3 +235,16 @@ def test_bone_term_reads_the_skeleton_from_its_config_and_names_a_bad_one():
   assert float(loss({'shape': out['shape'].at[..., 3, 2].add(0.3)})) > 1e-3  # Right foot pushed away in depth.
   with pytest.raises(ValueError, match=r'config\.loss\.terms\.bones\.bones must list .* below 5'):
     fn({'shape': jnp.zeros((1, 8, 5, 3))}, batch, None, term)
+
+
+def test_hinge_term_reads_its_joints_from_the_config_and_names_a_bad_one():
+  lcfg = objective.loss_config(configs.get('default'))
+  term = lcfg.term('hinges').replace(weight=1.0)
+  assert term.get('hinges') == data.CMU_HINGES
+  fn, _ = objective.TERMS['hinges']
+  mocap = jnp.asarray(data.load_mocap(subjects='002')['002_01'][:8] / 1000.0)  # Bent the anatomical way.
+  batch = {'mask': jnp.ones((1, 8))}
+  loss = jax.jit(lambda o: losses.masked_mean(*fn(o, batch, None, term)))
+  assert float(loss({'shape': mocap[None]})) < float(loss({'shape': (mocap * jnp.array([1, 1, -1.0]))[None]}))
+  with pytest.raises(ValueError, match=r'config\.loss\.terms\.hinges\.hinges must list .* below 5'):
+    fn({'shape': jnp.zeros((1, 8, 5, 3))}, batch, None, term)

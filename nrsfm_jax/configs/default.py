@@ -85,6 +85,9 @@ def get_config(arg=None):
       bones=data_lib.CMU_BONES,
       pairs=data_lib.CMU_BONE_PAIRS,
   )
+  # Knees and elbows bend one way (not in the paper; no 3D used): a depth-flipped limb reprojects
+  # as the true one does but bends the wrong way (losses.hinge_loss). `hinges`: (a, b, c, l, r).
+  c.loss.terms.hinges = dict(weight=0.0, margin=0.05, on='shape', hinges=data_lib.CMU_HINGES)
   c.loss.terms.proc = dict(weight=0.0)  # λ_p (eq. 17; off as in eq. 19)
   c.loss.z_aug_deg = 0.0  # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
   c.loss.z_equivariance_deg = 0.0  # C3DPO z-equivariance: shape from a further-rotated input (deg)

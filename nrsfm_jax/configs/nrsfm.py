@@ -30,6 +30,7 @@ def get_config(arg='drink'):
   # The bones term's skeleton is the human one of cmu17 (config.loss.terms.bones.bones); these
   # sequences are marker sets with no bone list, so the term is off whatever the variant.
   c.loss.terms.bones.weight = 0.0
+  c.loss.terms.hinges.weight = 0.0  # The same for the hinges (knees, elbows).
   # One seed per fit: the cmu17 lifter's restarts (train.restarts) were not measured here.
   c.train.restarts = 1
   return c

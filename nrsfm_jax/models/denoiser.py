@@ -46,8 +46,10 @@ class DenoiserConfig:
       temporal attention only (``depth`` blocks; cheaper on a CPU).
     root: joint whose 3D is 0 in the output (root-relative), or -1 for none.
     attention: ``'fused'``: ``jax.nn.dot_product_attention`` (in jax 0.10 its XLA
-      implementation: it does not pick cuDNN by itself); ``'einsum'``: flax's own
-      ``dot_product_attention``. The same function of the same parameters.
+      implementation: it does not pick cuDNN by itself); ``'cudnn'``: the same call with
+      ``implementation='cudnn'`` (cuDNN's flash attention: a CUDA GPU and ``dtype='bfloat16'``
+      only); ``'einsum'``: flax's own ``dot_product_attention``. The same function of the same
+      parameters.
     dtype: compute dtype, ``'float32'`` or ``'bfloat16'`` (mixed precision: parameters, the
       optimiser and the output stay float32; bf16 has float32's exponent range, so no loss
       scaling is needed).
@@ -80,7 +82,21 @@ def fused_attention(query: Array, key: Array, value: Array, bias: Array | None =
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
 
 
-ATTENTION_FNS: dict[str, Callable[..., Any]] = {'fused': fused_attention, 'einsum': nn.dot_product_attention}
+def cudnn_attention(query: Array, key: Array, value: Array, bias: Array | None = None, mask: Array | None = None, **_):
+  """:func:`fused_attention` on cuDNN's flash-attention kernel (CUDA GPUs, bf16/fp16 inputs)."""
+  if jax.default_backend() != 'gpu' or query.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(
+        f"attention='cudnn' needs a CUDA GPU and model.dtype='bfloat16'; got backend "
+        f"{jax.default_backend()!r} and {query.dtype} inputs (use attention='fused')."
+    )
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation='cudnn')
+
+
+ATTENTION_FNS: dict[str, Callable[..., Any]] = {
+    'fused': fused_attention,
+    'cudnn': cudnn_attention,
+    'einsum': nn.dot_product_attention,
+}
 
 
 class Block(nn.Module):
