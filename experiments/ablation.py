@@ -106,6 +106,28 @@ flags.DEFINE_multi_string(
     '--nrsfm_override=data.dropout=0.2 (20%% of the points missing) or --nrsfm_override=data.noise_extent=0.01 '
     '(2D noise, 1%% of the 2D extent).',
 )
+flags.DEFINE_string(
+    'classic_anchor',
+    '',
+    'nrsfm: <solver>:<weight>, e.g. prior_free:1.0: every deep row but the teacher row also fits that classic '
+    "solver's solution of the same 2D through the teacher term (no 3D read); '' = off.",
+)
+
+
+def parse_classic_anchor(text: str) -> tuple[str, float] | None:
+  """``'prior_free:1.0'`` -> ``('prior_free', 1.0)``; ``''`` -> None."""
+  if not text:
+    return None
+  solver, sep, weight = text.partition(':')
+  try:
+    value = float(weight) if sep else 1.0
+  except ValueError:
+    value = float('nan')
+  if solver not in classic.SOLVERS or not value > 0:
+    raise app.UsageError(
+        f'--classic_anchor={text}: expected <solver>:<weight> with a solver of {classic.SOLVERS} and a weight > 0.'
+    )
+  return solver, value
 
 
 def _parse_value(text: str):
@@ -233,7 +255,13 @@ def main(argv):
       raise app.UsageError(f'--classic: unknown solvers {bad}; expected some of {classic.SOLVERS}.')
     nrsfm_config = nrsfm_config_fn(FLAGS.nrsfm_override)
     nrsfm_config(FLAGS.sequences[0], 'lifter')  # Unknown keys fail now.
-    fresh = ablation.run_nrsfm(ndir, FLAGS.sequences, FLAGS.rows, student_config=nrsfm_config)
+    fresh = ablation.run_nrsfm(
+        ndir,
+        FLAGS.sequences,
+        FLAGS.rows,
+        student_config=nrsfm_config,
+        classic_anchor=parse_classic_anchor(FLAGS.classic_anchor),
+    )
     if FLAGS.classic:
       for seq, res in ablation.run_classic(ndir, FLAGS.sequences, FLAGS.classic, config_fn=nrsfm_config).items():
         fresh[seq].update(res)

@@ -24,10 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import classic, configs, loop, scoring, teacher
+from nrsfm_jax import classic, configs, loop, losses, scoring, teacher
 from nrsfm_jax import data as data_lib
 from nrsfm_jax import runs as runs_lib
 from nrsfm_jax import train as train_lib
@@ -429,21 +430,49 @@ def run_nrsfm(
     student_config: Callable | None = None,
     teacher_config: Callable | None = None,
     log: Callable[[str], None] = print,
+    classic_anchor: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
-  """Transductive fits of every row on every sequence; ``{sequence: {row: score()}}``."""
+  """Transductive fits of every row on every sequence; ``{sequence: {row: score()}}``.
+
+  ``classic_anchor=(solver, weight)``: every row but ``teacher`` also fits that classic
+  solver's solution of the same 2D (:func:`run_classic`, run first where missing; no 3D read)
+  through the teacher term at ``weight``, so the deep fit starts from, and stays near, the
+  classic one. The ``teacher`` row keeps its own diffusion teacher's pseudo-3D.
+  """
   out = {}
   for seq in sequences:
-    s_cfg = (
+    base = (
         (lambda row, s=seq: student_config(s, row))
         if student_config
         else (lambda row, s=seq: configs.get('nrsfm', f'{s}:{row}'))
     )
+    s_cfg = base
+    if classic_anchor is not None:
+      solver, weight = classic_anchor
+      if solver not in classic.SOLVERS:
+        raise ValueError(f'classic_anchor: unknown solver {solver!r}; expected one of {classic.SOLVERS}.')
+      if weight <= 0:
+        raise ValueError(f'classic_anchor: the weight must be > 0, got {weight}.')
+      # The classic fit sees the rows' data (the lifter row's: every row shares it).
+      run_classic(workdir, [seq], [solver], config_fn=lambda _, b=base: b('lifter'), log=log)
+      target = os.path.abspath(os.path.join(sequence_dir(workdir, seq), f'classic_{solver}', CLASSIC_PSEUDO3D))
+
+      def s_cfg(row, b=base, target=target, weight=weight):
+        cfg = b(row)
+        if row != 'teacher':
+          cfg.train.pseudo3d = target
+          cfg.loss.terms.teacher.weight = float(weight)
+        return cfg
+
     t_cfg = (
         (lambda s=seq: teacher_config(s)) if teacher_config else (lambda s=seq: configs.get('teacher', f'nrsfm:{s}'))
     )
     out[seq] = _run_rows(s_cfg, t_cfg, sequence_dir(workdir, seq), rows, log)
   return out
 
+
+# A classic row's solution cut into the student's training windows (data.save_pseudo3d format).
+CLASSIC_PSEUDO3D = 'pseudo3d.npz'
 
 CLASSIC_TITLES = {
     'classic_prior_free': 'classic: prior-free low rank (Dai et al. style)',
@@ -466,42 +495,57 @@ def run_classic(
   ``configs/nrsfm.py:<sequence>``: its noise and dropout settings apply; hidden
   points are missing data). The solver's sizes are chosen by 2D
   cross-validation; the 3D is read only to score. Each result is written to
-  ``<workdir>/<sequence>/classic_<solver>/eval.json`` (with the choice and the
-  seconds) and reread on a rerun. ``fit_kwargs`` go to :func:`nrsfm_jax.classic.fit`
+  ``<workdir>/<sequence>/classic_<solver>/eval.json`` (with the choice, the seconds and the
+  data settings) and reread on a rerun with the same data settings, and the solution, cut
+  into the student's training windows, to ``pseudo3d.npz`` beside it (targets for
+  :func:`run_nrsfm`'s ``classic_anchor``). ``fit_kwargs`` go to :func:`nrsfm_jax.classic.fit`
   (e.g. the candidate sizes).
   """
   config_fn = config_fn or (lambda seq: configs.get('nrsfm', seq))
   out: dict[str, dict[str, Any]] = {}
   for seq in sequences:
     config = config_fn(seq)
+    data_config = json.loads(json.dumps(config.data.to_dict(), default=list))
     out[seq] = {}
-    dataset = None
+    datasets = None
     for solver in solvers:
       row = f'classic_{solver}'
-      path = os.path.join(sequence_dir(workdir, seq), row, 'eval.json')
-      if os.path.exists(path):
+      row_dir = os.path.join(sequence_dir(workdir, seq), row)
+      path = os.path.join(row_dir, 'eval.json')
+      if os.path.exists(path) and os.path.exists(os.path.join(row_dir, CLASSIC_PSEUDO3D)):
         with open(path) as f:
-          out[seq][row] = json.load(f)
-        log(f'{seq}: {row} read from {path}')
-        continue
-      if dataset is None:
-        dataset = data_lib.make_datasets(config)[1]
+          saved = json.load(f)
+        if saved.get('data') == data_config:
+          out[seq][row] = saved
+          log(f'{seq}: {row} read from {path}')
+          continue
+        log(f'{seq}: {row} in {path} was fitted to other data settings: fitting again')
+      if datasets is None:
+        datasets = data_lib.make_datasets(config)
+        dataset = datasets[1]
         tracks = data_lib.reassemble(dataset, dataset.keypoints)
         vis = data_lib.reassemble(dataset, dataset.visibility)
         truth = data_lib.reassemble(dataset, dataset.points3d)
       t0 = time.time()
-      preds, info = {}, {}
+      preds, normalised, info = {}, {}, {}
       for name_view, kp in tracks.items():
         rec, info[str(name_view)] = classic.fit(solver, kp, vis[name_view], **fit_kwargs)
-        preds[name_view] = np.asarray(rec.points) * dataset.scale
+        normalised[name_view] = np.asarray(rec.points)
+        preds[name_view] = normalised[name_view] * dataset.scale
       scores = scoring.score_sequences(preds, truth)
       result = {
           'overall': scores['overall'],
           'per_sequence': scores['per_sequence'],
           'choice': info,
           'seconds': round(time.time() - t0, 1),
+          'data': data_config,
       }
-      os.makedirs(os.path.dirname(path), exist_ok=True)
+      os.makedirs(row_dir, exist_ok=True)
+      # The solution cut into the student's training windows: targets for its teacher term
+      # (run_nrsfm's classic_anchor).
+      data_lib.save_pseudo3d(
+          os.path.join(row_dir, CLASSIC_PSEUDO3D), data_lib.rewindow(datasets[0], normalised), datasets[0]
+      )
       loop.write_json_atomic(path, result)
       log(
           f'{seq}: {row} e3D {result["overall"]["e3d"]:.4f}, e3D-akhter {result["overall"]["e3d_akhter"]:.4f} '
@@ -585,34 +629,53 @@ def nrsfm_table(results: dict[str, Any]) -> str:
 
 
 def depth_diagnostics(row_dir: str, config: ml_collections.ConfigDict) -> dict[str, float]:
-  """How a row's reconstructions err: depth spread vs the truth's, and the 2D fit.
+  """How a row's reconstructions err: depth spread vs the truth's, the 2D fit, limbs bent wrong.
 
   Per frame, after centring both on their mean point: the std of the predicted
   depths over the points divided by the truth's (1 = right relief; > 1 depth
   inflated, < 1 flattened; median over frames), and the mean x, y distance to
-  the truth (= the observed 2D fit) divided by the truth's mean point radius.
+  the truth (= the observed 2D fit) divided by the truth's mean point radius. On
+  the 17-joint human skeleton also ``wrong_hinges``: the fraction of knees and elbows
+  (``data.CMU_HINGES``) that bend the other way from the truth, after each frame takes
+  the depth sign that MPJPE takes (the better of the prediction and its flip).
   """
   _, eval_ds = data_lib.make_datasets(config)
   truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
   preds = scoring.read_predictions(os.path.join(row_dir, 'eval_predictions.npz'))
-  ratios, fits = [], []
+  human = config.data.name in ('cmu17', 'h36m') and eval_ds.num_points == len(data_lib.CMU_JOINTS)
+  ratios, fits, wrong = [], [], []
   for key, g in truths.items():
     g = g - g.mean(1, keepdims=True)
     p = preds[key] - preds[key].mean(1, keepdims=True)
     ratios.append(p[..., 2].std(1) / np.maximum(g[..., 2].std(1), 1e-9))
     fits.append(np.linalg.norm(p[..., :2] - g[..., :2], axis=-1).mean(1) / np.linalg.norm(g, axis=-1).mean(1))
-  return {
+    if human:
+      flipped = p * np.array([1.0, 1.0, -1.0])
+      better = np.linalg.norm(flipped - g, axis=-1).mean(1) < np.linalg.norm(p - g, axis=-1).mean(1)
+      p = np.where(better[:, None, None], flipped, p)
+      bend = lambda x: np.asarray(losses.hinge_bend(jnp.asarray(x), data_lib.CMU_HINGES))
+      wrong.append((np.sign(bend(p)) != np.sign(bend(g))).mean(1))
+  out = {
       'depth_spread_ratio': float(np.median(np.concatenate(ratios))),
       'relative_2d_error': float(np.mean(np.concatenate(fits))),
   }
+  if wrong:
+    out['wrong_hinges'] = float(np.mean(np.concatenate(wrong)))
+  return out
 
 
 def diagnostics_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str:
   """Markdown of ``{benchmark/sequence: {row: depth_diagnostics()}}``."""
-  lines = ['| data | row | depth spread / truth (median) | 2D error / mean radius |', '|---|---|---|---|']
+  lines = [
+      '| data | row | depth spread / truth (median) | 2D error / mean radius | knees and elbows bent wrong |',
+      '|---|---|---|---|---|',
+  ]
   for name, rows in diagnostics.items():
     for row, d in rows.items():
-      lines.append(f'| {name} | {TITLES[row]} | {d["depth_spread_ratio"]:.2f} | {d["relative_2d_error"]:.3f} |')
+      hinges = f'{100 * d["wrong_hinges"]:.1f}%' if 'wrong_hinges' in d else '–'
+      lines.append(
+          f'| {name} | {TITLES[row]} | {d["depth_spread_ratio"]:.2f} | {d["relative_2d_error"]:.3f} | {hinges} |'
+      )
   return '\n'.join(lines)
 
 

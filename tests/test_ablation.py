@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nrsfm_jax import ablation, configs
+from nrsfm_jax import data as data_lib
 
 
 def test_cross_subject_folds_leave_each_subject_out_once():
@@ -168,8 +169,41 @@ def test_classic_rows_score_a_sequence_and_reread_it(tmp_path):
   assert rows['classic_trajectory']['choice']["('toy', 0)"]['trajectory_bases'] == 4
   again = ablation.run_classic(str(tmp_path / 'runs'), [path], config_fn=config_fn, log=logs.append, **kwargs)
   assert again == out and sum('read from' in line for line in logs) == 2
+  # The solution, cut into the student's training windows, is a valid teacher-term target.
+  train_ds = data_lib.make_datasets(config_fn(path))[0]
+  target = os.path.join(ablation.sequence_dir(str(tmp_path / 'runs'), path), 'classic_prior_free', 'pseudo3d.npz')
+  pseudo = data_lib.load_pseudo3d(target, train_ds)
+  assert pseudo.shape == train_ds.points3d.shape and np.all(pseudo[train_ds.mask == 0] == 0)
+
+  # Other data settings (20% of the points missing) are fitted again, not read.
+  def dropped(seq):
+    cfg = configs.get('nrsfm', seq)
+    cfg.data.dropout = 0.2
+    return cfg
+
+  ablation.run_classic(str(tmp_path / 'runs'), [path], ['prior_free'], config_fn=dropped, log=logs.append, **kwargs)
+  assert sum('other data settings' in line for line in logs) == 1
   table = ablation.nrsfm_table(out)
   assert 'classic: prior-free low rank' in table.splitlines()[0]
+
+
+def test_classic_anchor_points_every_row_but_the_teacher_at_the_classic_solution(tmp_path, monkeypatch):
+  trained, classic_runs = {}, []
+
+  def fake_train(cfg, workdir, log=print):
+    trained[os.path.basename(workdir)] = cfg
+    return {'overall': {}}
+
+  monkeypatch.setattr(ablation.train_lib, 'train_and_evaluate', fake_train)
+  fake_classic = lambda workdir, seqs, solvers, **kw: classic_runs.append((seqs, solvers))
+  monkeypatch.setattr(ablation, 'run_classic', fake_classic)
+  ablation.run_nrsfm(str(tmp_path), ['drink'], ['lifter', 'smooth'], classic_anchor=('trajectory', 2.0), log=print)
+  assert classic_runs == [(['drink'], ['trajectory'])]
+  target = os.path.join(ablation.sequence_dir(str(tmp_path), 'drink'), 'classic_trajectory', 'pseudo3d.npz')
+  for row in ('lifter', 'smooth'):
+    assert trained[row].train.pseudo3d == target and trained[row].loss.terms.teacher.weight == 2.0
+  with pytest.raises(ValueError, match='unknown solver'):
+    ablation.run_nrsfm(str(tmp_path), ['drink'], ['lifter'], classic_anchor=('bmm', 1.0))
 
 
 def test_stack_anchor_points_the_stage2_rows_at_the_lifter_run(tmp_path, monkeypatch):

@@ -459,6 +459,12 @@ def test_build_dataset_and_reassemble():
   assert list(parts) == [('a', 0), ('a', 1), ('b', 0), ('c', 0), ('c', 1), ('c', 2)]
   for (name, view), points in parts.items():
     np.testing.assert_array_equal(points, sequences[name][0][view])
+  # rewindow is its inverse, for these windows and for others of another length.
+  np.testing.assert_array_equal(data.rewindow(dataset, parts), dataset.points3d)
+  other = data.build_dataset(sequences, length=4)
+  np.testing.assert_array_equal(data.rewindow(other, parts), other.points3d)
+  with pytest.raises(KeyError, match="no sequence for \\('c', 2\\)"):
+    data.rewindow(dataset, {k: v for k, v in parts.items() if k != ('c', 2)})
   # Un-normalising the 2D gives back the visible input keypoints.
   restored = data.reassemble(dataset, dataset.keypoints * dataset.scale + dataset.centroids[:, :, None])
   vis = data.reassemble(dataset, dataset.visibility)

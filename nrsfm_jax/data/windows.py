@@ -412,6 +412,33 @@ def reassemble(dataset: WindowDataset, per_window: np.ndarray) -> dict[tuple[str
   return result
 
 
+def rewindow(dataset: WindowDataset, sequences: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
+  """The inverse of :func:`reassemble`: full sequences cut into ``dataset``'s windows.
+
+  Args:
+    dataset: the windows to fill (any window length and stride).
+    sequences: ``(name, view_id) -> [F, ...]`` for every sequence and view of ``dataset``.
+
+  Returns:
+    ``[N, L, ...]`` in ``dataset``'s window order, 0 on padded frames.
+  """
+  first = next(iter(sequences.values()), None)
+  if first is None:
+    raise ValueError('rewindow: no sequences given.')
+  n, length = dataset.mask.shape
+  out = np.zeros((n, length, *np.shape(first)[1:]), np.asarray(first).dtype)
+  for i, (seq, view, start) in enumerate(zip(dataset.sequence_ids, dataset.view_ids, dataset.starts)):
+    key = (dataset.names[seq], int(view))
+    if key not in sequences:
+      raise KeyError(f'rewindow: no sequence for {key}; got {sorted(sequences)[:5]}...')
+    real = int(dataset.mask[i].sum())
+    values = np.asarray(sequences[key])[int(start) : int(start) + real]
+    if len(values) != real:
+      raise ValueError(f'rewindow: {key} has {len(sequences[key])} frames; window {i} needs {int(start) + real}.')
+    out[i, :real] = values
+  return out
+
+
 def steps_per_epoch(num_windows: int, batch_size: int, *, drop_remainder: bool = True) -> int:
   """Batches per epoch: `max(1, num_windows // batch_size)` (ceil if not `drop_remainder`)."""
   if num_windows < 1 or batch_size < 1:
