@@ -6,18 +6,20 @@ For every fold of a ``--cross_subject`` ablation (``<workdir>/cmu17_cross_subjec
 every row given, the row's predictions on its held-out subject are filtered over time with a
 Gaussian of ``sigma`` frames (per trial and view, on the raw output: no 3D is read to filter) and
 scored (MPJPE, depth-flip best per frame, mm). It also counts, against the truth, the frames
-whose better depth sign is the flipped one and how often that choice changes between
-consecutive frames. Prints one line per fold and row, then the means over folds.
+whose better depth sign is the flipped one, how often that choice changes between
+consecutive frames, and (with that sign) the fraction of knees and elbows bent the other way
+from the truth (``losses.hinge_bend``). Prints one line per fold and row, then the means over folds.
 """
 
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from scipy.ndimage import gaussian_filter1d
 
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import geometry, loop, metrics, runs, scoring
+from nrsfm_jax import geometry, loop, losses, metrics, runs, scoring
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A --cross_subject ablation directory.', required=True)
 _ROWS = flags.DEFINE_list('rows', ['lifter', 'tcn'], 'Rows to study (those present in each fold).')
@@ -32,6 +34,7 @@ def study_row(workdir: str, sigmas) -> dict:
   seqs, truths = data_lib.reassemble(dataset, pred), data_lib.reassemble(dataset, dataset.points3d)
   errors = {s: [] for s in sigmas}
   flipped = changes = frames = 0
+  wrong = []
   for key, p in seqs.items():
     g = truths[key]
     for s in sigmas:
@@ -41,6 +44,9 @@ def study_row(workdir: str, sigmas) -> dict:
     e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
     e_flip = np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1)
     choice = e_flip < e_same
+    best = np.where(choice[:, None, None], rel * np.array([1.0, 1.0, -1.0]), rel)
+    bend = lambda x: np.asarray(losses.hinge_bend(jnp.asarray(x), data_lib.CMU_HINGES))
+    wrong.append((np.sign(bend(best)) != np.sign(bend(gt))).mean(1))
     flipped += int(choice.sum())
     changes += int((choice[1:] != choice[:-1]).sum())
     frames += len(choice)
@@ -48,6 +54,7 @@ def study_row(workdir: str, sigmas) -> dict:
       'mpjpe': {s: float(np.mean(np.concatenate(v))) for s, v in errors.items()},
       'flipped': flipped / frames,
       'flip_changes': 100.0 * changes / frames,
+      'wrong_hinges': float(np.mean(np.concatenate(wrong))),
   }
 
 
@@ -60,7 +67,8 @@ def main(argv):
   if not os.path.isdir(root):
     raise app.UsageError(f'{root} does not exist: --workdir must be a --cross_subject ablation directory.')
   folds = sorted(d for d in os.listdir(root) if d.startswith('fold_'))
-  print('fold      row     | MPJPE (mm) at sigma = ' + ', '.join(f'{s:g}' for s in sigmas) + ' | flipped | changes/100')
+  sigma_list = ', '.join(f'{s:g}' for s in sigmas)
+  print(f'fold      row     | MPJPE (mm) at sigma = {sigma_list} | flipped | changes/100 | hinges wrong')
   table: dict[str, list[dict]] = {}
   for fold in folds:
     for row in _ROWS.value:
@@ -72,7 +80,7 @@ def main(argv):
       print(
           f'{fold:<9} {row:<7} | '
           + ', '.join(f'{r["mpjpe"][s]:.1f}' for s in sigmas)
-          + f' | {r["flipped"]:.2f} | {r["flip_changes"]:.1f}'
+          + f' | {r["flipped"]:.2f} | {r["flip_changes"]:.1f} | {r["wrong_hinges"]:.2f}'
       )
   for row, rs in table.items():
     mean = {s: np.mean([r['mpjpe'][s] for r in rs]) for s in sigmas}
@@ -80,6 +88,7 @@ def main(argv):
         f'{"mean":<9} {row:<7} | '
         + ', '.join(f'{mean[s]:.1f}' for s in sigmas)
         + f' | {np.mean([r["flipped"] for r in rs]):.2f} | {np.mean([r["flip_changes"] for r in rs]):.1f}'
+        + f' | {np.mean([r["wrong_hinges"] for r in rs]):.2f}'
     )
 
 

@@ -42,7 +42,8 @@ def _single(state, batch, lcfg, key):
 
 def test_loss_terms_present_and_finite(setup):
   _, _, state, batch, lcfg = setup
-  lcfg = lcfg.replace_term('bones', weight=0.1)  # Here only: each term added to the shared setup costs compiles.
+  # Here only: each term added to the shared setup costs compiles.
+  lcfg = lcfg.replace_term('bones', weight=0.1).replace_term('hinges', weight=0.1)
   _, metrics = _single(state, batch, lcfg, jax.random.PRNGKey(1))
   for k in objective.LOSS_TERMS + ('total', 'grad_norm'):
     assert k in metrics, k
