@@ -49,13 +49,13 @@ done
 
 stamp "2. the teacher's MPJPE, float32 against bfloat16 + cuDNN attention"
 for v in float32:fused bfloat16:cudnn; do
-  dtype=${v%%:*} att=${v##*:} work="/tmp/teacher_${v/:/_}"
+  dtype=${v%%:*} att=${v##*:} work="${TMPDIR:-/tmp}/gpu_check_$$/teacher_${v/:/_}"  # fresh: never resumed
   "${teacher[@]}" --workdir="$work" --config.model.dtype="$dtype" --config.model.attention="$att" \
     > "$out/teacher_${dtype}_${att}.txt" 2>&1
   rc=$?
   stamp "   $dtype $att: rc $rc $(grep -E '^teacher H=5 K=5' "$out/teacher_${dtype}_${att}.txt")"
   if [[ $rc != 0 && $att == cudnn ]]; then  # cuDNN refused: the bf16 teacher with XLA's attention.
-    att=fused work=/tmp/teacher_bf16_fused
+    att=fused work="${TMPDIR:-/tmp}/gpu_check_$$/teacher_bf16_fused"
     "${teacher[@]}" --workdir="$work" --config.model.dtype="$dtype" --config.model.attention=fused \
       > "$out/teacher_${dtype}_${att}.txt" 2>&1
     stamp "   $dtype $att: rc $? $(grep -E '^teacher H=5 K=5' "$out/teacher_${dtype}_${att}.txt")"
