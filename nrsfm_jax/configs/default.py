@@ -87,6 +87,8 @@ def get_config(arg=None):
   )
   # Knees and elbows bend one way (not in the paper; no 3D used): a depth-flipped limb reprojects
   # as the true one does but bends the wrong way (losses.hinge_loss). `hinges`: (a, b, c, l, r).
+  # Off: on 'shape' it was 0 from step 50 (the lifter's own 3D already bends right); on
+  # 'reconstruction' (observed x, y + depth) it mirrored the depth (fold 002: 159.4 mm against 114.9).
   c.loss.terms.hinges = dict(weight=0.0, margin=0.05, on='shape', hinges=data_lib.CMU_HINGES)
   c.loss.terms.proc = dict(weight=0.0)  # λ_p (eq. 17; off as in eq. 19)
   c.loss.z_aug_deg = 0.0  # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
