@@ -8,18 +8,17 @@ Gaussian of ``sigma`` frames (per trial and view, on the raw output: no 3D is re
 scored (MPJPE, depth-flip best per frame, mm). It also counts, against the truth, the frames
 whose better depth sign is the flipped one, how often that choice changes between
 consecutive frames, and (with that sign) the fraction of knees and elbows bent the other way
-from the truth (``losses.hinge_bend``). Prints one line per fold and row, then the means over folds.
+from the truth (``metrics.wrong_hinges``). Prints one line per fold and row, then the means over folds.
 """
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from scipy.ndimage import gaussian_filter1d
 
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import geometry, loop, losses, metrics, runs, scoring
+from nrsfm_jax import geometry, loop, metrics, runs, scoring
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A --cross_subject ablation directory.', required=True)
 _ROWS = flags.DEFINE_list('rows', ['lifter', 'tcn'], 'Rows to study (those present in each fold).')
@@ -44,9 +43,7 @@ def study_row(workdir: str, sigmas) -> dict:
     e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
     e_flip = np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1)
     choice = e_flip < e_same
-    best = np.where(choice[:, None, None], rel * np.array([1.0, 1.0, -1.0]), rel)
-    bend = lambda x: np.asarray(losses.hinge_bend(jnp.asarray(x), data_lib.CMU_HINGES))
-    wrong.append((np.sign(bend(best)) != np.sign(bend(gt))).mean(1))
+    wrong.append(np.asarray(metrics.wrong_hinges(p, g, data_lib.CMU_HINGES)))
     flipped += int(choice.sum())
     changes += int((choice[1:] != choice[:-1]).sum())
     frames += len(choice)

@@ -24,11 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import classic, configs, loop, losses, scoring, teacher
+from nrsfm_jax import classic, configs, loop, metrics, scoring, teacher
 from nrsfm_jax import data as data_lib
 from nrsfm_jax import runs as runs_lib
 from nrsfm_jax import train as train_lib
@@ -636,8 +635,7 @@ def depth_diagnostics(row_dir: str, config: ml_collections.ConfigDict) -> dict[s
   inflated, < 1 flattened; median over frames), and the mean x, y distance to
   the truth (= the observed 2D fit) divided by the truth's mean point radius. On
   the 17-joint human skeleton also ``wrong_hinges``: the fraction of knees and elbows
-  (``data.CMU_HINGES``) that bend the other way from the truth, after each frame takes
-  the depth sign that MPJPE takes (the better of the prediction and its flip).
+  (``data.CMU_HINGES``) that bend the other way from the truth (:func:`metrics.wrong_hinges`).
   """
   _, eval_ds = data_lib.make_datasets(config)
   truths = data_lib.reassemble(eval_ds, eval_ds.points3d)
@@ -650,11 +648,7 @@ def depth_diagnostics(row_dir: str, config: ml_collections.ConfigDict) -> dict[s
     ratios.append(p[..., 2].std(1) / np.maximum(g[..., 2].std(1), 1e-9))
     fits.append(np.linalg.norm(p[..., :2] - g[..., :2], axis=-1).mean(1) / np.linalg.norm(g, axis=-1).mean(1))
     if human:
-      flipped = p * np.array([1.0, 1.0, -1.0])
-      better = np.linalg.norm(flipped - g, axis=-1).mean(1) < np.linalg.norm(p - g, axis=-1).mean(1)
-      p = np.where(better[:, None, None], flipped, p)
-      bend = lambda x: np.asarray(losses.hinge_bend(jnp.asarray(x), data_lib.CMU_HINGES))
-      wrong.append((np.sign(bend(p)) != np.sign(bend(g))).mean(1))
+      wrong.append(np.asarray(metrics.wrong_hinges(preds[key], truths[key], data_lib.CMU_HINGES)))
   out = {
       'depth_spread_ratio': float(np.median(np.concatenate(ratios))),
       'relative_2d_error': float(np.mean(np.concatenate(fits))),

@@ -95,6 +95,18 @@ def pa_mpjpe(pred: Array, gt: Array, *, mask: Array | None = None, flip: bool = 
   return err
 
 
+def wrong_hinges(pred: Array, gt: Array, hinges, *, root: int | None = 0) -> Array:
+  """Per frame, the fraction of hinge joints bent the other way from the truth: ``[...]``.
+
+  ``pred`` first takes the depth sign MPJPE takes (:func:`flip_resolve`), so a whole-body
+  mirror image costs nothing and only limbs mirrored against the rest of the body count.
+  ``hinges``: ``(a, b, c, l, r)`` tuples (:func:`losses.hinge_bend`, e.g. ``data.CMU_HINGES``).
+  """
+  bend_pred = losses.hinge_bend(flip_resolve(pred, gt, root=root), hinges)
+  bend_gt = losses.hinge_bend(gt, hinges)
+  return jnp.mean((jnp.sign(bend_pred) != jnp.sign(bend_gt)).astype(jnp.float32), -1)
+
+
 def pairwise_distances(points: Array) -> Array:
   """``[..., P, 3] -> [..., P, P]`` Euclidean distances (zero diagonal)."""
   diff = points[..., :, None, :] - points[..., None, :, :]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nrsfm_jax import geometry, metrics
+from nrsfm_jax import geometry, losses, metrics
 
 
 def _pose(seed, shape=(10, 17, 3)):
@@ -138,3 +138,20 @@ def test_metrics_jit_and_numpy_agree():
 @pytest.mark.parametrize('fn', [metrics.mpjpe, metrics.pa_mpjpe, metrics.stress])
 def test_per_frame_shapes(fn):
   chex.assert_shape(fn(_pose(14, (2, 5, 17, 3)), _pose(15, (2, 5, 17, 3))), (2, 5))
+
+
+def test_wrong_hinges_forgives_a_mirrored_body_and_counts_a_mirrored_limb():
+  from nrsfm_jax import data
+
+  gt = jnp.asarray(data.load_mocap(subjects='006')['006_01'][::10])  # [F, 17, 3]
+  good = np.asarray(losses.hinge_bend(gt, data.CMU_HINGES)).min(-1) > 0.2  # Every limb clearly bent.
+  gt = gt[good]
+  np.testing.assert_array_equal(metrics.wrong_hinges(gt, gt, data.CMU_HINGES), 0.0)
+  # The whole body mirrored in depth: MPJPE takes the flip, so nothing is bent wrong.
+  np.testing.assert_array_equal(metrics.wrong_hinges(gt * jnp.array([1.0, 1.0, -1.0]), gt, data.CMU_HINGES), 0.0)
+  # One limb mirrored against the rest of the body (its middle joint's depth negated): counted.
+  hinge = ((0, 1, 2, 3, 4),)  # a -> b -> c bending about l -> r.
+  body = jnp.array([[0, 0, 0], [0, -1, 0.3], [0, -2, 0], [-1, 0, 0], [1, 0, 0], [0, 1, 1.0]])
+  bent_back = body.at[1, 2].set(-0.3)  # The same 2D; flipping the whole body would cost more.
+  assert float(losses.hinge_bend(body, hinge)[0]) > 0 > float(losses.hinge_bend(bent_back, hinge)[0])
+  np.testing.assert_array_equal(metrics.wrong_hinges(bent_back[None], body[None], hinge), [1.0])
