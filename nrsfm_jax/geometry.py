@@ -14,6 +14,7 @@ symmetric, planar or identical shapes). Conventions:
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -184,6 +185,41 @@ def root_relative(points: Array, root: int | None = 0) -> Array:
   if root is None:
     return points
   return points - points[..., root : root + 1, :]
+
+
+def smooth_over_time(points: Array, sigma: float, mask: Array | None = None) -> Array:
+  """Gaussian smoothing over the time axis, normalised by the frames present: ``[..., T, P, D]``.
+
+  Each output frame is ``Σ_s g(t - s) m_s x_s / Σ_s g(t - s) m_s`` with ``g`` a Gaussian of
+  ``sigma`` frames truncated at ``3 sigma``, so absent frames (``mask = 0``: padding) neither
+  leak into their neighbours nor pull the ends of a window towards zero. A constant sequence
+  is unchanged; ``sigma = 0`` returns ``points`` as they are. Absent frames keep their values.
+
+  Args:
+    points: ``[..., T, P, D]``.
+    sigma: width in frames (static; ``>= 0``).
+    mask: ``[..., T]`` 1 on present frames (default: all present).
+
+  Returns:
+    ``[..., T, P, D]``.
+  """
+  if sigma < 0:
+    raise ValueError(f'sigma must be >= 0; got {sigma}.')
+  points = jnp.asarray(points)
+  if sigma == 0:
+    return points
+  num_frames = points.shape[-3]
+  m = jnp.ones(points.shape[:-2], points.dtype) if mask is None else jnp.asarray(mask, points.dtype)
+  radius = int(min(math.ceil(3 * sigma), max(num_frames - 1, 0)))
+  offsets = jnp.arange(-radius, radius + 1)
+  kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2).astype(points.dtype)  # [2R+1]
+  pad = [(0, 0)] * (points.ndim - 3) + [(radius, radius), (0, 0), (0, 0)]
+  xp = jnp.pad(points * m[..., None, None], pad)
+  mp = jnp.pad(m, [(0, 0)] * (m.ndim - 1) + [(radius, radius)])
+  num = sum(kernel[i] * jax.lax.slice_in_dim(xp, i, i + num_frames, axis=-3) for i in range(2 * radius + 1))
+  den = sum(kernel[i] * jax.lax.slice_in_dim(mp, i, i + num_frames, axis=-1) for i in range(2 * radius + 1))
+  smoothed = num / jnp.maximum(den, 1e-12)[..., None, None]
+  return jnp.where(m[..., None, None] > 0, smoothed, points)
 
 
 def orthographic_project(points: Array) -> Array:

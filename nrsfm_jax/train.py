@@ -24,7 +24,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from nrsfm_jax import checkpoint as ckpt_lib
-from nrsfm_jax import configs, loop, losses, models, objective, optim, plotting, runs, scoring
+from nrsfm_jax import configs, geometry, loop, losses, models, objective, optim, plotting, runs, scoring
 from nrsfm_jax import data as data_lib
 from nrsfm_jax.models import Student
 
@@ -79,6 +79,16 @@ def init_params_from(workdir: str, params, scale: float, log: Callable[[str], No
 
 
 def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable[[str], None]):
+  """:func:`_raw_teacher_targets`, smoothed over time by ``train.pseudo3d_sigma`` frames when it is > 0."""
+  pseudo, weight = _raw_teacher_targets(config, lcfg, train_ds, log)
+  sigma = float(config.train.get('pseudo3d_sigma', 0.0))
+  if pseudo is not None and sigma > 0:
+    pseudo = np.asarray(geometry.smooth_over_time(pseudo, sigma, train_ds.mask), np.float32)
+    log(f'teacher targets smoothed over time: Gaussian, sigma = {sigma:g} frames')
+  return pseudo, weight
+
+
+def _raw_teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable[[str], None]):
   """``(pseudo3d [N, L, P, 3] | None, per-joint weights [N, L, P] | None)`` for the teacher term.
 
   ``train.pseudo3d`` is a teacher's cached ``.npz``, or a student run's workdir: then the

@@ -213,3 +213,27 @@ def test_resolve_flip_by_reference_restores_handedness():
   out = np.asarray(geometry.resolve_flip_by_reference(corrupted, reference, mask=mask))
   keep = np.arange(9) != 4
   np.testing.assert_allclose(out[:, keep], frames[:, keep], atol=1e-6)
+
+
+def test_smooth_over_time_matches_a_gaussian_and_respects_the_mask():
+  from scipy.ndimage import gaussian_filter1d
+
+  x = np.random.default_rng(0).normal(size=(2, 60, 4, 3)).astype(np.float32)
+  inner = slice(10, 50)  # away from the ends, where scipy reflects and this renormalises
+  np.testing.assert_allclose(
+      geometry.smooth_over_time(x, 2.0)[:, inner], gaussian_filter1d(x, 2.0, axis=1, truncate=3.0)[:, inner], atol=1e-5
+  )
+  np.testing.assert_array_equal(geometry.smooth_over_time(x, 0.0), x)
+  mask = np.ones((2, 60), np.float32)
+  mask[:, 50:] = 0  # padding: kept as it is, and never mixed into present frames
+  padded = x.copy()
+  padded[:, 50:] = 1e6
+  out = np.asarray(geometry.smooth_over_time(padded, 3.0, mask))
+  np.testing.assert_array_equal(out[:, 50:], padded[:, 50:])
+  np.testing.assert_allclose(out[:, :50], np.asarray(geometry.smooth_over_time(x[:, :50], 3.0)), atol=1e-5)
+  const = np.broadcast_to(np.arange(12.0).reshape(4, 3), (60, 4, 3))
+  np.testing.assert_allclose(geometry.smooth_over_time(const, 5.0, mask[0]), const, rtol=1e-6)
+  short = geometry.smooth_over_time(x[:, :3], 10.0)  # a kernel wider than the window
+  assert short.shape == (2, 3, 4, 3) and np.all(np.isfinite(short))
+  with pytest.raises(ValueError, match='sigma'):
+    geometry.smooth_over_time(x, -1.0)

@@ -403,6 +403,14 @@ def test_pseudo3d_from_a_run_is_that_runs_own_reconstructions(run, loaded):
   expected = geometry.root_relative(scoring.predict(model.apply, params, train_ds))
   np.testing.assert_allclose(targets, expected, atol=1e-6)
   assert weights is None
+  # train.pseudo3d_sigma smooths them over time within each window, padding excluded.
+  config.train.pseudo3d_sigma = 2.0
+  smoothed, _ = train._teacher_targets(config, lcfg, train_ds, log=lambda s: None)
+  np.testing.assert_allclose(smoothed, geometry.smooth_over_time(expected, 2.0, train_ds.mask), atol=1e-6)
+  present = train_ds.mask > 0
+  accel = lambda x: np.abs(np.diff(np.asarray(x), 2, axis=1))[present[:, 2:] & present[:, 1:-1] & present[:, :-2]]
+  assert accel(smoothed).mean() < 0.5 * accel(expected).mean()
+  config.train.pseudo3d_sigma = 0.0
   config.loss.terms.teacher.confidence_scale = 1.0
   with pytest.raises(ValueError, match='needs hypotheses'):
     train._teacher_targets(config, objective.loss_config(config), train_ds, log=lambda s: None)

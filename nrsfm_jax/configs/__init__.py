@@ -59,6 +59,7 @@ _RANGES = {
     'train.checkpoint_every': _at_least(1),
     'train.max_checkpoints': _at_least(1),
     'train.restarts': _at_least(1),
+    'train.pseudo3d_sigma': _at_least(0),
     'data.window': _at_least(1),
     'data.eval_window': _at_least(0),
     'data.noise_std': _at_least(0),

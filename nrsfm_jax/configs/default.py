@@ -131,6 +131,10 @@ def get_config(arg=None):
   # The teacher term's targets: a teacher's cached pseudo-3D .npz for the train windows, or a student
   # run's workdir (its own reconstructions of them: an anchor; experiments/ablation.py --stack_anchor).
   c.train.pseudo3d = ''
+  # Gaussian smoothing of those targets over time within each training window (frames; 0 = off;
+  # padding frames excluded: geometry.smooth_over_time). No 3D is read. Off: σ = 2 on the stacked TCN
+  # row's anchor left the cross-subject mean where it was (109.7 mm against 109.8; README).
+  c.train.pseudo3d_sigma = 0.0
 
   c.model.use_refiner = variant in ('tcn', 'teacher')
   if variant == 'teacher':

@@ -27,7 +27,11 @@ class StudentConfig:
     canon_width / canon_blocks: Ψ's trunk.
     use_refiner: run the TCN (eqs. 8–11); off gives the C3DPO baseline.
     tcn_channels, tcn_kernel, tcn_dilations, tcn_causal, tcn_use_2d, mlp_width:
-      the refiner (paper: 4 layers of 128 channels, causal).
+      the refiner (paper: 4 layers of 128 channels, causal). ``tcn_use_2d``
+      also feeds it the 2D and visibility (the paper's eq. 8 reads only
+      ``X_{1:T}``); on by default: without it the cross-subject TCN row
+      ties + smoothness (109.1 mm against 109.2) but the teacher row on 006
+      loses 3.6 mm (55.6 against 52.0; README, "Anchored stage 2").
     refine_space: where the refiner acts: ``'points'`` (the paper's eq. 10,
       a free per-point ``ΔS``) or ``'coefficients'`` (a ``Δα`` added to the
       lifter's shape coefficients, ``S_t = B(α_t + Δα_t)``, so the refined
