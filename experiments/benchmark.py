@@ -4,10 +4,14 @@ r"""Speed benchmark: train-step throughput, compile time, memory, inference, fra
   python -m experiments.benchmark --quick          # small sizes, a smoke run
   python -m experiments.benchmark --output=bench.json
   python -m experiments.benchmark --dtype=bfloat16 --only=teacher_frame   # mixed precision, one case
+  python -m experiments.benchmark --cpu_dots=eigen  # XLA's Eigen dots instead of YNNPACK (train.cpu_dots)
+  python -m experiments.benchmark --only=c3dpo_b1024 --trace   # where the step's time goes (jax.profiler)
 
 Cases:
 * ``default``: the default config's full student step (lifter + TCN + Ψ), its
   batch and window.
+* ``lifter_b1024``: the default lifter row (``default.py:lifter``: 256 wide, 3 blocks), 1024
+  single frames per step, as it trains in every ablation.
 * ``c3dpo_b1024``: C3DPO's Human3.6M model (1024 wide, 6 blocks, Ψ with 4
   rotations on every frame, no TCN/smoothness), 1024 single frames per step,
   comparable with the official PyTorch code's samples/s.
@@ -50,6 +54,18 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string('only', '', 'Comma-separated case names to run (default: all).')
 flags.DEFINE_bool(
+    'trace',
+    False,
+    "Also trace each student step with jax.profiler (profiling.trace_train_step): time per op kind on XLA's "
+    'worker threads, and op counts of the compiled HLO.',
+)
+flags.DEFINE_enum(
+    'cpu_dots',
+    'ynn',
+    ['ynn', 'eigen'],
+    "Student steps' XLA CPU matmul backend (train.cpu_dots): XLA's default YNNPACK fusions or Eigen dots.",
+)
+flags.DEFINE_bool(
     'large',
     None,
     "Also the paper's student (243-frame windows, C3DPO-sized) and D3DP's teacher (16 x 243): for a GPU "
@@ -67,7 +83,12 @@ def cases(quick: bool):
   if quick:
     out = [('default', default, 4, 81), ('c3dpo_b128', c3dpo, 128, 1)]
   else:
-    out = [('default', default, default.train.batch_size, default.data.window), ('c3dpo_b1024', c3dpo, 1024, 1)]
+    lifter = configs.get('default', 'lifter')
+    out = [
+        ('default', default, default.train.batch_size, default.data.window),
+        ('lifter_b1024', lifter, lifter.train.batch_size, 1),
+        ('c3dpo_b1024', c3dpo, 1024, 1),
+    ]
   if FLAGS.large:  # The paper's student: C3DPO-sized lifter, 243-frame windows, batch 32.
     paper = configs.get('paper')
     out.append(('paper', paper, 4 if quick else paper.train.batch_size, 27 if quick else paper.data.window))
@@ -95,7 +116,9 @@ def main(argv):
   peak = profiling.matmul_peak(1024 if FLAGS.quick else 2048, repeats=repeats)
   print(
       f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
-      f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s; models compute in {FLAGS.dtype}'
+      f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s ({peak["backend"]} dots, the faster); '
+      f'models compute in {FLAGS.dtype}'
+      + (f'; student steps with CPU dots: {FLAGS.cpu_dots}' if jax.default_backend() == 'cpu' else '')
       + (f'; teacher attention {FLAGS.attention}' if FLAGS.attention else '')
   )
   if FLAGS.large is None:
@@ -104,6 +127,7 @@ def main(argv):
   keep = lambda name: not wanted or name in wanted
   results = {
       'dtype': FLAGS.dtype,
+      'cpu_dots': FLAGS.cpu_dots,
       'attention': FLAGS.attention or 'config default',
       'backend': jax.default_backend(),
       'device': jax.devices()[0].device_kind,
@@ -121,6 +145,7 @@ def main(argv):
     if not keep(name):
       continue
     config.model.dtype = FLAGS.dtype
+    config.train.cpu_dots = FLAGS.cpu_dots
     r = profiling.benchmark_train_step(config, batch_size=batch, window=window, repeats=repeats)
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r
@@ -129,6 +154,15 @@ def main(argv):
         f'{r["windows_per_s"]:>11.1f}{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}'
         f'{100 * r["fraction_of_matmul_peak"]:>7.1f}%{r["inference_frames_per_s"]:>12,.0f}'
     )
+    if FLAGS.trace:
+      t = profiling.trace_train_step(config, batch_size=batch, window=window, steps=2 if FLAGS.quick else 3)
+      r['trace'] = t
+      top = ', '.join(f'{k} {v:.0f}' for k, v in list(t['by_kind'].items())[:6])
+      print(
+          f'  trace: {t["wall_ms"]:.0f} ms wall per step, worker threads busy {t["busy_ms"]:.0f} ms (summed); '
+          f'ms per step by kind: {top}; HLO: {t["hlo_ops"].get("dot", 0)} dot, '
+          f'{t["hlo_ops"].get("reduce-window", 0)} reduce-window'
+      )
   print(
       f'{"case":<14}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
       f'{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"H×K sample fr/s":>17}'

@@ -386,6 +386,27 @@ def run_loop(
 
 # Where the scripts keep XLA's compiled programs between runs (jax's persistent compilation cache):
 # $NRSFM_JAX_CACHE_DIR, else ~/.cache/nrsfm_jax/xla; NRSFM_JAX_CACHE_DIR='' turns it off.
+CPU_DOTS = ('ynn', 'eigen')
+
+
+def cpu_compiler_options(cpu_dots: str = 'ynn', backend: str | None = None) -> dict[str, str]:
+  """XLA compiler options choosing the CPU matrix-multiply backend (``train.cpu_dots``).
+
+  ``'ynn'``: XLA's default (YNNPACK dot fusions): no options. ``'eigen'``: YNNPACK
+  fusions off, so dots run as XLA's own Eigen kernels (faster for wide MLPs on large frame
+  batches on a 2-core CPU; measured in ``experiments/benchmark.py --cpu_dots``). Empty off
+  CPU (``backend``, default ``jax.default_backend()``).
+
+  Raises:
+    ValueError: an unknown ``cpu_dots``.
+  """
+  if cpu_dots not in CPU_DOTS:
+    raise ValueError(f'train.cpu_dots={cpu_dots!r}; expected one of {CPU_DOTS}.')
+  if cpu_dots == 'ynn' or (backend or jax.default_backend()) != 'cpu':
+    return {}
+  return {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
 CACHE_ENV = 'NRSFM_JAX_CACHE_DIR'
 
 

@@ -497,7 +497,7 @@ def accept_if_finite(new_state, state, loss: Array, grads) -> tuple[Any, Array, 
 AXIS = 'batch'
 
 
-def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None):
+def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None, compiler_options: dict | None = None):
   """Compiles the train step for one device or data parallelism.
 
   Args:
@@ -506,6 +506,8 @@ def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None):
     devices: devices for the parallel modes (default: all local devices; after
       ``jax.distributed.initialize``, pass ``jax.devices()``: the global mesh, each process
       feeding its share of the batch, see ``loop.window_batches``).
+    compiler_options: XLA options of the jitted step (``'none'`` and ``'shard_map'``; pmap takes
+      none), e.g. ``loop.cpu_compiler_options('eigen')``.
 
   Returns:
     ``step(state, batch, key) -> (state, metrics)`` taking and returning
@@ -514,7 +516,9 @@ def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None):
     the wrapper's device layout once, outside the loop.
   """
   if mode == 'none':
-    fn = jax.jit(functools.partial(train_step, loss_config=loss_cfg), donate_argnums=0)
+    fn = jax.jit(
+        functools.partial(train_step, loss_config=loss_cfg), donate_argnums=0, compiler_options=compiler_options
+    )
     return _Wrapped(fn, lambda s: s, lambda s: s, lambda b: b, 1)
   devices = list(devices or jax.local_devices())
   n = len(devices)
@@ -538,7 +542,11 @@ def make_step(loss_cfg: LossConfig, mode: str = 'none', devices=None):
   if mode == 'shard_map':
     mesh = Mesh(np.asarray(devices), (AXIS,))
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
-    fn = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())), donate_argnums=0)
+    fn = jax.jit(
+        jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())),
+        donate_argnums=0,
+        compiler_options=compiler_options,
+    )
     multi_process = any(d.process_index != jax.process_index() for d in devices)
 
     def shard(batch):

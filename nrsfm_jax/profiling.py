@@ -8,8 +8,13 @@ a large jitted f32 matmul, so the reported fraction compares like with like.
 
 from __future__ import annotations
 
+import collections
 import functools
+import glob
+import os
+import re
 import resource
+import tempfile
 import time
 from typing import Any
 
@@ -18,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import objective, optim, train
+from nrsfm_jax import loop, objective, optim, train
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -56,18 +61,93 @@ def _flops(compiled) -> float:
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> dict[str, float]:
-  """Measured f32 matmul throughput (the machine's practical peak), GFLOP/s."""
+  """Measured f32 matmul throughput (the machine's practical peak), GFLOP/s.
+
+  On CPU, the faster of XLA's two matmul backends (``loop.CPU_DOTS``: YNNPACK and Eigen), so a
+  step compiled with either is compared with the best this machine does; ``backend`` says which.
+  """
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-  fn = jax.jit(jnp.matmul)
-  jax.block_until_ready(fn(a, b))
-  seconds = _time(fn, a, b, repeats=repeats)
-  return {'n': n, 'seconds': seconds, 'gflops': 2 * n**3 / seconds / 1e9}
+  best: dict[str, Any] = {}
+  backends = loop.CPU_DOTS if jax.default_backend() == 'cpu' else ('ynn',)
+  for dots in backends:
+    fn = jax.jit(jnp.matmul, compiler_options=loop.cpu_compiler_options(dots))
+    jax.block_until_ready(fn(a, b))
+    seconds = _time(fn, a, b, repeats=repeats)
+    if not best or seconds < best['seconds']:
+      best = {'n': n, 'seconds': seconds, 'gflops': 2 * n**3 / seconds / 1e9, 'backend': dots}
+  return best
 
 
 def peak_rss_mib() -> float:
   """Peak resident memory of this process so far (MiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _student_step(config: ml_collections.ConfigDict, batch_size: int, window: int, num_points: int):
+  """``(model, state, batch, key, jitted step)`` of ``config`` on random 2D (``train.cpu_dots`` applied)."""
+  tx = optim.make_optimizer(config, 1000, 100)
+  model, state = train.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)  # keypoints, visibility, step key
+  batch = {
+      'keypoints': jax.random.normal(keys[0], (batch_size, window, num_points, 2)),
+      'visibility': (jax.random.uniform(keys[1], (batch_size, window, num_points)) > 0.05).astype(jnp.float32),
+      'mask': jnp.ones((batch_size, window)),
+  }
+  step = jax.jit(
+      functools.partial(objective.train_step, loss_config=objective.loss_config(config)),
+      donate_argnums=0,
+      compiler_options=loop.cpu_compiler_options(config.train.get('cpu_dots', 'ynn')),
+  )
+  return model, state, batch, keys[2], step
+
+
+def trace_train_step(
+    config: ml_collections.ConfigDict, *, batch_size: int, window: int, num_points: int = 17, steps: int = 3
+) -> dict[str, Any]:
+  """Where a compiled student step spends its time: a ``jax.profiler`` trace of ``steps`` steps.
+
+  Sums, per step, the duration of the events on XLA's CPU worker threads (the thunks it runs,
+  grouped by kind: the op name without its number, e.g. ``ynn_fusion``, ``dot``,
+  ``reduce-window``) and counts the ops of each kind in the compiled HLO.
+
+  Returns:
+    ``{'wall_ms', 'busy_ms'`` (per step: wall time, and the worker threads' time inside
+    thunks, summed over threads), ``'by_kind': {kind: ms per step}`` (largest first),
+    ``'hlo_ops': {op: count}}``.
+  """
+  _, state, batch, key, step = _student_step(config, batch_size, window, num_points)
+  compiled = step.lower(state, batch, key).compile()
+  for _ in range(2):  # Warm-up.
+    state, metrics = compiled(state, batch, key)
+  jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as logdir:
+    t = time.perf_counter()
+    with jax.profiler.trace(logdir):
+      for _ in range(steps):
+        state, metrics = compiled(state, batch, key)
+      jax.block_until_ready(metrics)
+    wall = (time.perf_counter() - t) / steps
+    paths = glob.glob(os.path.join(logdir, '**', '*.xplane.pb'), recursive=True)
+    profile = jax.profiler.ProfileData.from_file(sorted(paths)[-1])
+  kinds: collections.Counter = collections.Counter()
+  busy = 0.0
+  for plane in profile.planes:
+    for line in plane.lines:
+      if 'XLAEigen' not in line.name:  # XLA's CPU worker threads
+        continue
+      for event in line.events:
+        if event.name == 'ThunkExecutor::Execute':
+          busy += event.duration_ns
+        elif not event.name.startswith('ThunkExecutor'):
+          kinds[re.sub(r'[.\d]+$', '', event.name)] += event.duration_ns
+  ops = collections.Counter(m.group(1) for m in re.finditer(r'= \S+ ([a-z][\w-]*)\(', compiled.as_text()))
+  return {
+      'wall_ms': 1e3 * wall,
+      'busy_ms': busy / steps / 1e6,
+      'by_kind': {k: v / steps / 1e6 for k, v in kinds.most_common()},
+      'hlo_ops': dict(ops.most_common()),
+  }
 
 
 def benchmark_train_step(
@@ -82,7 +162,7 @@ def benchmark_train_step(
   """Times the jitted train step (and inference) of ``config``'s model on random data.
 
   Args:
-    config: experiment config (model and loss sections are used).
+    config: experiment config (the model and loss sections, and ``train.cpu_dots``).
     batch_size: windows per step.
     window: frames per window (``1`` benchmarks a per-frame lifter as C3DPO).
     num_points: keypoints per frame.
@@ -93,25 +173,17 @@ def benchmark_train_step(
     A dict with compile time, step time, windows/s, frames/s, XLA FLOPs per
     step, achieved GFLOP/s, XLA's memory analysis and the parameter count.
   """
-  tx = optim.make_optimizer(config, 1000, 100)
-  model, state = train.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
-  keys = jax.random.split(jax.random.PRNGKey(1), 3)  # keypoints, visibility, step key
-  batch = {
-      'keypoints': jax.random.normal(keys[0], (batch_size, window, num_points, 2)),
-      'visibility': (jax.random.uniform(keys[1], (batch_size, window, num_points)) > 0.05).astype(jnp.float32),
-      'mask': jnp.ones((batch_size, window)),
-  }
-  step = jax.jit(functools.partial(objective.train_step, loss_config=objective.loss_config(config)), donate_argnums=0)
+  model, state, batch, key, step = _student_step(config, batch_size, window, num_points)
   t = time.perf_counter()
-  compiled = step.lower(state, batch, keys[2]).compile()
+  compiled = step.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - t
   flops = _flops(compiled)
   mem = compiled.memory_analysis()
-  state, _ = compiled(state, batch, keys[2])  # Warm-up.
+  state, _ = compiled(state, batch, key)  # Warm-up.
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
-    state, metrics = compiled(state, batch, keys[2])
+    state, metrics = compiled(state, batch, key)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nrsfm_jax import configs, data, losses, objective, optim, train
+from nrsfm_jax import configs, data, loop, losses, objective, optim, train
 from nrsfm_jax.data import batch_indices
 
 
@@ -85,6 +85,24 @@ def test_data_parallel_matches_single_device(setup, mode, num_devices):
     np.testing.assert_allclose(pmetrics[k], ref_metrics[k], rtol=1e-5, atol=1e-6, err_msg=k)
   chex.assert_trees_all_close(pstate.params, ref_state.params, rtol=1e-5, atol=1e-5)
   assert int(pstate.step) == 1
+
+
+@pytest.mark.parametrize('mode', ['none', 'shard_map'])
+def test_cpu_dots_eigen_is_the_same_step(setup, mode):
+  # train.cpu_dots='eigen' compiles the step with XLA's Eigen dots instead of YNNPACK's fusions:
+  # the same function, rounded differently.
+  _, _, state, batch, lcfg = setup
+  key = jax.random.PRNGKey(1)
+  ref_state, ref_metrics = _single(state, batch, lcfg, key)
+  options = loop.cpu_compiler_options('eigen')
+  assert options == {'xla_cpu_experimental_ynn_fusion_type': ''}
+  step = objective.make_step(lcfg, mode, devices=jax.local_devices()[:2], compiler_options=options)
+  new_state, metrics = step(step.prepare(jax.tree.map(jnp.copy, state)), batch, key)
+  np.testing.assert_allclose(metrics['total'], ref_metrics['total'], rtol=1e-5)
+  chex.assert_trees_all_close(step.finish(new_state).params, ref_state.params, rtol=1e-5, atol=1e-5)
+  assert loop.cpu_compiler_options('ynn') == {} and loop.cpu_compiler_options('eigen', backend='gpu') == {}
+  with pytest.raises(ValueError, match="train.cpu_dots='mkl'"):
+    loop.cpu_compiler_options('mkl')
 
 
 @pytest.fixture(scope='module')

@@ -294,6 +294,7 @@ def test_train_script_reports_a_busy_workdir_in_one_line(tmp_path):
             "config.data.sequence='nope' does not apply to config.data.name='cmu17' (it is read by: nrsfm)",
         ),
         ('--config.train.batch_size=0', 'config.train.batch_size must be >= 1; got 0.'),
+        ('--config.train.cpu_dots=mkl', "config.train.cpu_dots must be one of ('ynn', 'eigen'); got 'mkl'."),
     ],
 )
 def test_train_script_reports_config_mistakes_in_one_line(tmp_path, flag, message):

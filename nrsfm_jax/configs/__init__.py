@@ -75,6 +75,9 @@ _RANGES = {
     'diffusion.num_steps': _at_least(1),
 }
 
+# Keys that take one of a few strings.
+_CHOICES = {'train.cpu_dots': ('ynn', 'eigen')}
+
 
 def _lookup_key(config, dotted: str):
   node = config
@@ -101,6 +104,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       continue
     if isinstance(value, (list, tuple)) or not ok(value):
       raise ConfigError(f'config.{key} must be {words}; got {value!r}.')
+  for key, choices in _CHOICES.items():
+    value = _lookup_key(config, key)
+    if value is not None and value not in choices:
+      raise ConfigError(f'config.{key} must be one of {choices}; got {value!r}.')
   terms = _lookup_key(config, 'loss.terms') or {}
   for name, spec in terms.items():
     weight, scale = spec.get('weight', 0.0), spec.get('scale', 1.0)

@@ -113,6 +113,12 @@ def get_config(arg=None):
   c.train.checkpoint_every = 250
   c.train.max_checkpoints = 2
   c.train.parallel = 'auto'  # 'auto' | 'none' | 'pmap' | 'shard_map'
+  # XLA CPU's matrix-multiply backend for the train step: 'ynn' (XLA's default, YNNPACK dot
+  # fusions) or 'eigen' (plain XLA dots on Eigen; loop.cpu_compiler_options). On 2 cores 'eigen' ran
+  # the lifter row's 1024-frame step 1.7x faster and the windowed TCN step 1.5x slower (README,
+  # "Speed"). The default stays 'ynn': another backend rounds differently, so a run's numbers
+  # (and the README's tables) would not be reproduced bit for bit. No effect off CPU or under pmap.
+  c.train.cpu_dots = 'ynn'
   # Several processes (hosts), one global mesh (jax.distributed.initialize; shard_map over every
   # process's devices; each process loads its share of each batch; process 0 writes the files).
   # '' / 0 / -1: from the cluster's environment (SLURM, Open MPI, Cloud TPU); see README "Multi-host".
