@@ -384,8 +384,7 @@ def run_loop(
 # ----------------------------------------------------------------------------
 
 
-# Where the scripts keep XLA's compiled programs between runs (jax's persistent compilation cache):
-# $NRSFM_JAX_CACHE_DIR, else ~/.cache/nrsfm_jax/xla; NRSFM_JAX_CACHE_DIR='' turns it off.
+# train.cpu_dots: XLA CPU's matmul backends for the train step.
 CPU_DOTS = ('ynn', 'eigen')
 
 
@@ -407,6 +406,8 @@ def cpu_compiler_options(cpu_dots: str = 'ynn', backend: str | None = None) -> d
   return {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
+# Where the scripts keep XLA's compiled programs between runs (jax's persistent compilation cache):
+# $NRSFM_JAX_CACHE_DIR, else ~/.cache/nrsfm_jax/xla; NRSFM_JAX_CACHE_DIR='' turns it off.
 CACHE_ENV = 'NRSFM_JAX_CACHE_DIR'
 
 
