@@ -302,6 +302,8 @@ def train_and_evaluate(
     log('note: loss.terms.teacher.weight > 0 but train.pseudo3d is empty: the teacher term is off.')
   mode = objective.choose_parallel(config.train.parallel, batch_size)
   multi_process = jax.process_count() > 1  # config.train.distributed: the global mesh of every process
+  if mode == 'pmap' and config.train.get('cpu_dots', 'ynn') != 'ynn':
+    log(f"note: train.cpu_dots={config.train.cpu_dots!r} applies to the jit and shard_map steps, not to pmap's.")
   step_fn = objective.make_step(
       lcfg,
       mode,
