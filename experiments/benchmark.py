@@ -62,7 +62,7 @@ flags.DEFINE_bool(
 flags.DEFINE_enum(
     'cpu_dots',
     'ynn',
-    ['ynn', 'eigen'],
+    list(configs.CPU_DOTS),
     "Student steps' XLA CPU matmul backend (train.cpu_dots): XLA's default YNNPACK fusions or Eigen dots.",
 )
 flags.DEFINE_bool(

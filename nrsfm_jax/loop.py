@@ -384,10 +384,6 @@ def run_loop(
 # ----------------------------------------------------------------------------
 
 
-# train.cpu_dots: XLA CPU's matmul backends for the train step.
-CPU_DOTS = ('ynn', 'eigen')
-
-
 def cpu_compiler_options(cpu_dots: str = 'ynn', backend: str | None = None) -> dict[str, str]:
   """XLA compiler options choosing the CPU matrix-multiply backend (``train.cpu_dots``).
 
@@ -399,8 +395,8 @@ def cpu_compiler_options(cpu_dots: str = 'ynn', backend: str | None = None) -> d
   Raises:
     ValueError: an unknown ``cpu_dots``.
   """
-  if cpu_dots not in CPU_DOTS:
-    raise ValueError(f'train.cpu_dots={cpu_dots!r}; expected one of {CPU_DOTS}.')
+  if cpu_dots not in configs.CPU_DOTS:
+    raise ValueError(f'train.cpu_dots={cpu_dots!r}; expected one of {configs.CPU_DOTS}.')
   if cpu_dots == 'ynn' or (backend or jax.default_backend()) != 'cpu':
     return {}
   return {'xla_cpu_experimental_ynn_fusion_type': ''}

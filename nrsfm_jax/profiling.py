@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nrsfm_jax import loop, objective, optim, train
+from nrsfm_jax import configs, loop, objective, optim, train
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -63,13 +63,13 @@ def _flops(compiled) -> float:
 def matmul_peak(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> dict[str, float]:
   """Measured f32 matmul throughput (the machine's practical peak), GFLOP/s.
 
-  On CPU, the faster of XLA's two matmul backends (``loop.CPU_DOTS``: YNNPACK and Eigen), so a
+  On CPU, the faster of XLA's two matmul backends (``configs.CPU_DOTS``: YNNPACK and Eigen), so a
   step compiled with either is compared with the best this machine does; ``backend`` says which.
   """
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
   best: dict[str, Any] = {}
-  backends = loop.CPU_DOTS if jax.default_backend() == 'cpu' else ('ynn',)
+  backends = configs.CPU_DOTS if jax.default_backend() == 'cpu' else ('ynn',)
   for dots in backends:
     fn = jax.jit(jnp.matmul, compiler_options=loop.cpu_compiler_options(dots))
     jax.block_until_ready(fn(a, b))

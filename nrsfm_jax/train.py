@@ -302,19 +302,20 @@ def train_and_evaluate(
     log('note: loss.terms.teacher.weight > 0 but train.pseudo3d is empty: the teacher term is off.')
   mode = objective.choose_parallel(config.train.parallel, batch_size)
   multi_process = jax.process_count() > 1  # config.train.distributed: the global mesh of every process
-  if mode == 'pmap' and config.train.get('cpu_dots', 'ynn') != 'ynn':
-    log(f"note: train.cpu_dots={config.train.cpu_dots!r} applies to the jit and shard_map steps, not to pmap's.")
+  cpu_dots = config.train.get('cpu_dots', 'ynn')
+  if mode == 'pmap' and cpu_dots != 'ynn':
+    log(f"note: train.cpu_dots={cpu_dots!r} applies to the jit and shard_map steps, not to pmap's.")
   step_fn = objective.make_step(
       lcfg,
       mode,
       devices=jax.devices() if multi_process else None,
-      compiler_options=loop.cpu_compiler_options(config.train.get('cpu_dots', 'ynn')),
+      compiler_options=loop.cpu_compiler_options(cpu_dots),
   )
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log(
       f'model: {n_params:,} parameters, receptive field {model.config.receptive_field} frames; '
       f'parallel={mode} on {step_fn.num_devices} {jax.default_backend()} device(s)'
-      + (f'; CPU dots: {config.train.cpu_dots}' if config.train.get('cpu_dots', 'ynn') != 'ynn' else '')
+      + (f'; CPU dots: {cpu_dots}' if cpu_dots != 'ynn' else '')
   )
 
   batch_fn = loop.window_batches(

@@ -75,8 +75,10 @@ _RANGES = {
     'diffusion.num_steps': _at_least(1),
 }
 
+# train.cpu_dots: XLA CPU's matmul backends for the train step (loop.cpu_compiler_options).
+CPU_DOTS = ('ynn', 'eigen')
 # Keys that take one of a few strings.
-_CHOICES = {'train.cpu_dots': ('ynn', 'eigen')}
+_CHOICES = {'train.cpu_dots': CPU_DOTS}
 
 
 def _lookup_key(config, dotted: str):
