@@ -25,7 +25,9 @@ def _free_port() -> int:
 
 
 def _train(workdir, devices: int, *flags, env_extra=None) -> subprocess.Popen:
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', **(env_extra or {}))
+  xla = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]  # (conftest's others)
+  env = dict(os.environ, XLA_FLAGS=' '.join([*xla, f'--xla_force_host_platform_device_count={devices}']))
+  env.update(env_extra or {})
   env.pop('JAX_PLATFORMS', None)
   return subprocess.Popen(
       [

@@ -170,7 +170,8 @@ def test_bone_loss_zero_for_a_rigid_symmetric_skeleton_and_grows_with_depth_infl
       axis_name='d',
       devices=jax.devices()[:3],
   )(frames.at[2, 0, 2].multiply(1.5).reshape(3, 2, 1, 5, 3))
-  np.testing.assert_allclose(sharded.reshape(6, 1), values, rtol=1e-6)
+  # (float32 sums in another order: a few ulp of the ~1e-3 values, 4e-6 relative under -O0.)
+  np.testing.assert_allclose(sharded.reshape(6, 1), values, rtol=2e-5)
 
 
 def test_bone_loss_masks_frames_in_value_and_gradient():

@@ -231,7 +231,7 @@ def test_predict_script_lifts_coco_json_and_openpose_folders_with_no_training(tm
   assert lines[0] == 'frame,joint,x,y,z,uncertainty' and len(lines) == 1 + 12 * 17
   # The same pipeline in-process (the script is a thin flag layer over it): an OpenPose folder,
   # the output folder defaulting to <input>_3d, a frame without a person left NaN.
-  out = predict.predict_file(str(tmp_path / 'openpose'), pictures=False, log=lambda s: None)
+  out = predict.predict_file(str(tmp_path / 'openpose'), teacher=None, pictures=False, log=lambda s: None)
   assert np.isnan(out['points3d'][2]).all() and np.isfinite(out['points3d'][[0, 1, 3]]).all()
   assert out['written'][0] == str(tmp_path / 'openpose_3d' / 'openpose_3d.npz')
   demo = predict.predict_file(None, str(tmp_path / 'demo'), demo=True, pictures=False, log=lambda s: None)

@@ -116,13 +116,13 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   lines = []
   results = ablation.run_cmu17(
       workdir,
-      ['lifter', 'teacher'],
+      ['teacher'],  # (the lifter row is a plain student run: tested in test_train and test_ablation)
       student_config=_tiny_student,
       teacher_config=lambda: _scored(_fast(_tiny_teacher('self'))),
       log=lines.append,
   )
   # tcn comes with a self-mode teacher row; the references ride along.
-  assert set(results) == {'lifter', 'tcn', 'teacher', 'teacher_eval', 'teacher_alone', 'depth0'}
+  assert set(results) == {'tcn', 'teacher', 'teacher_eval', 'teacher_alone', 'depth0'}
   assert results['teacher_alone']['overall'] == results['teacher_eval']['H1_K1']['mean']
   assert any('self targets' in line and os.path.join(workdir, 'tcn') in line for line in lines)
   with open(os.path.join(workdir, 'teacher', 'config.json')) as f:
@@ -132,7 +132,8 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   losses = [r for r in rows if 'total' in r]  # (the others: eval scores)
   assert losses and all('teacher' in r and np.isfinite(r['teacher']) for r in losses)
   table = ablation.cmu17_table(results)
-  assert '+0.0%' in table and ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
+  assert ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
+  assert '+0.0%' in ablation.cmu17_table({**results, 'lifter': results['tcn']})  # each row vs the lifter's
   assert 'depth 0 (reference)' in table and 'teacher alone' in table and 'official C3DPO' not in table
   assert '| official C3DPO, 25 CPU-minutes (reference) | 78.9 |' in ablation.cmu17_table(results, c3dpo=True)
   # A supervised teacher needs no tcn row.
@@ -141,8 +142,8 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
       workdir, configs.get('tiny'), ablation.ROWS, str(tmp_path / 'cmu17.png'), titles=ablation.TITLES
   )
   assert os.path.getsize(png) > 10_000
-  diag = {'cmu17': {'lifter': ablation.depth_diagnostics(os.path.join(workdir, 'lifter'), configs.get('tiny'))}}
-  assert diag['cmu17']['lifter']['depth_spread_ratio'] > 0 and diag['cmu17']['lifter']['relative_2d_error'] > 0
+  diag = {'cmu17': {'tcn': ablation.depth_diagnostics(os.path.join(workdir, 'tcn'), configs.get('tiny'))}}
+  assert diag['cmu17']['tcn']['depth_spread_ratio'] > 0 and diag['cmu17']['tcn']['relative_2d_error'] > 0
   _, md_path = ablation.write_results(str(tmp_path), results, None, ['cmd'], diag)
   with open(md_path) as f:
     text = f.read()
