@@ -106,3 +106,27 @@ def test_dct_basis_is_orthonormal(num_frames, num_bases):
   basis = classic.dct_basis(max(num_frames, num_bases), num_bases)
   np.testing.assert_allclose(basis.T @ basis, np.eye(num_bases), atol=1e-5)
   assert np.allclose(basis[:, 0], basis[0, 0])
+
+
+def test_shape_rank_ratio_is_scale_free_and_counts_equal_singular_values():
+  rng = np.random.default_rng(0)
+  one = np.einsum('f,pj->fpj', rng.normal(size=9), rng.normal(size=(5, 3))).astype(np.float32)  # rank 1
+  np.testing.assert_allclose(classic.shape_rank_ratio(jnp.asarray(one)), 1.0, rtol=1e-5)
+  two = jnp.asarray(one + np.einsum('f,pj->fpj', rng.normal(size=9), rng.normal(size=(5, 3))).astype(np.float32))
+  ratio = float(classic.shape_rank_ratio(two))
+  assert 1.0 < ratio <= np.sqrt(2.0) + 1e-5
+  np.testing.assert_allclose(classic.shape_rank_ratio(7.0 * two), ratio, rtol=1e-5)
+  # r orthogonal rank-1 parts of equal size: sqrt(r). Batched over leading axes.
+  eye = np.swapaxes(np.eye(9, dtype=np.float32)[:3].reshape(3, 3, 3), -1, -2)  # S# = 3 orthonormal rows.
+  np.testing.assert_allclose(classic.shape_rank_ratio(jnp.stack([eye, 2 * eye])), [np.sqrt(3)] * 2, rtol=1e-5)
+
+
+def test_fit_chooses_the_lowest_rank_candidate_and_recovers_the_object():
+  tracks, points, _ = _synthetic(seed=3)
+  rec, info = classic.fit('prior_free', jnp.asarray(tracks), shape_bases=(2, 3))
+  ratios = info['shape_rank_ratio']
+  assert info['criterion'] == 'low_rank' and set(ratios) == {'2', '3'}
+  assert str(info['num_bases']) == min(ratios, key=ratios.get)
+  assert float(metrics.e3d_akhter(rec.points, jnp.asarray(points))) < 2e-2
+  with pytest.raises(ValueError, match="criterion 'nope'"):
+    classic.fit('prior_free', jnp.asarray(tracks), criterion='nope')
