@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -750,3 +751,63 @@ def write_results(
   with open(md_path, 'w') as f:
     f.write('\n'.join(parts))
   return json_path, md_path
+
+
+# ----------------------------------------------------------------------------
+# The classic solver's K: every candidate with its 3D-free criteria (experiments/classic_study.py).
+# ----------------------------------------------------------------------------
+
+
+def classic_study(sequence: str, bases: list[int], log: Callable[[str], None] = print) -> dict[int, dict[str, float]]:
+  """``{K: {'shape_rank_ratio', 'heldout_error', 'disagreement', 'e3d', 'e3d_akhter'}}`` for one sequence."""
+  config = configs.get('nrsfm', f'{sequence}:lifter')
+  _, dataset = data_lib.make_datasets(config)
+  tracks = data_lib.reassemble(dataset, dataset.keypoints)
+  vis = data_lib.reassemble(dataset, dataset.visibility)
+  truth = data_lib.reassemble(dataset, dataset.points3d)
+  if len(tracks) != 1:
+    raise ValueError(f'{sequence}: expected one view, got {len(tracks)}.')
+  ((name, kp),) = tracks.items()
+  kp, v = jnp.asarray(kp), jnp.asarray(vis[name])
+  rot_key, cv_key = jax.random.split(jax.random.PRNGKey(0))  # classic.fit's keys.
+  rows, points = {}, {}
+  for k in bases:
+    t0 = time.time()
+    rotations, centred, t = classic.cameras(kp, v, rot_key, num_bases=k)
+    solve = lambda c, m, r=rotations, t=t: classic._reconstruction(classic.nuclear_norm_shapes(c, m, r), r, t)
+    rec = solve(centred, v)
+    points[k] = np.asarray(rec.points)
+    score = scoring.score_sequences({name: points[k] * dataset.scale}, truth)['overall']
+    rows[k] = {
+        'shape_rank_ratio': float(classic.shape_rank_ratio(rec.shapes)),
+        'heldout_error': float(classic.heldout_error(lambda c, m: solve(c, m).points, centred, v, cv_key)),
+        'e3d': float(score['e3d']),
+        'e3d_akhter': float(score['e3d_akhter']),
+    }
+    log(f'{sequence} K={k}: ' + ', '.join(f'{a} {b:.4g}' for a, b in rows[k].items()) + f' ({time.time() - t0:.0f} s)')
+  for k in bases:
+    others = [float(classic.relative_distance(points[k], points[j])) for j in bases if j != k]
+    rows[k]['disagreement'] = float(np.mean(others)) if others else 0.0
+  return rows
+
+
+def classic_study_table(results: dict[str, dict[int, dict[str, float]]]) -> str:
+  """Markdown: e3D-akhter per K, and the K each criterion picks (bold: the lowest e3D-akhter)."""
+  criteria = ('shape_rank_ratio', 'heldout_error', 'disagreement')
+  lines = [
+      '| sequence | '
+      + ' | '.join(f'K={k}' for k in next(iter(results.values())))
+      + ' | '
+      + ' | '.join(f'K by {c}' for c in criteria)
+      + ' |'
+  ]
+  lines.append('|' + '---|' * (1 + len(next(iter(results.values()))) + len(criteria)))
+  for seq, rows in results.items():
+    best = min(rows, key=lambda k: rows[k]['e3d_akhter'])
+    cells = [f'**{r["e3d_akhter"]:.4f}**' if k == best else f'{r["e3d_akhter"]:.4f}' for k, r in rows.items()]
+    picks = []
+    for c in criteria:
+      k = min(rows, key=lambda k, c=c: rows[k][c])
+      picks.append(f'{k} ({rows[k]["e3d_akhter"]:.4f})')
+    lines.append(f'| {seq} | ' + ' | '.join(cells) + ' | ' + ' | '.join(picks) + ' |')
+  return '\n'.join(lines)

@@ -23,6 +23,8 @@ Missing points (``visibility = 0``) are filled by low-rank matrix completion
 steps fit the visible points only. Every function takes ``[F, P, 2]`` tracks
 and ``[F, P]`` visibility and is batched by ``jax.vmap`` over sequences of one
 size; sizes (``rank``, iteration counts) are static arguments under ``jax.jit``.
+:func:`fit` chooses the sizes from the 2D alone: the prior-free ``K`` whose shapes are of
+lowest rank (:func:`shape_rank_ratio`), the DCT size by agreement with that solution.
 """
 
 from __future__ import annotations
@@ -519,21 +521,21 @@ def fit(
   tracks = jnp.asarray(tracks)
   vis = _visibility(tracks, visibility)
   info: dict[str, object] = {}
-  solved, scores = {}, {}
+  solved, shapes, scores = {}, {}, {}
   for k in shape_bases:
-    rotations, centred, t = cameras(tracks, vis, rot_key, num_bases=k)
+    solved[k] = rotations, centred, t = cameras(tracks, vis, rot_key, num_bases=k)
     if criterion == 'low_rank':
-      shapes = nuclear_norm_shapes(centred, vis, rotations)
-      solved[k] = _reconstruction(shapes, rotations, t), centred
-      scores[k] = float(shape_rank_ratio(shapes))
+      shapes[k] = nuclear_norm_shapes(centred, vis, rotations)
+      scores[k] = float(shape_rank_ratio(shapes[k]))
     else:
       fit_k = lambda c, v, r=rotations, t=t: _reconstruction(nuclear_norm_shapes(c, v, r), r, t).points
       scores[k] = float(heldout_error(fit_k, centred, vis, cv_key, fraction=fraction))
-      solved[k] = _reconstruction(nuclear_norm_shapes(centred, vis, rotations), rotations, t), centred
   k = min(scores, key=lambda c: scores[c])
   name = 'shape_rank_ratio' if criterion == 'low_rank' else 'heldout_error'
   info.update(num_bases=k, criterion=criterion, **{name: {str(c): e for c, e in scores.items()}})
-  prior, centred = solved[k]
+  rotations, centred, t = solved[k]
+  chosen = shapes[k] if k in shapes else nuclear_norm_shapes(centred, vis, rotations)
+  prior = _reconstruction(chosen, rotations, t)
   if solver == 'prior_free':
     return prior, info
   # The DCT size: the one whose reconstruction agrees best with the prior-free one. The 2D

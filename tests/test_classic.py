@@ -133,12 +133,12 @@ def test_fit_chooses_the_lowest_rank_candidate_and_recovers_the_object():
 
 
 def test_classic_study_scores_every_candidate_and_names_each_criterions_pick(tmp_path):
-  from experiments import classic_study
+  from nrsfm_jax import ablation
 
   tracks, points, _ = _synthetic(seed=4)
   np.savez(tmp_path / 'toy.npz', points3d=points)
-  rows = classic_study.study(str(tmp_path / 'toy.npz'), [2], log=lambda s: None)
+  rows = ablation.classic_study(str(tmp_path / 'toy.npz'), [2], log=lambda s: None)
   assert set(rows) == {2} and rows[2]['e3d_akhter'] < 2e-2 and rows[2]['shape_rank_ratio'] >= 1.0
   assert rows[2]['disagreement'] == 0.0 and np.isfinite(rows[2]['heldout_error'])
-  text = classic_study.table({'toy': rows})
+  text = ablation.classic_study_table({'toy': rows})
   assert '| toy | **' in text and 'K by shape_rank_ratio' in text and '2 (' in text
