@@ -480,6 +480,14 @@ CLASSIC_TITLES = {
 }
 
 
+def _whole_sequences(config: ml_collections.ConfigDict):
+  """``((train, eval) datasets, tracks, visibility, points3d)``: each eval view reassembled whole."""
+  datasets = data_lib.make_datasets(config)
+  dataset = datasets[1]
+  views = (dataset.keypoints, dataset.visibility, dataset.points3d)
+  return (datasets, *(data_lib.reassemble(dataset, v) for v in views))
+
+
 def run_classic(
     workdir: str,
     sequences=NRSFM_SEQUENCES,
@@ -521,11 +529,8 @@ def run_classic(
           continue
         log(f'{seq}: {row} in {path} was fitted to other data settings: fitting again')
       if datasets is None:
-        datasets = data_lib.make_datasets(config)
+        datasets, tracks, vis, truth = _whole_sequences(config)
         dataset = datasets[1]
-        tracks = data_lib.reassemble(dataset, dataset.keypoints)
-        vis = data_lib.reassemble(dataset, dataset.visibility)
-        truth = data_lib.reassemble(dataset, dataset.points3d)
       t0 = time.time()
       preds, normalised, info = {}, {}, {}
       for name_view, kp in tracks.items():
@@ -760,11 +765,7 @@ def write_results(
 
 def classic_study(sequence: str, bases: list[int], log: Callable[[str], None] = print) -> dict[int, dict[str, float]]:
   """``{K: {'shape_rank_ratio', 'heldout_error', 'disagreement', 'e3d', 'e3d_akhter'}}`` for one sequence."""
-  config = configs.get('nrsfm', f'{sequence}:lifter')
-  _, dataset = data_lib.make_datasets(config)
-  tracks = data_lib.reassemble(dataset, dataset.keypoints)
-  vis = data_lib.reassemble(dataset, dataset.visibility)
-  truth = data_lib.reassemble(dataset, dataset.points3d)
+  (_, dataset), tracks, vis, truth = _whole_sequences(configs.get('nrsfm', f'{sequence}:lifter'))
   if len(tracks) != 1:
     raise ValueError(f'{sequence}: expected one view, got {len(tracks)}.')
   ((name, kp),) = tracks.items()
@@ -794,14 +795,8 @@ def classic_study(sequence: str, bases: list[int], log: Callable[[str], None] = 
 def classic_study_table(results: dict[str, dict[int, dict[str, float]]]) -> str:
   """Markdown: e3D-akhter per K, and the K each criterion picks (bold: the lowest e3D-akhter)."""
   criteria = ('shape_rank_ratio', 'heldout_error', 'disagreement')
-  lines = [
-      '| sequence | '
-      + ' | '.join(f'K={k}' for k in next(iter(results.values())))
-      + ' | '
-      + ' | '.join(f'K by {c}' for c in criteria)
-      + ' |'
-  ]
-  lines.append('|' + '---|' * (1 + len(next(iter(results.values()))) + len(criteria)))
+  header = ['sequence', *(f'K={k}' for k in next(iter(results.values()))), *(f'K by {c}' for c in criteria)]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for seq, rows in results.items():
     best = min(rows, key=lambda k: rows[k]['e3d_akhter'])
     cells = [f'**{r["e3d_akhter"]:.4f}**' if k == best else f'{r["e3d_akhter"]:.4f}' for k, r in rows.items()]
