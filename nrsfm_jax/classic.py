@@ -155,6 +155,11 @@ def orthonormality_residual(motion: Array, g: Array, scale_weight: float = 0.0) 
   return value + scale_weight * jnp.mean((s - mean) ** 2) / jnp.maximum(mean**2, 1e-30)
 
 
+def max_rank(num_frames: int, num_points: int) -> int:
+  """The largest rank ``3K`` the ``[2F, P]`` measurement matrix can have: ``min(2F, P)``."""
+  return min(2 * num_frames, num_points)
+
+
 def camera_from_projection(p: Array) -> Array:
   """The rotations nearest to scaled orthographic cameras: ``[..., 2, 3] -> [..., 3, 3]``.
 
@@ -197,6 +202,11 @@ def recover_rotations(
   import optax  # Local: the pure solvers need optax only here.
 
   rank = 3 * num_bases
+  if rank > max_rank(centred.shape[0], centred.shape[1]):
+    raise ValueError(
+        f'num_bases={num_bases} needs rank 3K = {rank}, more than the {centred.shape[0]} x {centred.shape[1]} '
+        f'tracks allow (3K <= min(2F, P) = {max_rank(centred.shape[0], centred.shape[1])}).'
+    )
   u, s, _ = jnp.linalg.svd(_to_matrix(centred), full_matrices=False)
   motion = (u[:, :rank] * jnp.sqrt(s[:rank])).reshape(-1, 2, rank)
   motion = motion / jnp.sqrt(jnp.mean(jnp.sum(motion**2, (-2, -1))))
@@ -504,7 +514,8 @@ def fit(
     tracks: ``[F, P, 2]``.
     visibility: ``[F, P]`` (default all visible).
     key: PRNG key (default ``PRNGKey(0)``).
-    shape_bases, trajectory_bases: candidate sizes.
+    shape_bases, trajectory_bases: candidate sizes (shape bases above the tracks' rank, 3K > min(2F, P),
+      are skipped: 17 keypoints allow K <= 5).
     fraction: share of the visible 2D held out (``criterion='heldout'``, and the DCT size's
       reported held-out errors).
     criterion: ``'low_rank'`` or ``'heldout'`` (:data:`CRITERIA`).
@@ -520,6 +531,14 @@ def fit(
   rot_key, cv_key = jax.random.split(key)
   tracks = jnp.asarray(tracks)
   vis = _visibility(tracks, visibility)
+  # A candidate needs rank 3K <= min(2F, P): 17 keypoints allow K <= 5.
+  limit = max_rank(tracks.shape[0], tracks.shape[1])
+  shape_bases = tuple(k for k in shape_bases if 3 * k <= limit)
+  if not shape_bases:
+    raise ValueError(
+        f'no shape basis size fits {tracks.shape[0]} frames of {tracks.shape[1]} points: K needs '
+        f'3K <= min(2F, P) = {limit}.'
+    )
   info: dict[str, object] = {}
   solved, shapes, scores = {}, {}, {}
   for k in shape_bases:

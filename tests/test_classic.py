@@ -38,6 +38,7 @@ def _rotation_error(recovered, truth):
   return float(np.max(np.abs(a @ q - b)))
 
 
+@pytest.mark.slow
 def test_prior_free_recovers_a_low_rank_sequence():
   tracks, points, rotations = _synthetic()
   # An all-ones visibility shares the compiled solver with the missing-data test.
@@ -78,11 +79,17 @@ def test_trajectory_shapes_are_exact_in_the_dct_span_with_known_cameras():
   assert float(metrics.e3d_akhter(full.points, jnp.asarray(points))) < 1e-2
 
 
+@pytest.mark.slow
 def test_solvers_jit_and_vmap_over_sequences():
   seqs = [_synthetic(seed=s)[0] for s in (0, 3)]
   batched = jax.vmap(lambda t: classic.prior_free(t, num_bases=K).points)(jnp.asarray(np.stack(seqs)))
   for i, t in enumerate(seqs):
-    np.testing.assert_allclose(batched[i], classic.prior_free(jnp.asarray(t), num_bases=K).points, atol=1e-4)
+    single = np.asarray(classic.prior_free(jnp.asarray(t), num_bases=K).points)
+    # Batched and single are different XLA programs: 500 proximal steps carry their rounding to
+    # ~2e-4, and the solution is defined up to one global depth reflection, which that rounding
+    # may pick either way (a wrong batching would be off by the data's own scale, ~1).
+    sign = np.sign(np.sum(np.asarray(batched[i])[..., 2] * single[..., 2]))
+    np.testing.assert_allclose(batched[i], single * np.array([1.0, 1.0, sign]), atol=1e-3)
 
 
 def test_differentiable_parts_have_finite_gradients():
@@ -142,3 +149,14 @@ def test_classic_study_scores_every_candidate_and_names_each_criterions_pick(tmp
   assert rows[2]['disagreement'] == 0.0 and np.isfinite(rows[2]['heldout_error'])
   text = ablation.classic_study_table({'toy': rows})
   assert '| toy | **' in text and 'K by shape_rank_ratio' in text and '2 (' in text
+
+
+def test_basis_sizes_above_the_tracks_rank_are_skipped_or_refused():
+  tracks, _, _ = _synthetic(seed=3)
+  small = jnp.asarray(tracks[:, :7])  # 7 points: 3K <= 7 allows K <= 2.
+  _, info = classic.fit('prior_free', small, shape_bases=(2, 3, 4))
+  assert set(info['shape_rank_ratio']) == {'2'} and info['num_bases'] == 2
+  with pytest.raises(ValueError, match=r'3K <= min\(2F, P\) = 7'):
+    classic.fit('prior_free', small, shape_bases=(3, 4))
+  with pytest.raises(ValueError, match=r'num_bases=3 needs rank 3K = 9.*= 7'):
+    classic.prior_free(small, num_bases=3)
