@@ -149,6 +149,7 @@ def test_seeds_table_lists_every_run_then_the_mean_and_spread():
     ablation.seeds_table(runs, chosen={'a': 's0'})
 
 
+@pytest.mark.slow
 def test_classic_rows_score_a_sequence_and_reread_it(tmp_path):
   import sys
 

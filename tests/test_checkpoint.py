@@ -95,6 +95,7 @@ def test_a_damaged_checkpoint_is_reported_set_aside_and_the_previous_one_restore
   assert sorted(os.listdir(tmp_path / 'ckpt.damaged')) == ['1', '2', '2-2']
 
 
+@pytest.mark.slow
 def test_export_of_a_batchnorm_model_predicts_with_its_running_averages(tmp_path):
   config = configs.get('tiny')
   config.model.norm = 'batch'

@@ -743,6 +743,7 @@ def test_h36m_folder_gives_the_real_cameras_views_on_the_papers_split(tmp_path):
     data.make_dataset(config.data, 'eval', scale=1.0)
 
 
+@pytest.mark.slow
 def test_h36m_trains_and_evaluates_from_the_command_line(tmp_path):
   """The issue's command, on files in VideoPose3D's layout: the paper's split, its metrics."""
   import json

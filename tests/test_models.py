@@ -197,14 +197,17 @@ def test_denoiser_fused_attention_and_bfloat16(arch):
   x = jnp.asarray(rng.normal(size=(2, 7, 5, 3)), jnp.float32)
   kp = jnp.asarray(rng.normal(size=(2, 7, 5, 2)), jnp.float32)
   vis, mask, t = jnp.ones((2, 7, 5)), jnp.ones((2, 7)).at[0, 5:].set(0.0), jnp.array([10, 700])
+  # Jitted: eagerly, every op of the model compiles on its own (slow on CPU).
   fused = Denoiser(DenoiserConfig(**cfg, attention='fused'))
-  params = fused.init(jax.random.PRNGKey(0), x, t, kp, vis, mask)
-  out = fused.apply(params, x, t, kp, vis, mask)
-  einsum = Denoiser(DenoiserConfig(**cfg, attention='einsum')).apply(params, x, t, kp, vis, mask)
+  params = jax.jit(fused.init)(jax.random.PRNGKey(0), x, t, kp, vis, mask)
+  out = jax.jit(fused.apply)(params, x, t, kp, vis, mask)
+  einsum = jax.jit(Denoiser(DenoiserConfig(**cfg, attention='einsum')).apply)(params, x, t, kp, vis, mask)
   np.testing.assert_allclose(out, einsum, atol=1e-5, rtol=1e-5)
   half = Denoiser(DenoiserConfig(**cfg, dtype='bfloat16'))
-  assert jax.tree.structure(half.init(jax.random.PRNGKey(0), x, t, kp, vis, mask)) == jax.tree.structure(params)
-  out16 = half.apply(params, x, t, kp, vis, mask)
+  assert jax.tree.structure(
+      jax.eval_shape(half.init, jax.random.PRNGKey(0), x, t, kp, vis, mask)
+  ) == jax.tree.structure(params)
+  out16 = jax.jit(half.apply)(params, x, t, kp, vis, mask)
   assert out16.dtype == jnp.float32 and all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   assert float(jnp.abs(out16 - out).max()) < 0.05 * float(jnp.abs(out).max())
   with pytest.raises(ValueError, match='Unknown attention'):

@@ -70,6 +70,7 @@ def test_jit_step_compiles_once_and_learns(setup):
   assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['pmap', 'shard_map'])
 @pytest.mark.parametrize('num_devices', [4])
 def test_data_parallel_matches_single_device(setup, mode, num_devices):
@@ -127,6 +128,7 @@ def bn_setup(setup):
   return model, state, batch, objective.loss_config(config)
 
 
+@pytest.mark.slow
 # shard_map only: pmap runs the same axis_name collectives (test_data_parallel_matches_single_device
 # covers both wrappers), and its compile on 4 fake devices cost the suite 19 s.
 @pytest.mark.parametrize('mode', ['shard_map'])
@@ -185,6 +187,7 @@ def test_loss_config_reads_the_term_table_and_names_bad_keys():
     objective.loss_config(config)
 
 
+@pytest.mark.slow
 def test_a_registered_term_is_one_function_and_one_config_line(setup):
   _, _, state, batch, lcfg = setup
   name = 'test_depth_l2'

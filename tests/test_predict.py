@@ -211,6 +211,7 @@ def _predict_script(*flags):
   )
 
 
+@pytest.mark.slow
 def test_predict_script_lifts_coco_json_and_openpose_folders_with_no_training(tmp_path):
   coco, scores, _ = _coco_pose(frames=12)
   _write_coco(tmp_path / 'dets.json', coco, scores)

@@ -15,7 +15,19 @@ def _api_block() -> str:
 
 
 @pytest.mark.slow
-def test_readme_api_block_runs(capsys):
+def test_readme_api_block_runs(capsys, monkeypatch):
+  from nrsfm_jax import configs
+
+  get = configs.get
+
+  def one_device(*args, **kwargs):
+    # The block trains on every local device ('auto'); here that is conftest's 4 fake ones on
+    # 2 cores, which only slows it down (the data-parallel step has its own tests).
+    config = get(*args, **kwargs)
+    config.train.parallel = 'none'
+    return config
+
+  monkeypatch.setattr(configs, 'get', one_device)
   namespace: dict = {}
   exec(compile(_api_block(), 'README.md (Python API)', 'exec'), namespace)  # noqa: S102
   assert namespace['R_hat'].shape == (8, 3, 3) and namespace['per_frame'].shape == (8,)
