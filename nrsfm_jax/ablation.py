@@ -750,7 +750,7 @@ def write_results(
     ]
   if nrsfm:
     parts += ['### nrsfm-mocap (transductive; e3D / e3D-akhter, bold where it beats BMM)', '', nrsfm_table(nrsfm), '']
-  if diagnostics:
+  if diagnostics and any(diagnostics.values()):  # (classic rows alone have none)
     parts += ['### Diagnostics: depth relief and 2D fit of each row', '', diagnostics_table(diagnostics), '']
   md_path = os.path.join(workdir, 'results.md')
   with open(md_path, 'w') as f:

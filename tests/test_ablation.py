@@ -220,3 +220,14 @@ def test_stack_anchor_points_the_stage2_rows_at_the_lifter_run(tmp_path, monkeyp
     assert trained[row].train.pseudo3d == str(tmp_path / 'lifter') and trained[row].loss.terms.teacher.weight == 0.5
     assert trained[row].train.init_from == str(tmp_path / 'lifter')
   assert trained['lifter'].train.pseudo3d == '' and trained['lifter'].loss.terms.teacher.weight == 0
+
+
+def test_results_without_deep_rows_have_no_empty_diagnostics_table(tmp_path):
+  from nrsfm_jax import ablation
+
+  entry = {'per_sequence': {'drink': {'e3d': 0.01, 'e3d_akhter': 0.02}}}
+  _, md_path = ablation.write_results(
+      str(tmp_path), None, {'drink': {'classic_prior_free': entry}}, ['cmd'], {'nrsfm/drink': {}}
+  )
+  text = open(md_path).read()
+  assert '0.0100 / **0.0200**' in text and 'Diagnostics' not in text
