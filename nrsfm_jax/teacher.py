@@ -346,7 +346,8 @@ def train_teacher(
       progress=lambda m, rate: f' | loss={float(m["loss"]):.4g} (MPJPE, normalised units)',
   )
   log(f'teacher training done in {loop.format_duration(time.time() - t_start)}')
-  plotting.try_plot_training(workdir, log)
+  if config.train.plot:
+    plotting.try_plot_training(workdir, log)
   if not evaluate:
     return {}
   eval_path = os.path.join(workdir, 'teacher_eval.json')

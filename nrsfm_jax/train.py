@@ -245,7 +245,7 @@ def _train_restarts(
     return {}
   _, model, params, meta = runs.load_run(workdir)
   result = scoring.evaluate_and_save(config, workdir, model.apply, params, eval_ds, log=log)
-  return _record_final(workdir, int(meta['step']), result, log)
+  return _record_final(workdir, int(meta['step']), result, log, plot=config.train.plot)
 
 
 @loop.holds_workdir
@@ -365,15 +365,18 @@ def train_and_evaluate(
     return {}
   params = jax.device_get(state.params)
   result = scoring.evaluate_and_save(config, workdir, model.apply, params, eval_ds, log=log)
-  result = _record_final(workdir, int(state.step), result, log)
+  result = _record_final(workdir, int(state.step), result, log, plot=config.train.plot)
   if multi_process:
     multihost_utils.sync_global_devices('nrsfm_jax: evaluated')
   return result
 
 
-def _record_final(workdir: str, step: int, result: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+def _record_final(
+    workdir: str, step: int, result: dict[str, Any], log: Callable[[str], None], *, plot: bool = True
+) -> dict[str, Any]:
   """Appends the final evaluation to ``metrics.jsonl`` (as ``eval/<metric>``) and draws ``training.png``."""
   if result:
     loop.MetricWriter(workdir).write(step, {f'eval/{k}': v for k, v in result['overall'].items()})
-  plotting.try_plot_training(workdir, log)
+  if plot:
+    plotting.try_plot_training(workdir, log)
   return result

@@ -61,6 +61,7 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
           f'--config.train.coordinator_address=localhost:{port}',
           '--config.train.num_processes=2',
           f'--config.train.process_id={i}',
+          '--config.train.plot=True',  # (off in tiny.py)
       )
       for i in range(2)
   ]

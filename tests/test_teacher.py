@@ -24,6 +24,7 @@ def _tiny_teacher(mode='supervised'):
   c.train.log_every = 3
   c.train.checkpoint_every = 3
   c.train.eval_batch_size = 16
+  c.train.plot = False
   c.optim.warmup_steps = 2
   return c
 

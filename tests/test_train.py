@@ -24,9 +24,11 @@ def test_end_to_end_resume_matches_uninterrupted(tmp_path):
   config = configs.get('tiny')
   config.train.parallel = 'none'
   config.train.eval_every = 2
+  config.train.plot = True  # (off in 'tiny')
   logs = []
   full_dir, cut_dir = str(tmp_path / 'full'), str(tmp_path / 'cut')
   result = train.train_and_evaluate(config, full_dir, log=logs.append)
+  config.train.plot = False
   assert set(result['overall']) == {'mpjpe', 'pa_mpjpe', 'stress', 'accel_error'}
   assert all(np.isfinite(v) for v in result['overall'].values())
   assert result['frames'] > 0 and '006_01' in result['per_sequence']
@@ -35,6 +37,7 @@ def test_end_to_end_resume_matches_uninterrupted(tmp_path):
     assert os.path.exists(os.path.join(full_dir, name)), name
   with open(os.path.join(full_dir, 'training.png'), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert any('loss curves and eval scores' in line for line in logs)
   with open(os.path.join(full_dir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   losses = [r for r in rows if 'reproj' in r]
@@ -56,6 +59,7 @@ def test_end_to_end_resume_matches_uninterrupted(tmp_path):
   train.train_and_evaluate(config, cut_dir, log=resumed_logs.append)
   assert any('resuming from the checkpoint at step 4' in line for line in resumed_logs)
   chex.assert_trees_all_equal(_params_of(cut_dir), _params_of(full_dir))
+  assert not os.path.exists(os.path.join(cut_dir, 'training.png'))  # train.plot=False draws none
 
 
 @pytest.mark.slow
@@ -126,6 +130,7 @@ def test_nrsfm_protocol_end_to_end(tmp_path):
   config.train.num_steps = 2
   config.train.batch_size = 4
   config.train.parallel = 'none'
+  config.train.plot = False
   result = train.train_and_evaluate(config, str(tmp_path), log=lambda s: None)
   assert set(result['per_sequence']) == {'pickup'}
   assert result['frames'] == 357

@@ -127,6 +127,7 @@ def get_config(arg=None):
   c.train.num_processes = 0
   c.train.process_id = -1
   c.train.eval_batch_size = 64
+  c.train.plot = True  # draw the run's loss curves and eval scores into training.png at the end
   # Score the eval split every this many steps (0: only at the end), into metrics.jsonl and the
   # run's training.png. Logged only: nothing is chosen on it (the eval 3D stays unseen by training).
   c.train.eval_every = 500

@@ -62,6 +62,7 @@ def get_config(arg=None):
   c.train.checkpoint_every = 500
   c.train.max_checkpoints = 2
   c.train.eval_batch_size = 32
+  c.train.plot = True  # training.png at the end
 
   if kind == 'nrsfm':
     c.train.batch_size = 8
