@@ -349,7 +349,9 @@ def cameras(
   return rotations, (tracks - t[..., None, :]) * visibility[..., None], t
 
 
-def _reconstruction(shapes: Array, rotations: Array, translation: Array) -> Reconstruction:
+def reconstruction(shapes: Array, rotations: Array, translation: Array) -> Reconstruction:
+  """Object-frame shapes ``[F, P, 3]`` seen by cameras ``[F, 3, 3]``: the camera-frame points,
+  centred per frame, with the shapes, cameras and the 2D ``translation [F, 2]`` alongside."""
   points = jnp.einsum('fpj,fij->fpi', shapes, rotations)
   points = points - jnp.mean(points, -2, keepdims=True)
   return Reconstruction(points=points, rotations=rotations, shapes=shapes, translation=translation)
@@ -388,7 +390,7 @@ def prior_free(
       tracks, vis, key, num_bases=num_bases, num_starts=num_starts, complete_iters=complete_iters
   )
   shapes = nuclear_norm_shapes(centred, vis, rotations, num_iters=num_iters, final_weight=final_weight)
-  return _reconstruction(shapes, rotations, t)
+  return reconstruction(shapes, rotations, t)
 
 
 @functools.partial(jax.jit, static_argnames=('num_bases', 'rotation_bases', 'num_starts', 'complete_iters'))
@@ -427,7 +429,7 @@ def trajectory(
       tracks, vis, key, num_bases=rotation_bases, num_starts=num_starts, complete_iters=complete_iters
   )
   shapes = trajectory_shapes(centred, vis, rotations, num_bases=num_bases)
-  return _reconstruction(shapes, rotations, t)
+  return reconstruction(shapes, rotations, t)
 
 
 def heldout_error(fit, centred: Array, visibility: Array | None, key: Array, *, fraction: float = 0.1) -> Array:
@@ -547,14 +549,14 @@ def fit(
       shapes[k] = nuclear_norm_shapes(centred, vis, rotations)
       scores[k] = float(shape_rank_ratio(shapes[k]))
     else:
-      fit_k = lambda c, v, r=rotations, t=t: _reconstruction(nuclear_norm_shapes(c, v, r), r, t).points
+      fit_k = lambda c, v, r=rotations, t=t: reconstruction(nuclear_norm_shapes(c, v, r), r, t).points
       scores[k] = float(heldout_error(fit_k, centred, vis, cv_key, fraction=fraction))
   k = min(scores, key=lambda c: scores[c])
   name = 'shape_rank_ratio' if criterion == 'low_rank' else 'heldout_error'
   info.update(num_bases=k, criterion=criterion, **{name: {str(c): e for c, e in scores.items()}})
   rotations, centred, t = solved[k]
   chosen = shapes[k] if k in shapes else nuclear_norm_shapes(centred, vis, rotations)
-  prior = _reconstruction(chosen, rotations, t)
+  prior = reconstruction(chosen, rotations, t)
   if solver == 'prior_free':
     return prior, info
   # The DCT size: the one whose reconstruction agrees best with the prior-free one. The 2D
@@ -564,7 +566,7 @@ def fit(
   num_frames = tracks.shape[0]
   traj_errors, agreement, candidates = {}, {}, {}
   for b in sorted({min(b, num_frames) for b in trajectory_bases}):
-    fit_b = lambda c, v, b=b: _reconstruction(trajectory_shapes(c, v, rotations, num_bases=b), rotations, t)
+    fit_b = lambda c, v, b=b: reconstruction(trajectory_shapes(c, v, rotations, num_bases=b), rotations, t)
     traj_errors[b] = float(heldout_error(lambda c, v: fit_b(c, v).points, centred, vis, cv_key, fraction=fraction))
     candidates[b] = fit_b(centred, vis)
     agreement[b] = float(relative_distance(candidates[b].points, reference))
