@@ -774,8 +774,7 @@ def classic_study(sequence: str, bases: list[int], log: Callable[[str], None] = 
   rows, points = {}, {}
   for k in bases:
     t0 = time.time()
-    rotations, centred, t = classic.cameras(kp, v, rot_key, num_bases=k)
-    solve = lambda c, m, r=rotations, t=t: classic.reconstruction(classic.nuclear_norm_shapes(c, m, r), r, t)
+    centred, solve = classic.prior_free_candidate(kp, v, rot_key, k)
     rec = solve(centred, v)
     points[k] = np.asarray(rec.points)
     score = scoring.score_sequences({name: points[k] * dataset.scale}, truth)['overall']

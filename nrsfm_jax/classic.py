@@ -30,6 +30,7 @@ lowest rank (:func:`shape_rank_ratio`), the DCT size by agreement with that solu
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -201,11 +202,11 @@ def recover_rotations(
   """
   import optax  # Local: the pure solvers need optax only here.
 
-  rank = 3 * num_bases
-  if rank > max_rank(centred.shape[0], centred.shape[1]):
+  rank, limit = 3 * num_bases, max_rank(centred.shape[0], centred.shape[1])
+  if rank > limit:
     raise ValueError(
         f'num_bases={num_bases} needs rank 3K = {rank}, more than the {centred.shape[0]} x {centred.shape[1]} '
-        f'tracks allow (3K <= min(2F, P) = {max_rank(centred.shape[0], centred.shape[1])}).'
+        f'tracks allow (3K <= min(2F, P) = {limit}).'
     )
   u, s, _ = jnp.linalg.svd(_to_matrix(centred), full_matrices=False)
   motion = (u[:, :rank] * jnp.sqrt(s[:rank])).reshape(-1, 2, rank)
@@ -432,6 +433,19 @@ def trajectory(
   return reconstruction(shapes, rotations, t)
 
 
+def prior_free_candidate(
+    tracks: Array, visibility: Array, key: Array, num_bases: int
+) -> tuple[Array, Callable[[Array, Array], Reconstruction]]:
+  """One prior-free candidate size: its cameras (:func:`cameras`), then a shape solver on them.
+
+  Returns:
+    ``(centred [F, P, 2], solve)``: ``solve(centred, visibility)`` is the nuclear-norm
+    :class:`Reconstruction` on these cameras (:func:`heldout_error` calls it on subsets).
+  """
+  rotations, centred, t = cameras(tracks, visibility, key, num_bases=num_bases)
+  return centred, lambda c, v: reconstruction(nuclear_norm_shapes(c, v, rotations), rotations, t)
+
+
 def heldout_error(fit, centred: Array, visibility: Array | None, key: Array, *, fraction: float = 0.1) -> Array:
   """2D cross-validation: RMS error on a random ``fraction`` of the visible entries held out of ``fit``.
 
@@ -542,21 +556,19 @@ def fit(
         f'3K <= min(2F, P) = {limit}.'
     )
   info: dict[str, object] = {}
-  solved, shapes, scores = {}, {}, {}
+  solved, solutions, scores = {}, {}, {}
   for k in shape_bases:
-    solved[k] = rotations, centred, t = cameras(tracks, vis, rot_key, num_bases=k)
+    solved[k] = centred, solve = prior_free_candidate(tracks, vis, rot_key, k)
     if criterion == 'low_rank':
-      shapes[k] = nuclear_norm_shapes(centred, vis, rotations)
-      scores[k] = float(shape_rank_ratio(shapes[k]))
+      solutions[k] = solve(centred, vis)
+      scores[k] = float(shape_rank_ratio(solutions[k].shapes))
     else:
-      fit_k = lambda c, v, r=rotations, t=t: reconstruction(nuclear_norm_shapes(c, v, r), r, t).points
-      scores[k] = float(heldout_error(fit_k, centred, vis, cv_key, fraction=fraction))
+      scores[k] = float(heldout_error(lambda c, v, s=solve: s(c, v).points, centred, vis, cv_key, fraction=fraction))
   k = min(scores, key=lambda c: scores[c])
   name = 'shape_rank_ratio' if criterion == 'low_rank' else 'heldout_error'
   info.update(num_bases=k, criterion=criterion, **{name: {str(c): e for c, e in scores.items()}})
-  rotations, centred, t = solved[k]
-  chosen = shapes[k] if k in shapes else nuclear_norm_shapes(centred, vis, rotations)
-  prior = reconstruction(chosen, rotations, t)
+  centred, solve = solved[k]
+  prior = solutions[k] if k in solutions else solve(centred, vis)
   if solver == 'prior_free':
     return prior, info
   # The DCT size: the one whose reconstruction agrees best with the prior-free one. The 2D
