@@ -231,3 +231,29 @@ def test_results_without_deep_rows_have_no_empty_diagnostics_table(tmp_path):
   )
   text = open(md_path).read()
   assert '0.0100 / **0.0200**' in text and 'Diagnostics' not in text
+
+
+def test_sweep_table_reads_kept_runs_seeds_and_unfinished_folds(tmp_path):
+  from experiments import sweep_table
+
+  def fold(run, subject, kept, depth0, seeds):
+    d = tmp_path / run / 'cmu17_cross_subject' / f'fold_{subject}'
+    (d / 'lifter').mkdir(parents=True)
+    score = lambda m: {'mpjpe': m, 'pa_mpjpe': m / 2, 'stress': m / 4, 'accel_error': 1.0}
+    if kept is not None:
+      (d / 'fold_results.json').write_text(
+          json.dumps({'lifter': {'overall': score(kept)}, 'depth0': {'overall': score(depth0)}})
+      )
+    restarts = [{'seed': s, 'objective': {'total': 0.1}, 'eval_overall': score(m)} for s, m in enumerate(seeds)]
+    (d / 'lifter' / 'restarts.json').write_text(json.dumps({'chosen_seed': 0, 'restarts': restarts}))
+
+  fold('a', '002', 100.0, 130.0, [100.0, 140.0])
+  fold('a', '003', 150.0, 120.0, [150.0, 90.0])
+  fold('b', '002', 80.0, 130.0, [80.0, 120.0])
+  fold('b', '003', None, None, [70.0])  # still training: seeds, no kept run yet
+  variants = {r: sweep_table.read_variant(str(tmp_path / r), 'lifter') for r in ('a', 'b')}
+  lines = sweep_table.table(variants).splitlines()
+  assert lines[2].startswith('| depth 0 (reference) | 130.0 | 120.0 | 125.0 |')
+  # kept 100 and 150 (mean 125, PA 62.5, Stress 31.2); all four seeds 120.0; best per fold (100 + 90) / 2.
+  assert lines[3] == '| a | 100.0 | 150.0 | 125.0 | 62.5 | 31.2 | 120.0 (4 runs) | 95.0 | 1/2 |'
+  assert lines[4] == '| b | 80.0 | – | 80.0 (1 of 2 folds) | 40.0 | 20.0 | 90.0 (3 runs) | 75.0 | 1/1 |'

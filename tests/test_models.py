@@ -221,6 +221,34 @@ def test_denoiser_fused_attention_and_bfloat16(arch):
       cudnn.apply(params, x, t, kp, vis, mask)
 
 
+@pytest.mark.parametrize('t,s', [(17, 17), (7, 8), (6, 5), (4, 4)])
+def test_pad_to_even_length_leaves_the_real_queries_attention_unchanged(t, s):
+  """cuDNN's masked training kernels need even lengths: padding (keys masked out, queries sliced
+  off) must not change the attention of the real queries, values or gradients."""
+  from nrsfm_jax.models.denoiser import pad_to_even_length
+
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(2, t, 2, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, s, 2, 8)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.random((2, 1, t, s)) > 0.3).at[..., 0].set(True)  # no row fully masked
+  bias = jnp.asarray(rng.normal(size=(1, 2, t, s)), jnp.float32)
+
+  def padded(q, k, v, bias, mask):
+    q2, k2, v2, b2, m2, length = pad_to_even_length(q, k, v, bias, mask)
+    assert q2.shape[1] % 2 == 0 and k2.shape[1] % 2 == 0 and length == t
+    return jax.nn.dot_product_attention(q2, k2, v2, bias=b2, mask=m2)[:, :length]
+
+  for b, m in ((None, None), (bias, None), (None, mask), (bias, mask)):
+    want = jax.nn.dot_product_attention(q, k, v, bias=b, mask=m)
+    np.testing.assert_allclose(padded(q, k, v, b, m), want, atol=1e-5)
+    grads = [
+        jax.grad(lambda *a, f=f: jnp.sum(jnp.sin(f(*a, b, m))), argnums=(0, 1, 2))(q, k, v)
+        for f in (padded, lambda *a: jax.nn.dot_product_attention(*a[:3], bias=a[3], mask=a[4]))
+    ]
+    for g_pad, g in zip(*grads):
+      np.testing.assert_allclose(g_pad, g, atol=1e-5)
+
+
 def test_z_augmentation_is_undone_on_the_camera():
   # Feeding 2D rotated by θ in-plane with z_aug = -θ gives the lifter exactly the
   # original input, so the outputs are the original ones rotated by R_z(θ).

@@ -89,7 +89,44 @@ def cudnn_attention(query: Array, key: Array, value: Array, bias: Array | None =
         f"attention='cudnn' needs a CUDA GPU and model.dtype='bfloat16'; got backend "
         f"{jax.default_backend()!r} and {query.dtype} inputs (use attention='fused')."
     )
-  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation='cudnn')
+  # cuDNN's training kernels with a mask (lowered to a bias) need even sequence lengths: the spatial
+  # attention's 17 joints and the 243-frame windows are odd (on an H200, jax 0.11.2:
+  # "NotImplementedError: Unsupported sequence length Q 17, KV 17").
+  query, key, value, bias, mask, length = pad_to_even_length(query, key, value, bias, mask)
+  out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation='cudnn')
+  return out[..., :length, :, :]
+
+
+def pad_to_even_length(query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None):
+  """Pads the sequence axes (``-3``) of ``query`` and ``key``/``value`` to even lengths.
+
+  The padded keys are masked out for every query and the padded queries attend to every real key,
+  so the attention of the real queries is unchanged; slice the output's axis ``-3`` back to the
+  returned length. ``query`` ``[N, T, heads, head_dim]``, ``key``/``value`` ``[N, S, heads,
+  head_dim]``, ``bias``/``mask`` broadcastable to ``[N, heads, T, S]``.
+
+  Returns:
+    ``(query, key, value, bias, mask, T)`` with even ``T'``, ``S'`` (``mask`` ``[..., T', S']``, never
+    None once anything was padded; ``bias`` padded with zeros).
+  """
+  t, s = query.shape[-3], key.shape[-3]
+  pt, ps = t % 2, s % 2
+  if not (pt or ps):
+    return query, key, value, bias, mask, t
+
+  def pad_seq(x, n):
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, n), (0, 0), (0, 0)])
+
+  def pad_last2(m, value):
+    m = jnp.broadcast_to(m, m.shape[:-2] + (t, s))
+    return jnp.pad(m, [(0, 0)] * (m.ndim - 2) + [(0, pt), (0, ps)], constant_values=value)
+
+  query, key, value = pad_seq(query, pt), pad_seq(key, ps), pad_seq(value, ps)
+  real_key = jnp.arange(s + ps) < s
+  mask = real_key if mask is None else pad_last2(jnp.asarray(mask, bool), True) & real_key
+  if bias is not None:
+    bias = pad_last2(bias, 0)
+  return query, key, value, bias, mask, t
 
 
 ATTENTION_FNS: dict[str, Callable[..., Any]] = {
