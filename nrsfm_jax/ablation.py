@@ -658,23 +658,47 @@ def depth_diagnostics(row_dir: str, config: ml_collections.ConfigDict) -> dict[s
   out = {
       'depth_spread_ratio': float(np.median(np.concatenate(ratios))),
       'relative_2d_error': float(np.mean(np.concatenate(fits))),
+      'nonrigidity_ratio': shape_variation(row_dir, eval_ds),
   }
   if wrong:
     out['wrong_hinges'] = float(np.mean(np.concatenate(wrong)))
   return out
 
 
+def shape_variation(row_dir: str, eval_ds: data_lib.WindowDataset, max_frames: int = 4096) -> float:
+  """The row's canonical shapes' deformation over the eval frames, over the truth's.
+
+  :func:`metrics.nonrigidity` of the model's canonical ``shape`` outputs (its refined
+  ``S_t``) on up to ``max_frames`` evenly spaced real eval frames, divided by the
+  same measure of the true 3D of those frames. 1: the model deforms as much as
+  the body does; near 0: it has collapsed to one rigid shape and only its camera
+  follows the 2D.
+  """
+  _, model, params, _ = runs_lib.load_run(row_dir)
+  shapes = scoring.predict(model.apply, params, eval_ds, key='shape') * eval_ds.scale
+  real = eval_ds.mask > 0
+  frames = np.flatnonzero(real.reshape(-1))
+  frames = frames[np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(int)]
+  flat = lambda a: a.reshape(-1, *a.shape[2:])[frames]
+  pred = float(metrics.nonrigidity(flat(shapes)))
+  truth = float(metrics.nonrigidity(flat(eval_ds.points3d)))
+  return pred / max(truth, 1e-9)
+
+
 def diagnostics_table(diagnostics: dict[str, dict[str, dict[str, float]]]) -> str:
   """Markdown of ``{benchmark/sequence: {row: depth_diagnostics()}}``."""
   lines = [
-      '| data | row | depth spread / truth (median) | 2D error / mean radius | knees and elbows bent wrong |',
-      '|---|---|---|---|---|',
+      '| data | row | depth spread / truth (median) | 2D error / mean radius | knees and elbows bent wrong '
+      '| shape deformation / truth |',
+      '|---|---|---|---|---|---|',
   ]
   for name, rows in diagnostics.items():
     for row, d in rows.items():
       hinges = f'{100 * d["wrong_hinges"]:.1f}%' if 'wrong_hinges' in d else '–'
+      rigid = f'{d["nonrigidity_ratio"]:.3f}' if 'nonrigidity_ratio' in d else '–'
       lines.append(
-          f'| {name} | {TITLES[row]} | {d["depth_spread_ratio"]:.2f} | {d["relative_2d_error"]:.3f} | {hinges} |'
+          f'| {name} | {TITLES[row]} | {d["depth_spread_ratio"]:.2f} | {d["relative_2d_error"]:.3f} | {hinges} '
+          f'| {rigid} |'
       )
   return '\n'.join(lines)
 

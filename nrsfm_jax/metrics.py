@@ -164,6 +164,26 @@ def _frame_centre(points: Array) -> Array:
   return points - jnp.mean(points, -2, keepdims=True)
 
 
+def nonrigidity(shapes: Array, *, iterations: int = 5) -> Array:
+  """How much a set of shapes deforms beyond a rotation: ``[..., N, P, 3] -> [...]``.
+
+  Each shape is centred and rotated onto the set's mean shape (generalised
+  Procrustes, rotation only: no scale, no reflection; ``iterations`` rounds of
+  aligning every shape to the mean of the aligned set), then the mean over
+  shapes and points of the distance to that mean, in the shapes' units. 0 for
+  a rigid body seen from any angle; compare a model's canonical shapes with the
+  ground truth's to see whether it uses its shape space at all.
+  """
+  x = _frame_centre(shapes)
+  aligned = x
+  for _ in range(iterations):
+    mean = jnp.mean(aligned, -3, keepdims=True)
+    rot = geometry.procrustes_rotation(x, jnp.broadcast_to(mean, x.shape))
+    aligned = jnp.einsum('...ij,...pj->...pi', rot, x)
+  mean = jnp.mean(aligned, -3, keepdims=True)
+  return jnp.mean(jnp.linalg.norm(aligned - mean, axis=-1), (-2, -1))
+
+
 def e3d(pred: Array, gt: Array) -> Array:
   """Normalised 3D error (PND convention), a sequence-level scalar.
 

@@ -155,3 +155,20 @@ def test_wrong_hinges_forgives_a_mirrored_body_and_counts_a_mirrored_limb():
   bent_back = body.at[1, 2].set(-0.3)  # The same 2D; flipping the whole body would cost more.
   assert float(losses.hinge_bend(body, hinge)[0]) > 0 > float(losses.hinge_bend(bent_back, hinge)[0])
   np.testing.assert_array_equal(metrics.wrong_hinges(bent_back[None], body[None], hinge), [1.0])
+
+
+def test_nonrigidity_ignores_rotation_and_translation_and_measures_deformation():
+  rng = np.random.default_rng(0)
+  base = rng.normal(size=(17, 3))
+  rot = np.asarray(geometry.random_rotation(jax.random.PRNGKey(1), (40,)))
+  rigid = np.einsum('nij,pj->npi', rot, base) + rng.normal(size=(40, 1, 3))
+  assert float(metrics.nonrigidity(rigid)) < 1e-5
+  # A body whose limb (point 0) swings by ±d along one axis deforms: about d / P on average.
+  swing = np.where(np.arange(40) % 2 == 0, 1.0, -1.0)[:, None] * np.array([0.5, 0.0, 0.0])
+  moved = np.repeat(base[None], 40, 0)
+  moved[:, 0] += swing
+  value = float(metrics.nonrigidity(np.einsum('nij,npj->npi', rot, moved)))
+  assert 0.2 / 17 < value < 0.5  # far above the rigid set's, and bounded by the swing
+  tripled = float(metrics.nonrigidity(3.0 * moved))
+  np.testing.assert_allclose(tripled, 3.0 * float(metrics.nonrigidity(moved)), rtol=1e-4)
+  assert metrics.nonrigidity(np.stack([rigid, moved])).shape == (2,)

@@ -145,6 +145,7 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   assert os.path.getsize(png) > 10_000
   diag = {'cmu17': {'tcn': ablation.depth_diagnostics(os.path.join(workdir, 'tcn'), configs.get('tiny'))}}
   assert diag['cmu17']['tcn']['depth_spread_ratio'] > 0 and diag['cmu17']['tcn']['relative_2d_error'] > 0
+  assert 0 < diag['cmu17']['tcn']['nonrigidity_ratio'] < 10  # the canonical shapes over the true 3D's
   _, md_path = ablation.write_results(str(tmp_path), results, None, ['cmd'], diag)
   with open(md_path) as f:
     text = f.read()
