@@ -4,6 +4,7 @@ r"""Evaluates a trained run on its own eval split or on other data.
   python -m experiments.evaluate --workdir=runs/cmu17 --subjects=005,006  # other cmu17 subjects
   python -m experiments.evaluate --workdir=runs/drink --sequence=drink    # nrsfm protocol
   python -m experiments.evaluate --workdir=runs/cmu17 --tracks=clip.npz   # 2D only: predictions
+  python -m experiments.evaluate --workdir=runs/cmu17 --diagnostics       # + how it errs (depth, rigidity)
 
 Inputs are normalised with the run's training 2D scale (stored in its checkpoint).
 Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predictions.npz.
@@ -11,7 +12,7 @@ Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predi
 
 from absl import app, flags, logging
 
-from nrsfm_jax import evaluation, loop
+from nrsfm_jax import ablation, evaluation, loop, runs
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.', required=True)
 _SUBJECTS = flags.DEFINE_string('subjects', None, "cmu17 subjects, e.g. '006,007' (cmu17 protocol).")
@@ -21,6 +22,13 @@ _SEQUENCE = flags.DEFINE_string(
 _TRACKS = flags.DEFINE_string('tracks', None, '2D tracks .npz (keypoints [F, P, 2]): predictions only.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON report (default: <workdir>/evaluate_<data>.json).')
+_DIAGNOSTICS = flags.DEFINE_bool(
+    'diagnostics',
+    False,
+    "Also print how the run's own eval-split reconstructions err (ablation.depth_diagnostics): depth "
+    "relief and 2D fit against the truth, knees and elbows bent wrong, and its canonical shapes' "
+    "deformation over the true body's (near 0: one rigid shape).",
+)
 
 
 def main(argv):
@@ -28,6 +36,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _DIAGNOSTICS.value and (_SUBJECTS.value or _SEQUENCE.value or _TRACKS.value or _STEP.value is not None):
+    raise app.UsageError(
+        "--diagnostics reads the run's own eval split at its latest step: drop --subjects, "
+        '--sequence, --tracks and --step.'
+    )
   evaluation.evaluate_run(
       _WORKDIR.value,
       subjects=_SUBJECTS.value,
@@ -36,6 +49,10 @@ def main(argv):
       step=_STEP.value,
       output=_OUTPUT.value,
   )
+  if _DIAGNOSTICS.value:
+    config = runs.load_run(_WORKDIR.value)[0]
+    for name, value in ablation.depth_diagnostics(_WORKDIR.value, config).items():
+      print(f'{name}: {value:.4f}')
 
 
 if __name__ == '__main__':

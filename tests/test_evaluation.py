@@ -199,3 +199,15 @@ def test_run_canonical_study_writes_csv_and_png(run, tmp_path):
   filled = int(np.argmax(result['count'] > 0))
   assert float(rows[1 + filled].split(',')[3]) == pytest.approx(result['mean'][filled] * scale, rel=1e-5)
   assert any('mean joint distance' in line for line in logs)
+
+
+def test_evaluate_script_prints_diagnostics(run):
+  import subprocess
+  import sys
+
+  workdir, _ = run
+  cmd = [sys.executable, '-m', 'experiments.evaluate', f'--workdir={workdir}', '--diagnostics']
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+  assert 'nonrigidity_ratio:' in out and 'depth_spread_ratio:' in out
+  bad = subprocess.run([*cmd, '--subjects=005'], capture_output=True, text=True)
+  assert bad.returncode != 0 and '--diagnostics reads' in bad.stderr + bad.stdout

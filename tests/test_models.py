@@ -96,6 +96,17 @@ def test_student_shapes_and_identity_refinement_at_init():
   chex.assert_shape(model.apply(params, method=Student.mean_shape), (P, 3))
 
 
+def test_basis_and_head_init_std_set_the_initial_scales():
+  kp, vis, mask = _inputs()
+  stds = {}
+  for basis, head in ((0.01, 0.01), (0.5, 0.2)):
+    model = Student(_small(basis_init_std=basis, head_init_std=head))
+    p = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)['params']
+    stds[basis] = [float(np.std(x)) for x in (p['basis']['basis']['kernel'], p['lifter']['alpha']['kernel'])]
+  np.testing.assert_allclose(stds[0.01], [0.01, 0.01], rtol=0.5)
+  np.testing.assert_allclose(stds[0.5], [0.5, 0.2], rtol=0.5)
+
+
 @pytest.mark.parametrize('norm', ['layer', 'batch'])
 def test_student_bfloat16_keeps_float32_parameters_and_outputs(norm):
   kp, vis, mask = _inputs()

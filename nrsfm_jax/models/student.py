@@ -36,6 +36,8 @@ class StudentConfig:
       a free per-point ``ΔS``) or ``'coefficients'`` (a ``Δα`` added to the
       lifter's shape coefficients, ``S_t = B(α_t + Δα_t)``, so the refined
       shape stays in the learned low-rank shape space).
+    basis_init_std / head_init_std: the std of the shape basis' initial columns, and of the
+      lifter's and Ψ's output heads (coefficients, rotation) at initialisation (C3DPO: 0.01 both).
     norm: the lifter's and Ψ's normalisation, ``'layer'`` or C3DPO's
       ``'batch'`` (batch statistics in training, synced over the data-parallel
       axis; running averages in the ``batch_stats`` collection at test time).
@@ -68,6 +70,8 @@ class StudentConfig:
   tcn_use_2d: bool = flax.struct.field(pytree_node=False, default=True)
   mlp_width: int = flax.struct.field(pytree_node=False, default=256)
   norm: str = flax.struct.field(pytree_node=False, default='layer')
+  basis_init_std: float = flax.struct.field(pytree_node=False, default=0.01)
+  head_init_std: float = flax.struct.field(pytree_node=False, default=0.01)
   observed_xy: bool = flax.struct.field(pytree_node=False, default=True)
   dtype: str = flax.struct.field(pytree_node=False, default='float32')
 
@@ -98,9 +102,19 @@ class Student(nn.Module):
 
   def setup(self):
     c = self.config
-    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation, norm=c.norm, dtype=c.dtype)
-    self.basis = ShapeBasis(c.num_points, c.num_bases)
-    self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, norm=c.norm, dtype=c.dtype)
+    self.lifter = Lifter(
+        c.lifter_width,
+        c.lifter_blocks,
+        c.num_bases,
+        init_std=c.head_init_std,
+        rotation=c.rotation,
+        norm=c.norm,
+        dtype=c.dtype,
+    )
+    self.basis = ShapeBasis(c.num_points, c.num_bases, init_std=c.basis_init_std)
+    self.canonicalizer = Canonicalizer(
+        c.canon_width, c.canon_blocks, c.num_bases, init_std=c.head_init_std, norm=c.norm, dtype=c.dtype
+    )
     if c.refine_space not in ('points', 'coefficients'):
       raise ValueError(f"model.refine_space={c.refine_space!r}; expected 'points' or 'coefficients'.")
     if c.use_refiner:
