@@ -20,12 +20,7 @@
 set -uo pipefail
 out="${1:-runs/gpu_check}"
 mkdir -p "$out"
-if ! python -c 'import ml_collections' 2>/dev/null; then
-  pip install -q --no-index --no-deps --target=.deps .whl/ml_collections-*.whl
-  export PYTHONPATH="$PWD/.deps${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export NRSFM_JAX_CACHE_DIR="${NRSFM_JAX_CACHE_DIR:-/tmp/nrsfm_jax_xla}"
+source "$(dirname "$0")/device_env.sh"  # ml_collections from .whl/, PYTHONPATH, compile cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1 || true
 python -c 'import jax; print(jax.__version__, jax.devices())' >> "$out/gpu.txt" 2>&1
 bench=(python -m experiments.benchmark --large)

@@ -18,12 +18,7 @@ set -uo pipefail
 spec="${1:?usage: $0 SPEC_FILE [OUTDIR]}"
 out="${2:-runs/sweep}"
 mkdir -p "$out"
-if ! python -c 'import ml_collections' 2>/dev/null; then
-  pip install -q --no-index --no-deps --target=.deps .whl/ml_collections-*.whl
-  export PYTHONPATH="$PWD/.deps${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export NRSFM_JAX_CACHE_DIR="${NRSFM_JAX_CACHE_DIR:-/tmp/nrsfm_jax_xla}"
+source "$(dirname "$0")/device_env.sh"  # ml_collections from .whl/, PYTHONPATH, compile cache
 # Several processes on one GPU: each takes memory as it needs it, not 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 jobs_max="${JOBS:-4}"
