@@ -156,7 +156,7 @@ def get_config(arg=None):
     # (410k samples, C3DPO's learning-curve budget, ~1.5 min on 2 cores).
     # Measured on the cross-subject mean (README, "cmu17 cross-subject"). 1600 steps won a GPU
     # sweep of that protocol (kept-run mean 106.6 against 113.9 mm) but, checked on CPU on 006,
-    # kept a run at 160.7 mm, worse than depth 0, and lost on 006 in 5 of 6 seed pairs: not
+    # kept a run at 160.7 mm, worse than depth 0, and lost on 006 for 4 of 6 seeds: not
     # adopted (README, "Longer lifter training").
     c.data.window = 1
     c.train.batch_size = 1024
