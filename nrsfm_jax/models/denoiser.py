@@ -90,8 +90,8 @@ def cudnn_attention(query: Array, key: Array, value: Array, bias: Array | None =
         f"{jax.default_backend()!r} and {query.dtype} inputs (use attention='fused')."
     )
   # cuDNN's training kernels with a mask (lowered to a bias) need even sequence lengths: the spatial
-  # attention's 17 joints and the 243-frame windows are odd (on an H200, jax 0.11.2:
-  # "NotImplementedError: Unsupported sequence length Q 17, KV 17").
+  # attention's 17 joints and the 243-frame windows are odd (an H200 with jax 0.11.2 refused
+  # "Unsupported sequence length Q 17, KV 17").
   query, key, value, bias, mask, length = pad_to_even_length(query, key, value, bias, mask)
   out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation='cudnn')
   return out[..., :length, :, :]
