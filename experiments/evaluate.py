@@ -5,6 +5,7 @@ r"""Evaluates a trained run on its own eval split or on other data.
   python -m experiments.evaluate --workdir=runs/drink --sequence=drink    # nrsfm protocol
   python -m experiments.evaluate --workdir=runs/cmu17 --tracks=clip.npz   # 2D only: predictions
   python -m experiments.evaluate --workdir=runs/cmu17 --diagnostics       # + how it errs (depth, rigidity)
+  python -m experiments.evaluate --workdir=runs/cmu17 --bone_projection=clip  # bones bounded by their 2D lengths
 
 Inputs are normalised with the run's training 2D scale (stored in its checkpoint).
 Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predictions.npz.
@@ -22,6 +23,23 @@ _SEQUENCE = flags.DEFINE_string(
 _TRACKS = flags.DEFINE_string('tracks', None, '2D tracks .npz (keypoints [F, P, 2]): predictions only.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON report (default: <workdir>/evaluate_<data>.json).')
+_BONE_PROJECTION = flags.DEFINE_enum(
+    'bone_projection',
+    None,
+    ['none', 'clip', 'full'],
+    "Test-time bone projection instead of the run's train.eval_bone_projection: 'clip' bounds each "
+    "bone's depth extent by its length estimated from the sequence's own 2D (no 3D read).",
+)
+_BONE_BY = flags.DEFINE_enum(
+    'bone_by',
+    None,
+    ['view', 'sequence'],
+    "With --bone_projection: estimate the bone lengths from each camera's frames ('view', one "
+    "camera) or from all of a sequence's cameras ('sequence'); default: the run's train.eval_bone_by.",
+)
+_BONE_GAIN = flags.DEFINE_float(
+    'bone_gain', None, 'With --bone_projection=clip: the gain on the depth differences before clipping (> 1 stretches).'
+)
 _DIAGNOSTICS = flags.DEFINE_bool(
     'diagnostics',
     False,
@@ -48,6 +66,9 @@ def main(argv):
       tracks=_TRACKS.value,
       step=_STEP.value,
       output=_OUTPUT.value,
+      bone_projection=_BONE_PROJECTION.value,
+      bone_by=_BONE_BY.value,
+      bone_gain=_BONE_GAIN.value,
   )
   if _DIAGNOSTICS.value:
     config = runs.load_run(_WORKDIR.value)[0]

@@ -152,6 +152,9 @@ def evaluate_run(
     step: int | None = None,
     output: str | None = None,
     protocol: str | None = None,
+    bone_projection: str | None = None,
+    bone_by: str | None = None,
+    bone_gain: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
   """Evaluates a trained run on its own eval split or on other data.
@@ -171,6 +174,10 @@ def evaluate_run(
     step: checkpoint step (default: latest).
     output: JSON report path (default ``workdir/evaluate_<name>.json``).
     protocol: override the scoring protocol (``'cmu17'`` / ``'nrsfm'``).
+    bone_projection: ``'none'``, ``'clip'`` or ``'full'`` instead of the run's
+      ``train.eval_bone_projection`` (:func:`scoring.predict`); None keeps the run's.
+    bone_by: ``'view'`` or ``'sequence'`` instead of the run's ``train.eval_bone_by``.
+    bone_gain: ``'clip'``'s gain instead of the run's ``train.eval_bone_gain``.
     log: where the console table goes.
 
   Returns:
@@ -185,6 +192,7 @@ def evaluate_run(
   output = output or os.path.join(workdir, f'evaluate_{name}.json')
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   pred_path = os.path.splitext(output)[0] + '_predictions.npz'
+  projection = scoring.projection_options(config, bone_projection, bone_by, bone_gain)
   scored, frames = scoring.predict_and_score(
       model.apply,
       params,
@@ -192,6 +200,7 @@ def evaluate_run(
       batch_size=config.train.eval_batch_size,
       protocol=protocol,
       predictions_path=pred_path,
+      projection=projection,
   )
   info = {
       'workdir': os.path.abspath(workdir),
@@ -199,6 +208,9 @@ def evaluate_run(
       'data': name,
       'protocol': protocol,
       'scale': float(meta['scale']),
+      'bone_projection': projection.get('bone_projection', 'none'),
+      'bone_by': projection.get('bone_by'),
+      'bone_gain': projection.get('bone_gain'),
       'output': os.path.abspath(output),
       'predictions': os.path.abspath(pred_path),
   }

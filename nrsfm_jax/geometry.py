@@ -382,3 +382,80 @@ def resolve_flip_by_reference(points: Array, reference: Array, *, mask: Array | 
   flipped = flip_depth(points)
   use_flip = residual(flipped) < residual(points)
   return jnp.where(use_flip[..., None, None], flipped, points)
+
+
+BONE_PROJECTIONS = ('none', 'clip', 'full')
+
+
+def bone_length_projection(
+    points: Array, bones: tuple[tuple[int, int], ...], lengths: Array, *, mode: str = 'clip', gain: float = 1.0
+) -> Array:
+  """Each bone's depth extent made consistent with its length, keeping its x, y: ``[..., P, 3]``.
+
+  Under an orthographic camera a bone of length ``L`` whose image is ``ℓ`` long
+  spans ``|Δz| = √(max(L² − ℓ², 0))`` in depth (Taylor's constraint). Walking the
+  skeleton from its root, each child's depth becomes its parent's plus the bone's
+  ``Δz``:
+
+  * ``'clip'``: ``gain · Δz_points`` clipped to the extent. At ``gain = 1`` only
+    physically impossible depth (a bone longer than ``L``) is removed, and a bone the points
+    hold nearly side-on stays so; a larger gain also stretches bones the points hold too
+    short, continuously in the points' depth (no jump where ``Δz_points`` changes sign);
+  * ``'full'``: ``Δz = sign(Δz_points) · extent`` (the limit of an infinite gain): every
+    bone takes its full extent, in the direction the points give (``Δz = 0`` goes away from
+    the camera);
+  * ``'none'``: ``points`` unchanged.
+
+  The root's depth, and the depth of any joint that is no bone's child, is kept. Used at test
+  time with ``lengths`` from the sequence's own 2D (``data.sequence_bone_lengths``): a
+  per-frame lifter's depth relief, inflated or not, is bounded by what the 2D says each bone
+  can span. No 3D is read.
+
+  Args:
+    points: ``[..., P, 3]`` with x, y the observed 2D (e.g. the student's ``reconstruction``).
+    bones: ``E`` (parent, child) pairs in root-first order (a parent is the root or an
+      earlier bone's child), e.g. ``data.CMU_BONES``.
+    lengths: ``[..., E]`` bone lengths in the points' units, broadcastable to the points'
+      leading axes.
+    mode: ``'clip'``, ``'full'`` or ``'none'``.
+    gain: ``'clip'``'s factor on the points' depth differences (``>= 1`` to only shorten
+      depth that overreaches; any ``> 0`` is accepted).
+
+  Returns:
+    ``[..., P, 3]``: the same x, y; the new depths.
+
+  Raises:
+    ValueError: for an unknown mode, a bone whose parent is a later bone's child, a joint
+      that is the child of two bones, or ``lengths`` without one entry per bone.
+  """
+  if mode not in BONE_PROJECTIONS:
+    raise ValueError(f'bone_length_projection: mode must be one of {BONE_PROJECTIONS}, got {mode!r}.')
+  if mode == 'none':
+    return points
+  if not gain > 0:
+    raise ValueError(f'bone_length_projection: gain must be > 0, got {gain}.')
+  lengths = jnp.asarray(lengths, points.dtype)
+  if lengths.shape[-1] != len(bones):
+    raise ValueError(
+        f'bone_length_projection: lengths has {lengths.shape[-1]} entries per skeleton, bones has {len(bones)}.'
+    )
+  children = [b for _, b in bones]
+  if len(set(children)) != len(children):
+    raise ValueError(f'bone_length_projection: a joint is the child of two bones in {bones!r}.')
+  placed: set[int] = set()  # Children of the bones so far.
+  for a, b in bones:
+    if a in children and a not in placed:
+      raise ValueError(
+          f'bone_length_projection: bone {(a, b)} comes before the bone that ends at {a}; list bones root first.'
+      )
+    placed.add(b)
+  z = points[..., 2]
+  new = [z[..., j] for j in range(points.shape[-2])]
+  for e, (a, b) in enumerate(bones):
+    image = jnp.sum(jnp.square(points[..., b, :2] - points[..., a, :2]), -1)
+    room = jnp.square(lengths[..., e]) - image
+    extent = jnp.where(room > 0, jnp.sqrt(jnp.where(room > 0, room, 1.0)), 0.0)  # Finite gradient at 0.
+    dz = z[..., b] - z[..., a]
+    dz = jnp.clip(gain * dz, -extent, extent) if mode == 'clip' else jnp.where(dz >= 0, extent, -extent)
+    new[b] = new[a] + dz
+  return jnp.concatenate([points[..., :2], jnp.stack(new, -1)[..., None]], -1)

@@ -195,6 +195,8 @@ def bone_loss(
     *,
     pairs: tuple[tuple[int, int], ...] = (),
     temporal: float = 1.0,
+    lengths: Array | None = None,
+    absolute: float = 1.0,
     over: str = 'window',
     mask: Array | None = None,
     kind: str = 'squared',
@@ -209,7 +211,13 @@ def bone_loss(
   * ``temporal`` × constancy, for each bone: ``r = ℓ_t − mean ℓ``, the mean over the window's
     present frames (``over='window'``; needs ``T > 1``) or over every present frame of the
     batch (``over='batch'``, summed over ``axis_name`` too: one person, or people of similar
-    build, in a batch of independent frames).
+    build, in a batch of independent frames);
+  * ``absolute`` × length, for each bone, when ``lengths`` are given: ``r = ℓ_t − L``, with
+    ``L`` e.g. a high quantile of the bone's 2D length over its sequence
+    (``data.sequence_bone_lengths``): under an orthographic camera of fixed scale a bone's
+    image is never longer than the bone, and as long as it when the bone lies parallel to
+    the image plane, so ``L`` comes from the 2D alone. With the x, y fitted by reprojection,
+    this pins each bone's depth extent ``|Δz| = √(L² − ℓ₂ᴅ²)`` and leaves only its sign.
 
   A lifter that inflates the depth relief stretches the bones that point at the
   camera and not the others, so both residuals grow with it; neither uses any
@@ -222,6 +230,9 @@ def bone_loss(
     bones: ``E`` (parent, child) joint indices.
     pairs: bone pairs ``(a, b)``, indices into ``bones``, that should be equally long.
     temporal: weight of the constancy residual (0: symmetry only).
+    lengths: ``[..., E]`` (one per window, broadcast over ``T``) or ``[..., T, E]`` target
+      bone lengths in the points' units, or None (no length residual).
+    absolute: weight of the length residual.
     over: ``'window'`` or ``'batch'``: the frames whose mean length a bone keeps.
     mask: ``[..., T]`` frame mask (window padding).
     kind: robust penalty of the squared residuals.
@@ -248,6 +259,14 @@ def bone_loss(
     la, lb = length[..., pidx[:, 0]], length[..., pidx[:, 1]]
     values = values + jnp.sum(robust(jnp.square(la - lb), kind=kind, scale=scale), -1)
     count += len(pairs)
+  if lengths is not None and absolute:
+    target = jnp.asarray(lengths, length.dtype)
+    if target.shape[-1] != len(bones):
+      raise ValueError(f'bone_loss: lengths has {target.shape[-1]} bones in its last axis, bones has {len(bones)}.')
+    if target.ndim == length.ndim - 1:  # One per window: broadcast over its frames.
+      target = target[..., None, :]
+    values = values + absolute * jnp.sum(robust(jnp.square(length - target), kind=kind, scale=scale), -1)
+    count += len(bones)
   frames_axes = tuple(range(length.ndim - 1)) if over == 'batch' else (length.ndim - 2,)
   if temporal and points.ndim >= 3 and (over == 'batch' or points.shape[-3] > 1):
     m = mask[..., None]
@@ -258,7 +277,10 @@ def bone_loss(
     values = values + temporal * jnp.sum(robust(jnp.square(length - mean), kind=kind, scale=scale), -1)
     count += len(bones)
   if not count:
-    raise ValueError('bone_loss has nothing to compare: give bone pairs, or windows of T > 1 frames with temporal > 0.')
+    raise ValueError(
+        'bone_loss has nothing to compare: give bone pairs, target lengths, or windows of T > 1 frames '
+        'with temporal > 0.'
+    )
   return _zero_masked(values / count, mask)
 
 

@@ -247,9 +247,18 @@ def bone_term(out, batch, ctx, term):
   Options: ``bones`` ((parent, child) joint indices), ``pairs`` (bone index pairs
   of equal length, e.g. left and right limbs), ``temporal`` (weight of each
   bone's constancy) and ``over`` (``'window'``: constant over each window, needs
-  windows of more than one frame; ``'batch'``: over every frame of the batch).
+  windows of more than one frame; ``'batch'``: over every frame of the batch),
+  ``lengths`` (weight of each bone's distance to its target length, read from
+  ``batch['bone_lengths']`` ``[B, E]``, which ``train`` fills with
+  ``data.sequence_bone_lengths`` at quantile ``length_quantile``; 0: off).
   """
   points = out[term.get('on', 'shape')]
+  absolute = float(term.get('lengths', 0.0))
+  if absolute and 'bone_lengths' not in batch:
+    raise ValueError(
+        "config.loss.terms.bones.lengths > 0 needs batch['bone_lengths'] [B, E] (data.sequence_bone_lengths "
+        'of the training windows; train.train fills it).'
+    )
   bones, pairs = term.get('bones', ()), term.get('pairs', ())
   num_points = points.shape[-2]
   if not bones or max(max(b) for b in bones) >= num_points:
@@ -265,6 +274,8 @@ def bone_term(out, batch, ctx, term):
           bones,
           pairs=pairs,
           temporal=term.get('temporal', 1.0),
+          lengths=batch['bone_lengths'] if absolute else None,
+          absolute=absolute,
           over=term.get('over', 'window'),
           mask=batch['mask'],
           kind=term.kind,

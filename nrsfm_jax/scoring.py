@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import metrics
+from nrsfm_jax import geometry, metrics
 
 Array = jax.Array
 
@@ -25,19 +25,90 @@ def _forward(params, keypoints, visibility, mask, *, apply_fn, key):
 
 
 def predict(
-    apply_fn: Callable, params, dataset: data_lib.WindowDataset, *, batch_size: int = 64, key: str = 'reconstruction'
+    apply_fn: Callable,
+    params,
+    dataset: data_lib.WindowDataset,
+    *,
+    batch_size: int = 64,
+    key: str = 'reconstruction',
+    bone_projection: str = 'none',
+    bones: tuple[tuple[int, int], ...] = (),
+    bone_quantile: float = 0.99,
+    bone_by: str = 'view',
+    bone_gain: float = 1.0,
 ) -> np.ndarray:
   """Model output ``key`` for every window: ``[N, L, P, 3]`` in normalised units.
 
   The default, ``'reconstruction'``, is the test-time 3D: camera-frame points
   whose visible x, y are the observed 2D when ``model.observed_xy`` (C3DPO's
   evaluation), the model's own reprojection otherwise.
+
+  ``bone_projection`` (``'clip'`` or ``'full'``; :func:`geometry.bone_length_projection`)
+  then bounds every bone's depth extent by its length as estimated from its
+  sequence's own 2D (:func:`data.sequence_bone_lengths` at ``bone_quantile``, over
+  each camera's frames with ``bone_by='view'``, or over all of a sequence's cameras
+  with ``'sequence'``): sequence-level post-processing that reads no 3D. ``bones``
+  must then be given, root first. ``bone_gain`` is ``'clip'``'s gain on the depth.
   """
   fn = functools.partial(_forward, apply_fn=apply_fn, key=key)
   outs = []
   for count, b in padded_batches(dataset, batch_size):
     outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:count])
-  return np.concatenate(outs, 0)
+  pred = np.concatenate(outs, 0)
+  if bone_projection != 'none':
+    pred = project_bones(
+        pred, dataset, bones=bones, mode=bone_projection, quantile=bone_quantile, by=bone_by, gain=bone_gain
+    )
+  return pred
+
+
+def project_bones(
+    pred: np.ndarray,
+    dataset: data_lib.WindowDataset,
+    *,
+    bones: tuple[tuple[int, int], ...],
+    mode: str = 'clip',
+    quantile: float = 0.99,
+    by: str = 'view',
+    gain: float = 1.0,
+) -> np.ndarray:
+  """:func:`geometry.bone_length_projection` of per-window 3D ``[N, L, P, 3]`` with lengths from ``dataset``'s 2D.
+
+  The lengths are :func:`data.sequence_bone_lengths` of ``dataset`` (``quantile``, ``by``), in
+  ``pred``'s units when ``pred`` is normalised (multiply the result by ``dataset.scale`` for data
+  units). Any model's test-time 3D can be projected this way (the student's, the teacher's).
+  """
+  if not bones:
+    raise ValueError(f'bone projection {mode!r} needs the skeleton (bones).')
+  lengths = data_lib.sequence_bone_lengths(dataset, bones, quantile=quantile, by=by)
+  bones = tuple(tuple(int(j) for j in b) for b in bones)
+  return np.asarray(_project(pred, lengths[:, None, :], bones=bones, mode=mode, gain=float(gain)))
+
+
+@functools.partial(jax.jit, static_argnames=('bones', 'mode', 'gain'))
+def _project(points, lengths, *, bones, mode, gain):
+  return geometry.bone_length_projection(points, bones, lengths, mode=mode, gain=gain)
+
+
+def projection_options(
+    config: ml_collections.ConfigDict, mode: str | None = None, by: str | None = None, gain: float | None = None
+) -> dict[str, Any]:
+  """:func:`predict`'s bone-projection keywords from a run's config (``train.eval_bone_*``).
+
+  ``mode``, ``by`` and ``gain`` override the config's; ``{}`` when the projection is off.
+  """
+  mode = mode or config.train.get('eval_bone_projection', 'none')
+  if mode not in geometry.BONE_PROJECTIONS:
+    raise ValueError(f'bone projection must be one of {geometry.BONE_PROJECTIONS}, got {mode!r}.')
+  if mode == 'none':
+    return {}
+  return dict(
+      bone_projection=mode,
+      bones=tuple(map(tuple, config.loss.terms.bones.bones)),
+      bone_quantile=float(config.train.get('eval_bone_quantile', 0.99)),
+      bone_by=by or config.train.get('eval_bone_by', 'view'),
+      bone_gain=float(gain or config.train.get('eval_bone_gain', 1.0)),
+  )
 
 
 def padded_batches(dataset: data_lib.WindowDataset, batch_size: int):
@@ -161,15 +232,18 @@ def predict_and_score(
     batch_size: int,
     protocol: str | None,
     predictions_path: str,
+    projection: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any] | None, int]:
   """Predicts every window, writes per-sequence 3D (data units) and scores it if 3D exists.
+
+  ``projection``: :func:`predict`'s bone-projection keywords (:func:`projection_options`).
 
   ``predictions_path`` gets keys ``'<sequence>/view<v>'`` → ``[F, P, 3]``.
 
   Returns:
     ``(score(...) or None without ground truth / protocol, number of frames)``.
   """
-  pred = predict(apply_fn, params, dataset, batch_size=batch_size) * dataset.scale
+  pred = predict(apply_fn, params, dataset, batch_size=batch_size, **(projection or {})) * dataset.scale
   seqs = data_lib.reassemble(dataset, pred)
   np.savez(predictions_path, **{f'{name}/view{view}': v for (name, view), v in seqs.items()})
   frames = int(sum(len(v) for v in seqs.values()))
@@ -206,7 +280,13 @@ def evaluate_and_save(
   protocol = data_lib.protocol_of(config.data)
   pred_path = os.path.join(workdir, f'{tag}_predictions.npz')
   result, _ = predict_and_score(
-      apply_fn, params, dataset, batch_size=config.train.eval_batch_size, protocol=protocol, predictions_path=pred_path
+      apply_fn,
+      params,
+      dataset,
+      batch_size=config.train.eval_batch_size,
+      protocol=protocol,
+      predictions_path=pred_path,
+      projection=projection_options(config),
   )
   if result is None:
     log(f'no ground-truth 3D: reconstructions written to {pred_path}')

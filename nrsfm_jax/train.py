@@ -78,6 +78,19 @@ def init_params_from(workdir: str, params, scale: float, log: Callable[[str], No
   return merged
 
 
+def per_window_inputs(lcfg: objective.LossConfig, dataset: data_lib.WindowDataset) -> dict[str, np.ndarray]:
+  """The 2D-derived ``[N, ...]`` arrays that ``lcfg``'s terms read from a batch besides the 2D.
+
+  Today: ``bone_lengths`` ``[N, E]`` (:func:`data.sequence_bone_lengths`) when the bones term
+  weighs target lengths (``loss.terms.bones.lengths > 0``). Nothing here reads 3D.
+  """
+  term = lcfg.term('bones')
+  if term is None or not term.weight or not float(term.get('lengths', 0.0)):
+    return {}
+  quantile, by = float(term.get('length_quantile', 0.99)), term.get('length_by', 'view')
+  return {'bone_lengths': data_lib.sequence_bone_lengths(dataset, term.get('bones', ()), quantile=quantile, by=by)}
+
+
 def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable[[str], None]):
   """:func:`_raw_teacher_targets`, smoothed over time by ``train.pseudo3d_sigma`` frames when it is > 0."""
   pseudo, weight = _raw_teacher_targets(config, lcfg, train_ds, log)
@@ -168,10 +181,12 @@ def selection_objective(
   batch = min(int(config.train.batch_size), n)
   count = max(batch, min(n, int(max_windows)) // batch * batch)
   indices = np.linspace(0, n - 1, count).round().astype(np.int64).reshape(-1, batch)
+  extra = per_window_inputs(lcfg, train_ds)
   totals: dict[str, float] = {}
   for i, idx in enumerate(indices):
     full = train_ds.take(idx)
     b = {k: jnp.asarray(full[k]) for k in ('keypoints', 'visibility', 'mask')}
+    b.update({k: jnp.asarray(v[idx]) for k, v in extra.items()})
     _, (m, _) = _selection_loss(params, apply_fn=apply_fn, batch=b, key=jax.random.PRNGKey(i), cfg=lcfg)
     for k, v in jax.device_get(m).items():
       totals[k] = totals.get(k, 0.0) + float(v) / len(indices)
@@ -325,6 +340,7 @@ def train_and_evaluate(
       process=(jax.process_index(), jax.process_count()),
       pseudo3d=pseudo,
       pseudo3d_weight=pseudo_weight,
+      **per_window_inputs(lcfg, train_ds),
   )
 
   def progress(m, rate):
@@ -338,7 +354,9 @@ def train_and_evaluate(
     def evaluate_fn(plain_state):
       # Host parameters: with several processes the state spans them all, and only process 0 scores.
       params = jax.device_get(plain_state.params)
-      pred = scoring.predict(model.apply, params, eval_ds, batch_size=config.train.eval_batch_size)
+      pred = scoring.predict(
+          model.apply, params, eval_ds, batch_size=config.train.eval_batch_size, **scoring.projection_options(config)
+      )
       return scoring.score(pred * eval_ds.scale, eval_ds, protocol=protocol)['overall']
 
   dstate = loop.run_loop(

@@ -1,5 +1,6 @@
 """Tests for nrsfm_jax.data: loaders, cameras, windows, datasets and batching."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -501,6 +502,41 @@ def test_cmu17_dataset(mocap):
   np.testing.assert_array_equal(
       data.reassemble(both, both.visibility)[('003_01', 1)], data.reassemble(dataset, dataset.visibility)[('003_01', 1)]
   )
+
+
+def test_sequence_bone_lengths_estimate_the_3d_lengths_from_the_2d(mocap):
+  dataset = data.cmu17_dataset(['003'], length=64, dropout=0.1, seed=3)
+  lengths = data.sequence_bone_lengths(dataset, data.CMU_BONES, by='sequence')
+  assert lengths.shape == (dataset.num_windows, len(data.CMU_BONES)) and lengths.dtype == np.float32
+  bones = np.asarray(data.CMU_BONES)
+  for s, name in enumerate(dataset.names):
+    rows = dataset.sequence_ids == s
+    assert np.all(lengths[rows] == lengths[rows][:1])  # One estimate per sequence, every view and window.
+    true = np.median(np.linalg.norm(mocap[name][:, bones[:, 1]] - mocap[name][:, bones[:, 0]], axis=-1), 0)
+    ratio = lengths[rows][0] * dataset.scale / true
+    # Never much longer than the bone; within a few percent on average (the hips' short bones, rarely side-on, less).
+    assert np.all(ratio < 1.05) and np.all(ratio > 0.8) and abs(ratio.mean() - 1) < 0.04, ratio
+  # The longest image (quantile 1) is at least any other quantile.
+  assert np.all(data.sequence_bone_lengths(dataset, data.CMU_BONES, quantile=1.0, by='sequence') >= lengths - 1e-6)
+  # by='view' (the default): one estimate per camera of a sequence, none above the pooled longest image.
+  per_view = data.sequence_bone_lengths(dataset, data.CMU_BONES)
+  longest = data.sequence_bone_lengths(dataset, data.CMU_BONES, quantile=1.0, by='sequence')
+  assert np.all(per_view <= longest + 1e-6) and not np.all(per_view == lengths)
+  for s in range(len(dataset.names)):
+    for v in range(4):
+      rows = (dataset.sequence_ids == s) & (dataset.view_ids == v)
+      assert np.all(per_view[rows] == per_view[rows][:1])
+  # A bone never seen with both ends in a sequence takes the other sequences' median.
+  hidden = dataclasses.replace(dataset, visibility=dataset.visibility.copy())
+  hidden.visibility[hidden.sequence_ids == 0, :, 2] = 0.0
+  est = data.sequence_bone_lengths(hidden, data.CMU_BONES, by='sequence')
+  np.testing.assert_allclose(est[hidden.sequence_ids == 0, 1], np.median(est[hidden.sequence_ids != 0, 1]))
+  with pytest.raises(ValueError, match='quantile'):
+    data.sequence_bone_lengths(dataset, data.CMU_BONES, quantile=0.0)
+  with pytest.raises(ValueError, match="by must be 'view' or 'sequence'"):
+    data.sequence_bone_lengths(dataset, data.CMU_BONES, by='subject')
+  with pytest.raises(ValueError, match='outside'):
+    data.sequence_bone_lengths(dataset, ((0, 17),))
 
 
 def test_camera_rings_at_several_elevations(mocap):

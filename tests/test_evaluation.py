@@ -37,6 +37,33 @@ def test_evaluate_default_split_matches_eval_json(run):
     assert f['006_01/view0'].shape[1:] == (17, 3)
 
 
+def test_bone_projection_bounds_every_bone_by_its_2d_length(run, tmp_path):
+  workdir, _ = run
+  plain = evaluation.evaluate_run(
+      workdir, bone_projection='none', output=str(tmp_path / 'plain.json'), log=lambda s: None
+  )
+  clipped = evaluation.evaluate_run(workdir, output=str(tmp_path / 'clip.json'), log=lambda s: None)  # The default.
+  assert plain['bone_projection'] == 'none' and clipped['bone_projection'] == 'clip'
+  # The bound: the 0.99 quantile of each bone's image lengths over one camera's frames (by='view').
+  bones = np.asarray(data.CMU_BONES)
+  shortened = 0
+  with np.load(plain['predictions']) as p, np.load(clipped['predictions']) as c:
+    assert len(c.files) > 1
+    for k in c.files:
+      image = np.linalg.norm(c[k][:, bones[:, 1], :2] - c[k][:, bones[:, 0], :2], axis=-1)
+      bound = np.quantile(image, 0.99, axis=0)
+      np.testing.assert_allclose(c[k][..., :2], p[k][..., :2])  # x, y untouched
+      length = np.linalg.norm(c[k][:, bones[:, 1]] - c[k][:, bones[:, 0]], axis=-1)
+      before = np.linalg.norm(p[k][:, bones[:, 1]] - p[k][:, bones[:, 0]], axis=-1)
+      # A bone keeps its image and loses depth extent beyond the bound (none if its image is longer).
+      assert np.all(length <= np.maximum(bound, image) + 1e-3)
+      assert np.all(length <= before + 1e-3)
+      shortened += int(np.sum(length < before - 1e-3))
+  assert shortened > 0  # The tiny run's depth does overreach somewhere: the projection acted.
+  with pytest.raises(ValueError, match='bone projection'):
+    evaluation.evaluate_run(workdir, bone_projection='snap', output=str(tmp_path / 'x.json'), log=lambda s: None)
+
+
 def test_a_second_evaluation_compiles_nothing(run):
   """Fixed eval shapes and jitted functions keyed on the (shared) model: reloading the same run
   and scoring it again reuses every compiled function."""

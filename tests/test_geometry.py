@@ -238,3 +238,81 @@ def test_smooth_over_time_matches_a_gaussian_and_respects_the_mask():
   assert short.shape == (2, 3, 4, 3) and np.all(np.isfinite(short))
   with pytest.raises(ValueError, match='sigma'):
     geometry.smooth_over_time(x, -1.0)
+
+
+_TREE = ((0, 1), (1, 2), (0, 3), (3, 4))  # Two 2-bone limbs from the root.
+
+
+def _skeletons(key, num=8):
+  """Random skeletons ``[num, 5, 3]`` and their bone lengths ``[num, 4]``."""
+  points = jax.random.normal(key, (num, 5, 3))
+  lengths = jnp.stack([jnp.linalg.norm(points[:, b] - points[:, a], axis=-1) for a, b in _TREE], -1)
+  return points, lengths
+
+
+def test_bone_length_projection_full_recovers_depth_from_lengths_and_signs():
+  points, lengths = _skeletons(jax.random.PRNGKey(0))
+  # Depth magnitudes scrambled, every bone's depth sign kept: Taylor's reconstruction is exact.
+  z = points[..., 2]
+  new = {0: z[:, 0] + 3.0}
+  for (a, b), factor in zip(_TREE, (2.5, 0.3, 4.0, 1.7)):
+    new[b] = new[a] + factor * (z[:, b] - z[:, a])
+  scrambled = points.at[..., 2].set(jnp.stack([new[j] for j in range(5)], -1))
+  out = jax.jit(lambda p, l: geometry.bone_length_projection(p, _TREE, l, mode='full'))(scrambled, lengths)
+  np.testing.assert_allclose(out[..., :2], points[..., :2])
+  np.testing.assert_allclose(out[..., 2] - out[:, :1, 2], points[..., 2] - points[:, :1, 2], atol=1e-5)
+  # 'clip' leaves a skeleton whose bones already have their lengths unchanged.
+  np.testing.assert_allclose(geometry.bone_length_projection(points, _TREE, lengths), points, atol=1e-6)
+  assert geometry.bone_length_projection(points, _TREE, lengths, mode='none') is points
+
+
+def test_bone_length_projection_clip_only_shortens_and_is_differentiable():
+  points, lengths = _skeletons(jax.random.PRNGKey(1))
+  inflated = points.at[..., 2].multiply(3.0)
+  out = geometry.bone_length_projection(inflated, _TREE, lengths, mode='clip')
+  for e, (a, b) in enumerate(_TREE):
+    got = jnp.linalg.norm(out[:, b] - out[:, a], axis=-1)
+    before = jnp.linalg.norm(inflated[:, b] - inflated[:, a], axis=-1)
+    assert np.all(got <= lengths[:, e] + 1e-5) and np.all(got <= before + 1e-5)
+  # A gain stretches depth that falls short, continuously, up to the full extent ('full' is its limit).
+  short = points.at[..., 2].multiply(0.2)
+  full = geometry.bone_length_projection(short, _TREE, lengths, mode='full')
+  huge = geometry.bone_length_projection(short, _TREE, lengths, gain=1e6)
+  np.testing.assert_allclose(huge, full, atol=1e-5)
+  stretched = geometry.bone_length_projection(short, _TREE, lengths, gain=3.0)
+  np.testing.assert_allclose(
+      stretched[:, 1, 2] - stretched[:, 0, 2],
+      jnp.clip(
+          3.0 * (short[:, 1, 2] - short[:, 0, 2]),
+          -jnp.abs(points[:, 1, 2] - points[:, 0, 2]),
+          jnp.abs(points[:, 1, 2] - points[:, 0, 2]),
+      ),
+      atol=1e-5,
+  )
+  with pytest.raises(ValueError, match='gain'):
+    geometry.bone_length_projection(short, _TREE, lengths, gain=0.0)
+  # Per-window lengths broadcast over frames; vmap over a batch agrees with broadcasting.
+  windows = jnp.stack([inflated, inflated * 0.5])  # [2, 8, 5, 3]
+  lw = jnp.stack([lengths[0], lengths[1]])[:, None, :]
+  np.testing.assert_allclose(
+      jax.vmap(lambda p, l: geometry.bone_length_projection(p, _TREE, l))(windows, lw),
+      geometry.bone_length_projection(windows, _TREE, lw),
+  )
+  # Finite gradients, including a bone seen exactly at its full length in the image (no depth room).
+  flat = points.at[..., 2].set(0.0)
+  flat_len = jnp.stack([jnp.linalg.norm(flat[:, b] - flat[:, a], axis=-1) for a, b in _TREE], -1)
+  for mode in ('clip', 'full'):
+    grad = jax.grad(lambda p: jnp.sum(geometry.bone_length_projection(p, _TREE, flat_len, mode=mode)))(flat)
+    chex.assert_tree_all_finite(grad)
+
+
+def test_bone_length_projection_rejects_bad_skeletons():
+  points, lengths = _skeletons(jax.random.PRNGKey(2))
+  with pytest.raises(ValueError, match='root first'):
+    geometry.bone_length_projection(points, ((1, 2), (0, 1), (0, 3), (3, 4)), lengths)
+  with pytest.raises(ValueError, match='child of two'):
+    geometry.bone_length_projection(points, ((0, 1), (1, 2), (0, 2), (3, 4)), lengths)
+  with pytest.raises(ValueError, match='3 entries'):
+    geometry.bone_length_projection(points, _TREE, lengths[:, :3])
+  with pytest.raises(ValueError, match='mode'):
+    geometry.bone_length_projection(points, _TREE, lengths, mode='snap')

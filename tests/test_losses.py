@@ -174,6 +174,27 @@ def test_bone_loss_zero_for_a_rigid_symmetric_skeleton_and_grows_with_depth_infl
   np.testing.assert_allclose(sharded.reshape(6, 1), values, rtol=2e-5)
 
 
+def test_bone_loss_target_lengths_per_window():
+  points = _rigid_skeleton_over_time()  # [6, 5, 3]: one window of six frames.
+  true = jnp.stack([jnp.linalg.norm(points[0, b] - points[0, a]) for a, b in _BONES])
+  values, _ = losses.bone_loss(points, _BONES, lengths=true, temporal=0.0, kind='squared')
+  np.testing.assert_allclose(values, 0.0, atol=1e-10)
+  # Lengths 10% off: each frame's residual is the mean squared length error over the bones.
+  values, _ = losses.bone_loss(points, _BONES, lengths=1.1 * true, temporal=0.0, kind='squared')
+  np.testing.assert_allclose(values, jnp.mean(jnp.square(0.1 * true)), rtol=1e-5)
+  # One row of lengths per window, for a batch of windows: [B, E] broadcasts over T.
+  batch = jnp.stack([points, points])
+  values, _ = losses.bone_loss(batch, _BONES, lengths=jnp.stack([true, 1.1 * true]), temporal=0.0, kind='squared')
+  assert values.shape == (2, 6)
+  np.testing.assert_allclose(values[0], 0.0, atol=1e-10)
+  assert np.all(values[1] > 0)
+  # absolute weighs it; a wrong bone count is named.
+  half, _ = losses.bone_loss(points, _BONES, lengths=1.1 * true, absolute=0.5, temporal=0.0, kind='squared')
+  np.testing.assert_allclose(half, 0.5 * jnp.mean(jnp.square(0.1 * true)), rtol=1e-5)
+  with pytest.raises(ValueError, match='3 bones'):
+    losses.bone_loss(points, _BONES, lengths=true[:3], temporal=0.0)
+
+
 def test_bone_loss_masks_frames_in_value_and_gradient():
   points = _rigid_skeleton_over_time()
   broken = points.at[4].set(jnp.nan)  # A padding frame may hold anything.

@@ -257,6 +257,20 @@ def test_bone_term_reads_the_skeleton_from_its_config_and_names_a_bad_one():
   assert float(loss({'shape': out['shape'].at[..., 3, 2].add(0.3)})) > 1e-3  # Right foot pushed away in depth.
   with pytest.raises(ValueError, match=r'config\.loss\.terms\.bones\.bones must list .* below 5'):
     fn({'shape': jnp.zeros((1, 8, 5, 3))}, batch, None, term)
+  # Target lengths (loss.terms.bones.lengths > 0) come with the batch, one row per window.
+  with_lengths = term.replace(options=tuple(sorted(dict(term.options, lengths=1.0).items())))
+  with pytest.raises(ValueError, match=r"bones\.lengths > 0 needs batch\['bone_lengths'\]"):
+    fn(out, batch, None, with_lengths)
+  bones = np.asarray(data.CMU_BONES)
+  true = np.linalg.norm(mocap[0, bones[:, 1]] - mocap[0, bones[:, 0]], axis=-1)[None]
+  loss = jax.jit(lambda o, l: losses.masked_mean(*fn(o, dict(batch, bone_lengths=l), None, with_lengths)))
+  assert float(loss(out, true)) < 1e-6 < float(loss(out, 1.2 * true))
+  # The trainer fills it from the training 2D alone (data.sequence_bone_lengths), only when weighed.
+  ds = data.cmu17_dataset(['002'], length=16)
+  lcfg_on = lcfg.replace_term('bones', weight=1.0, lengths=1.0)
+  extra = train.per_window_inputs(lcfg_on, ds)
+  assert extra['bone_lengths'].shape == (ds.num_windows, len(data.CMU_BONES))
+  assert train.per_window_inputs(lcfg, ds) == {}
 
 
 def test_hinge_term_reads_its_joints_from_the_config_and_names_a_bad_one():

@@ -334,6 +334,21 @@ def test_validate_names_the_config_key_at_fault():
           lambda c: setattr(c.diffusion, 'num_hypotheses', 0),
           r'config\.diffusion\.num_hypotheses must be >= 1',
       ),
+      (
+          'default',
+          lambda c: setattr(c.train, 'eval_bone_projection', 'snap'),
+          r"config\.train\.eval_bone_projection must be one of \('none', 'clip', 'full'\); got 'snap'",
+      ),
+      (
+          'default',
+          lambda c: setattr(c.train, 'eval_bone_gain', 0.0),
+          r'config\.train\.eval_bone_gain must be finite and > 0',
+      ),
+      (
+          'default',
+          lambda c: setattr(c.loss.terms.bones, 'length_quantile', 1.5),
+          r'config\.loss\.terms\.bones\.length_quantile must be in \(0, 1\]',
+      ),
   ]
   for name, change, message in cases:
     config = configs.get(name, 'pickup' if name == 'nrsfm' else None)

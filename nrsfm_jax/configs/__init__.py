@@ -60,6 +60,9 @@ _RANGES = {
     'train.max_checkpoints': _at_least(1),
     'train.restarts': _at_least(1),
     'train.pseudo3d_sigma': _at_least(0),
+    'train.eval_bone_quantile': ((lambda v: 0 < v <= 1), 'in (0, 1]'),
+    'train.eval_bone_gain': ((lambda v: 0 < v < math.inf), 'finite and > 0'),
+    'loss.terms.bones.length_quantile': ((lambda v: 0 < v <= 1), 'in (0, 1]'),
     'data.window': _at_least(1),
     'data.eval_window': _at_least(0),
     'data.noise_std': _at_least(0),
@@ -78,7 +81,11 @@ _RANGES = {
 # train.cpu_dots: XLA CPU's matmul backends for the train step (loop.cpu_compiler_options).
 CPU_DOTS = ('ynn', 'eigen')
 # Keys that take one of a few strings.
-_CHOICES = {'train.cpu_dots': CPU_DOTS}
+_CHOICES = {
+    'train.cpu_dots': CPU_DOTS,
+    'train.eval_bone_projection': ('none', 'clip', 'full'),
+    'train.eval_bone_by': ('view', 'sequence'),
+}
 
 
 def _lookup_key(config, dotted: str):
