@@ -45,7 +45,7 @@ _TEACHER = flags.DEFINE_bool(
 )
 _OUTPUT = flags.DEFINE_string('output', None, 'Markdown table (default: <workdir>/bone_projection.md).')
 
-_KEYS = ('mpjpe', 'pa_mpjpe', 'stress')
+_KEYS = ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error')
 
 
 def _parse(setting: str) -> tuple[str, float]:
@@ -68,11 +68,11 @@ def _score(run: str, setting: str) -> dict[str, float]:
     with open(path) as f:
       result = json.load(f)
     if result.get('step') == _latest_step(run):
-      return {k: float(result['overall'][k]) for k in _KEYS + ('accel_error',)}
+      return {k: float(result['overall'][k]) for k in _KEYS}
   result = evaluation.evaluate_run(
       run, bone_projection=mode, bone_by=_BY.value, bone_gain=gain, output=path, log=lambda s: None
   )
-  return {k: float(result['overall'][k]) for k in _KEYS + ('accel_error',)}
+  return {k: float(result['overall'][k]) for k in _KEYS}
 
 
 def _teacher_scores(fold_dir: str, bones) -> dict[str, dict[str, float]]:
@@ -105,7 +105,7 @@ def _teacher_scores(fold_dir: str, bones) -> dict[str, dict[str, float]]:
     )[d.aggregation]
     cached = {'step': int(meta['step']), 'scores': cached.get('scores', {})}
     own = scoring.score(pred * dataset.scale, dataset, protocol='cmu17')['overall']
-    cached['scores']['own x, y'] = {k: float(own[k]) for k in _KEYS + ('accel_error',)}
+    cached['scores']['own x, y'] = {k: float(own[k]) for k in _KEYS}
     # The student's test-time protocol (model.observed_xy): the observed x, y of every visible point.
     seen = dataset.visibility[..., None] > 0
     pred = np.concatenate([np.where(seen, dataset.keypoints, pred[..., :2]), pred[..., 2:]], -1)
@@ -117,7 +117,7 @@ def _teacher_scores(fold_dir: str, bones) -> dict[str, dict[str, float]]:
           else scoring.project_bones(pred, dataset, bones=bones, mode=mode, by=_BY.value, gain=gain)
       )
       overall = scoring.score(out * dataset.scale, dataset, protocol='cmu17')['overall']
-      cached['scores'][setting] = {k: float(overall[k]) for k in _KEYS + ('accel_error',)}
+      cached['scores'][setting] = {k: float(overall[k]) for k in _KEYS}
     with open(path, 'w') as f:
       json.dump(cached, f, indent=2)
   return cached['scores']
@@ -157,9 +157,12 @@ def main(argv):
     for mode in _SETTINGS.value:
       scores = {r: _score(r, mode) for r in restarts}
       every[mode][name] = list(scores.values()) or [_score(fold, mode)]
-      kept[mode][name] = (
-          [scores[chosen]] if chosen in scores else every[mode][name][:1] if not restarts else [_score(fold, mode)]
-      )
+      if not restarts:  # One run: the fold's own.
+        kept[mode][name] = every[mode][name]
+      elif chosen in scores:
+        kept[mode][name] = [scores[chosen]]
+      else:
+        kept[mode][name] = [_score(fold, mode)]
       print(
           f'fold {name}, {mode}: kept {kept[mode][name][0]["mpjpe"]:.1f} mm; every restart '
           + ', '.join(f'{s["mpjpe"]:.1f}' for s in every[mode][name]),
@@ -172,7 +175,6 @@ def main(argv):
       '|---' * (len(names) + 6) + '|',
   ]
   tables = [('kept run', kept), ('every restart (mean)', every)]
-  own: dict[str, list] = {}
   own: dict[str, list] = {}
   if _TEACHER.value:
     alone: dict[str, dict[str, list]] = {m: {} for m in _SETTINGS.value}
@@ -190,9 +192,8 @@ def main(argv):
     tables.append(('teacher alone, observed x, y', alone))
   for label, table in tables:
     for mode in _SETTINGS.value:
-      keys = _KEYS + ('accel_error',)
-      per_fold = {n: {k: float(np.mean([s[k] for s in table[mode][n]])) for k in keys} for n in names}
-      means = {k: float(np.mean([per_fold[n][k] for n in names])) for k in keys}
+      per_fold = {n: {k: float(np.mean([s[k] for s in table[mode][n]])) for k in _KEYS} for n in names}
+      means = {k: float(np.mean([per_fold[n][k] for n in names])) for k in _KEYS}
       count = sum(len(table[mode][n]) for n in names)
       lines.append(
           f'| {mode} | {label}, {count} | '
@@ -200,8 +201,7 @@ def main(argv):
           + f' | {means["mpjpe"]:.1f} | {means["pa_mpjpe"]:.1f} | {means["stress"]:.1f} | {means["accel_error"]:.2f} |'
       )
   if own:  # The teacher's own x, y: the ablation's 'teacher alone' row.
-    keys = _KEYS + ('accel_error',)
-    means = {k: float(np.mean([own[n][0][k] for n in names])) for k in keys}
+    means = {k: float(np.mean([own[n][0][k] for n in names])) for k in _KEYS}
     lines.append(
         f"| none | teacher alone, its own x, y (the ablation's row), {len(names)} | "
         + ' | '.join(f'{own[n][0]["mpjpe"]:.1f}' for n in names)

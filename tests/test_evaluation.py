@@ -238,3 +238,25 @@ def test_evaluate_script_prints_diagnostics(run):
   assert 'nonrigidity_ratio:' in out and 'depth_spread_ratio:' in out
   bad = subprocess.run([*cmd, '--subjects=005'], capture_output=True, text=True)
   assert bad.returncode != 0 and '--diagnostics reads' in bad.stderr + bad.stdout
+
+
+def test_bone_projection_study_scores_every_setting(run, tmp_path):
+  import subprocess
+  import sys
+
+  workdir, _ = run
+  os.makedirs(tmp_path / 'cmu17')
+  os.symlink(workdir, tmp_path / 'cmu17' / 'lifter')  # The development-split layout of an ablation.
+  cmd = [sys.executable, '-m', 'experiments.bone_projection_study', f'--workdir={tmp_path}', '--settings=none,clip:1']
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+  table = (tmp_path / 'bone_projection.md').read_text().splitlines()
+  rows = {line.split(' | ')[0].strip('| '): line for line in table[2:] if '| kept run' in line}
+  assert set(rows) == {'none', 'clip:1'} and 'MPJPE dev 006 (mm)' in table[0]
+  # The 'none' row is the run's plain evaluation; the projected one differs.
+  plain = evaluation.evaluate_run(workdir, bone_projection='none', output=str(tmp_path / 'p.json'), log=lambda s: None)
+  assert f'| {plain["overall"]["mpjpe"]:.1f} |' in rows['none'] and rows['none'] != rows['clip:1'].replace(
+      'clip:1', 'none'
+  )
+  assert 'wrote' in out
+  bad = subprocess.run([*cmd[:-1], '--settings=snap:2'], capture_output=True, text=True)
+  assert bad.returncode != 0 and "is not 'none', 'full' or 'clip:<gain>'" in bad.stderr + bad.stdout
