@@ -23,8 +23,9 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import evaluation, loop, runs, scoring, teacher
+from nrsfm_jax import evaluation, geometry, loop, runs, scoring, teacher
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'An ablation workdir (cross-subject folds, dev split).', required=True)
 _ROW = flags.DEFINE_string('row', 'lifter', 'The row whose runs are scored.')
@@ -34,7 +35,10 @@ _SETTINGS = flags.DEFINE_list(
     "Bone projections: 'none', 'full', or 'clip:<gain>' (the gain on the depth before clipping).",
 )
 _BY = flags.DEFINE_enum(
-    'by', 'view', ['view', 'sequence'], "Bone lengths from each camera's frames ('view') or a sequence's cameras."
+    'by',
+    'view',
+    list(data_lib.BONE_LENGTH_GROUPS),
+    "Bone lengths from each camera's frames ('view') or a sequence's cameras.",
 )
 _TEACHER = flags.DEFINE_bool(
     'teacher',
@@ -50,7 +54,7 @@ _KEYS = ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error')
 
 def _parse(setting: str) -> tuple[str, float]:
   mode, _, gain = setting.partition(':')
-  if mode not in ('none', 'clip', 'full') or (gain and mode != 'clip'):
+  if mode not in geometry.BONE_PROJECTIONS or (gain and mode != 'clip'):
     raise app.UsageError(f"--settings: {setting!r} is not 'none', 'full' or 'clip:<gain>'.")
   try:
     value = float(gain or 1.0)
@@ -124,8 +128,7 @@ def _teacher_scores(fold_dir: str, bones) -> dict[str, dict[str, float]]:
 
 
 def _latest_step(run: str) -> int | None:
-  steps = [int(d) for d in os.listdir(os.path.join(run, 'checkpoints')) if d.isdigit()]
-  return max(steps) if steps else None
+  return ckpt_lib.Checkpointer(os.path.join(run, 'checkpoints')).latest_step()
 
 
 def main(argv):

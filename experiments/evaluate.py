@@ -13,7 +13,7 @@ Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predi
 
 from absl import app, flags, logging
 
-from nrsfm_jax import ablation, evaluation, loop, runs
+from nrsfm_jax import ablation, data, evaluation, geometry, loop, runs
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.', required=True)
 _SUBJECTS = flags.DEFINE_string('subjects', None, "cmu17 subjects, e.g. '006,007' (cmu17 protocol).")
@@ -26,14 +26,14 @@ _OUTPUT = flags.DEFINE_string('output', None, 'JSON report (default: <workdir>/e
 _BONE_PROJECTION = flags.DEFINE_enum(
     'bone_projection',
     None,
-    ['none', 'clip', 'full'],
+    list(geometry.BONE_PROJECTIONS),
     "Test-time bone projection instead of the run's train.eval_bone_projection: 'clip' bounds each "
     "bone's depth extent by its length estimated from the sequence's own 2D (no 3D read).",
 )
 _BONE_BY = flags.DEFINE_enum(
     'bone_by',
     None,
-    ['view', 'sequence'],
+    list(data.BONE_LENGTH_GROUPS),
     "With --bone_projection: estimate the bone lengths from each camera's frames ('view', one "
     "camera) or from all of a sequence's cameras ('sequence'); default: the run's train.eval_bone_by.",
 )

@@ -208,9 +208,9 @@ def evaluate_run(
       'data': name,
       'protocol': protocol,
       'scale': float(meta['scale']),
-      'bone_projection': projection.get('bone_projection', 'none'),
-      'bone_by': projection.get('bone_by'),
-      'bone_gain': projection.get('bone_gain'),
+      'bone_projection': projection.get('mode', 'none'),
+      'bone_by': projection.get('by'),
+      'bone_gain': projection.get('gain'),
       'output': os.path.abspath(output),
       'predictions': os.path.abspath(pred_path),
   }

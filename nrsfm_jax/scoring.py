@@ -31,11 +31,7 @@ def predict(
     *,
     batch_size: int = 64,
     key: str = 'reconstruction',
-    bone_projection: str = 'none',
-    bones: tuple[tuple[int, int], ...] = (),
-    bone_quantile: float = 0.99,
-    bone_by: str = 'view',
-    bone_gain: float = 1.0,
+    projection: dict[str, Any] | None = None,
 ) -> np.ndarray:
   """Model output ``key`` for every window: ``[N, L, P, 3]`` in normalised units.
 
@@ -43,22 +39,17 @@ def predict(
   whose visible x, y are the observed 2D when ``model.observed_xy`` (C3DPO's
   evaluation), the model's own reprojection otherwise.
 
-  ``bone_projection`` (``'clip'`` or ``'full'``; :func:`geometry.bone_length_projection`)
-  then bounds every bone's depth extent by its length as estimated from its
-  sequence's own 2D (:func:`data.sequence_bone_lengths` at ``bone_quantile``, over
-  each camera's frames with ``bone_by='view'``, or over all of a sequence's cameras
-  with ``'sequence'``): sequence-level post-processing that reads no 3D. ``bones``
-  must then be given, root first. ``bone_gain`` is ``'clip'``'s gain on the depth.
+  ``projection`` (:func:`project_bones`'s keywords, e.g. :func:`projection_options` of a
+  run's config; None or ``{}``: off) then bounds every bone's depth extent by its length
+  as estimated from its sequence's own 2D: sequence-level post-processing that reads no 3D.
   """
   fn = functools.partial(_forward, apply_fn=apply_fn, key=key)
   outs = []
   for count, b in padded_batches(dataset, batch_size):
     outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:count])
   pred = np.concatenate(outs, 0)
-  if bone_projection != 'none':
-    pred = project_bones(
-        pred, dataset, bones=bones, mode=bone_projection, quantile=bone_quantile, by=bone_by, gain=bone_gain
-    )
+  if projection:
+    pred = project_bones(pred, dataset, **projection)
   return pred
 
 
@@ -93,7 +84,7 @@ def _project(points, lengths, *, bones, mode, gain):
 def projection_options(
     config: ml_collections.ConfigDict, mode: str | None = None, by: str | None = None, gain: float | None = None
 ) -> dict[str, Any]:
-  """:func:`predict`'s bone-projection keywords from a run's config (``train.eval_bone_*``).
+  """:func:`project_bones`'s keywords from a run's config (``train.eval_bone_*``): :func:`predict`'s ``projection``.
 
   ``mode``, ``by`` and ``gain`` override the config's; ``{}`` when the projection is off.
   """
@@ -103,11 +94,11 @@ def projection_options(
   if mode == 'none':
     return {}
   return dict(
-      bone_projection=mode,
+      mode=mode,
       bones=tuple(map(tuple, config.loss.terms.bones.bones)),
-      bone_quantile=float(config.train.get('eval_bone_quantile', 0.99)),
-      bone_by=by or config.train.get('eval_bone_by', 'view'),
-      bone_gain=float(gain or config.train.get('eval_bone_gain', 1.0)),
+      quantile=float(config.train.get('eval_bone_quantile', 0.99)),
+      by=by or config.train.get('eval_bone_by', 'view'),
+      gain=float(gain or config.train.get('eval_bone_gain', 1.0)),
   )
 
 
@@ -236,14 +227,14 @@ def predict_and_score(
 ) -> tuple[dict[str, Any] | None, int]:
   """Predicts every window, writes per-sequence 3D (data units) and scores it if 3D exists.
 
-  ``projection``: :func:`predict`'s bone-projection keywords (:func:`projection_options`).
+  ``projection``: :func:`predict`'s (:func:`projection_options`).
 
   ``predictions_path`` gets keys ``'<sequence>/view<v>'`` → ``[F, P, 3]``.
 
   Returns:
     ``(score(...) or None without ground truth / protocol, number of frames)``.
   """
-  pred = predict(apply_fn, params, dataset, batch_size=batch_size, **(projection or {})) * dataset.scale
+  pred = predict(apply_fn, params, dataset, batch_size=batch_size, projection=projection) * dataset.scale
   seqs = data_lib.reassemble(dataset, pred)
   np.savez(predictions_path, **{f'{name}/view{view}': v for (name, view), v in seqs.items()})
   frames = int(sum(len(v) for v in seqs.values()))

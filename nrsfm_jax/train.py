@@ -355,7 +355,11 @@ def train_and_evaluate(
       # Host parameters: with several processes the state spans them all, and only process 0 scores.
       params = jax.device_get(plain_state.params)
       pred = scoring.predict(
-          model.apply, params, eval_ds, batch_size=config.train.eval_batch_size, **scoring.projection_options(config)
+          model.apply,
+          params,
+          eval_ds,
+          batch_size=config.train.eval_batch_size,
+          projection=scoring.projection_options(config),
       )
       return scoring.score(pred * eval_ds.scale, eval_ds, protocol=protocol)['overall']
 

@@ -80,12 +80,19 @@ _RANGES = {
 
 # train.cpu_dots: XLA CPU's matmul backends for the train step (loop.cpu_compiler_options).
 CPU_DOTS = ('ynn', 'eigen')
-# Keys that take one of a few strings.
-_CHOICES = {
-    'train.cpu_dots': CPU_DOTS,
-    'train.eval_bone_projection': ('none', 'clip', 'full'),
-    'train.eval_bone_by': ('view', 'sequence'),
-}
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+  """Keys that take one of a few strings, from the modules that own them (imported on use:
+  ``nrsfm_jax.configs`` itself loads no jax)."""
+  from nrsfm_jax import geometry  # pylint: disable=g-import-not-at-top
+  from nrsfm_jax.data import windows  # pylint: disable=g-import-not-at-top
+
+  return {
+      'train.cpu_dots': CPU_DOTS,
+      'train.eval_bone_projection': geometry.BONE_PROJECTIONS,
+      'train.eval_bone_by': windows.BONE_LENGTH_GROUPS,
+  }
 
 
 def _lookup_key(config, dotted: str):
@@ -113,7 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       continue
     if isinstance(value, (list, tuple)) or not ok(value):
       raise ConfigError(f'config.{key} must be {words}; got {value!r}.')
-  for key, choices in _CHOICES.items():
+  for key, choices in _choices().items():
     value = _lookup_key(config, key)
     if value is not None and value not in choices:
       raise ConfigError(f'config.{key} must be one of {choices}; got {value!r}.')

@@ -43,6 +43,7 @@ from nrsfm_jax.data.registry import (
 from nrsfm_jax.data.summary import format_summary, summarize_bundled
 from nrsfm_jax.data.tracks import load_tracks, save_tracks
 from nrsfm_jax.data.windows import (
+    BONE_LENGTH_GROUPS,
     WindowDataset,
     batch_indices,
     batch_iterator,
@@ -64,6 +65,7 @@ from nrsfm_jax.data.windows import (
 
 __all__ = [
     'ASSETS_DIR',
+    'BONE_LENGTH_GROUPS',
     'CMU_BONES',
     'CMU_BONE_PAIRS',
     'CMU_HINGES',

@@ -387,6 +387,10 @@ def tracks_dataset(path: PathLike, *, length: int = 243, scale: float | None = N
   return build_dataset({Path(path).stem: (None, keypoints[None], visibility[None])}, length, scale)
 
 
+# How data.sequence_bone_lengths groups frames: per camera of a sequence, or per sequence.
+BONE_LENGTH_GROUPS = ('view', 'sequence')
+
+
 def sequence_bone_lengths(
     dataset: WindowDataset, bones: Sequence[tuple[int, int]], *, quantile: float = 0.99, by: str = 'view'
 ) -> np.ndarray:
@@ -416,7 +420,7 @@ def sequence_bone_lengths(
     ValueError: on an empty bone list, joints outside the dataset's points, a quantile
       outside (0, 1] or an unknown ``by``.
   """
-  if by not in ('view', 'sequence'):
+  if by not in BONE_LENGTH_GROUPS:
     raise ValueError(f"sequence_bone_lengths: by must be 'view' or 'sequence', got {by!r}.")
   idx = np.asarray(bones, np.int64).reshape(-1, 2)
   if not len(idx):
