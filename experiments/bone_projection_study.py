@@ -111,8 +111,7 @@ def _teacher_scores(fold_dir: str, bones) -> dict[str, dict[str, float]]:
     own = scoring.score(pred * dataset.scale, dataset, protocol='cmu17')['overall']
     cached['scores']['own x, y'] = {k: float(own[k]) for k in _KEYS}
     # The student's test-time protocol (model.observed_xy): the observed x, y of every visible point.
-    seen = dataset.visibility[..., None] > 0
-    pred = np.concatenate([np.where(seen, dataset.keypoints, pred[..., :2]), pred[..., 2:]], -1)
+    pred = scoring.observed_xy(pred, dataset)
     for setting in [m for m in missing if m != 'own x, y']:
       mode, gain = _parse(setting)
       out = (

@@ -53,6 +53,16 @@ def predict(
   return pred
 
 
+def observed_xy(pred: np.ndarray, dataset: data_lib.WindowDataset) -> np.ndarray:
+  """``pred`` ``[N, L, P, 3]`` (normalised) with the observed 2D as x, y of every visible point.
+
+  What a student's ``'reconstruction'`` output does under ``model.observed_xy`` (C3DPO's
+  evaluation), for any other 3D of the same windows: a teacher's samples, cached pseudo-3D.
+  """
+  seen = dataset.visibility[..., None] > 0
+  return np.concatenate([np.where(seen, dataset.keypoints, pred[..., :2]), pred[..., 2:]], -1).astype(pred.dtype)
+
+
 def project_bones(
     pred: np.ndarray,
     dataset: data_lib.WindowDataset,
@@ -100,6 +110,21 @@ def projection_options(
       by=by or config.train.get('eval_bone_by', 'view'),
       gain=float(gain or config.train.get('eval_bone_gain', 1.0)),
   )
+
+
+def as_evaluated(config: ml_collections.ConfigDict, pred: np.ndarray, dataset: data_lib.WindowDataset) -> np.ndarray:
+  """Any 3D of ``dataset``'s windows ``[N, L, P, 3]`` (normalised) as a run of ``config`` scores its own.
+
+  The observed x, y of the visible points when ``model.observed_xy`` (:func:`observed_xy`), then
+  the test-time bone projection of ``train.eval_bone_*`` (:func:`projection_options`). Reads the
+  2D only: a teacher's pseudo-3D treated this way is what its student will be scored as.
+  """
+  if config.model.get('observed_xy', True):
+    pred = observed_xy(pred, dataset)
+  projection = projection_options(config)
+  if projection:
+    pred = project_bones(pred, dataset, **projection)
+  return np.asarray(pred, np.float32)
 
 
 def padded_batches(dataset: data_lib.WindowDataset, batch_size: int):

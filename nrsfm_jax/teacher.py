@@ -65,6 +65,7 @@ def reconstruction_targets(
     dataset: data_lib.WindowDataset,
     *,
     resolve_flips: bool = True,
+    as_evaluated: bool = False,
     log: Callable[[str], None] = print,
 ) -> np.ndarray:
   """A trained student's root-relative reconstructions of ``dataset``'s windows: ``[N, L, P, 3]``.
@@ -75,6 +76,9 @@ def reconstruction_targets(
     resolve_flips: depth-flip each frame to the handedness of the student's mean shape
       (:func:`geometry.resolve_flip_by_reference`; the self-mode teacher's targets). Off: the
       reconstructions as the student makes them (``train.pseudo3d`` set to a run's workdir).
+    as_evaluated: put them through the student's own test-time treatment first
+      (:func:`scoring.as_evaluated` with its config: the observed x, y, then its test-time bone
+      projection), so the targets are what the student is scored as.
     log: progress sink.
 
   Raises:
@@ -82,13 +86,20 @@ def reconstruction_targets(
   """
   if not student_workdir:
     raise ValueError("teacher.mode='self' needs teacher.student_workdir (a workdir of experiments/train.py).")
-  _, model, params, meta = runs.load_run(student_workdir)
+  student_config, model, params, meta = runs.load_run(student_workdir)
   if not np.isclose(float(meta['scale']), dataset.scale, rtol=1e-6):
     raise ValueError(
         f'{student_workdir} was trained at 2D scale {meta["scale"]:.6g}, these windows have '
         f"{dataset.scale:.6g}: the teacher must use the student's data config."
     )
   points = scoring.predict(model.apply, params, dataset)
+  if as_evaluated:
+    points = scoring.as_evaluated(student_config, points, dataset)
+    projection = scoring.projection_options(student_config)
+    log(
+        f'targets as {student_workdir} is evaluated'
+        + (f': bone projection {projection["mode"]} (gain {projection["gain"]:g})' if projection else '')
+    )
   if resolve_flips:
     reference = model.apply(params, method=Student.mean_shape)
     resolved = jax.jit(geometry.resolve_flip_by_reference)(points, reference, mask=dataset.visibility)
@@ -104,14 +115,20 @@ def reconstruction_targets(
 
 
 def self_targets(
-    student_workdir: str, dataset: data_lib.WindowDataset, *, log: Callable[[str], None] = print
+    student_workdir: str,
+    dataset: data_lib.WindowDataset,
+    *,
+    as_evaluated: bool = False,
+    log: Callable[[str], None] = print,
 ) -> np.ndarray:
   """A trained student's flip-resolved, root-relative reconstructions of ``dataset``: ``[N, L, P, 3]``.
+
+  ``as_evaluated``: :func:`reconstruction_targets`' (``teacher.target_projection='eval'``).
 
   Raises:
     ValueError: the student was trained at another 2D scale (other data).
   """
-  return reconstruction_targets(student_workdir, dataset, resolve_flips=True, log=log)
+  return reconstruction_targets(student_workdir, dataset, resolve_flips=True, as_evaluated=as_evaluated, log=log)
 
 
 # ----------------------------------------------------------------------------
@@ -297,7 +314,10 @@ def train_teacher(
   if mode == 'supervised':
     targets = supervised_targets(train_ds)
   else:
-    targets = self_targets(config.teacher.student_workdir, train_ds, log=log)
+    projection = config.teacher.get('target_projection', 'none')
+    if projection not in configs.PSEUDO3D_PROJECTIONS:
+      raise ValueError(f'teacher.target_projection must be one of {configs.PSEUDO3D_PROJECTIONS}, got {projection!r}.')
+    targets = self_targets(config.teacher.student_workdir, train_ds, as_evaluated=projection == 'eval', log=log)
   batch_size = config.train.batch_size
   num_steps = config.train.num_steps
   log(

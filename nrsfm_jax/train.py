@@ -92,8 +92,21 @@ def per_window_inputs(lcfg: objective.LossConfig, dataset: data_lib.WindowDatase
 
 
 def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable[[str], None]):
-  """:func:`_raw_teacher_targets`, smoothed over time by ``train.pseudo3d_sigma`` frames when it is > 0."""
+  """:func:`_raw_teacher_targets`, then (``train.pseudo3d_projection='eval'``) put through this
+  row's own test-time treatment (:func:`scoring.as_evaluated`), then smoothed over time by
+  ``train.pseudo3d_sigma`` frames when it is > 0."""
   pseudo, weight = _raw_teacher_targets(config, lcfg, train_ds, log)
+  mode = config.train.get('pseudo3d_projection', 'none')
+  if mode not in configs.PSEUDO3D_PROJECTIONS:
+    raise ValueError(f'train.pseudo3d_projection must be one of {configs.PSEUDO3D_PROJECTIONS}, got {mode!r}.')
+  if pseudo is not None and mode == 'eval':
+    pseudo = scoring.as_evaluated(config, pseudo, train_ds)
+    projection = scoring.projection_options(config)
+    log(
+        'teacher targets as this row is evaluated: '
+        + ('observed x, y' if config.model.get('observed_xy', True) else "the targets' own x, y")
+        + (f', bone projection {projection["mode"]} (gain {projection["gain"]:g})' if projection else '')
+    )
   sigma = float(config.train.get('pseudo3d_sigma', 0.0))
   if pseudo is not None and sigma > 0:
     pseudo = np.asarray(geometry.smooth_over_time(pseudo, sigma, train_ds.mask), np.float32)

@@ -437,6 +437,70 @@ def test_pseudo3d_from_a_run_is_that_runs_own_reconstructions(run, loaded):
     train._teacher_targets(config, objective.loss_config(config), train_ds, log=lambda s: None)
 
 
+def test_pseudo3d_projection_eval_gives_targets_the_rows_test_time_treatment(tmp_path):
+  # train.pseudo3d_projection='eval': a teacher's pseudo-3D gets the observed x, y of the visible
+  # points and the row's test-time bone projection, what the row's own outputs get when scored.
+  config = configs.get('tiny')
+  config.loss.terms.teacher.weight = 1.0
+  config.train.eval_bone_gain = 2.0
+  train_ds, _ = data.make_datasets(config)
+  rng = np.random.default_rng(0)
+  raw = rng.normal(size=train_ds.keypoints.shape[:-1] + (3,)).astype(np.float32)
+  config.train.pseudo3d = str(tmp_path / 'pseudo3d.npz')
+  data.save_pseudo3d(config.train.pseudo3d, raw, train_ds)
+  lcfg = objective.loss_config(config)
+  same, _ = train._teacher_targets(config, lcfg, train_ds, log=lambda s: None)
+  np.testing.assert_allclose(same, raw)  # 'none', the default: the targets as the teacher made them.
+  config.train.pseudo3d_projection = 'eval'
+  lines = []
+  treated, _ = train._teacher_targets(config, lcfg, train_ds, log=lines.append)
+  assert any('observed x, y, bone projection clip (gain 2)' in line for line in lines)
+  seen = train_ds.visibility > 0
+  assert np.any(seen) and not np.all(seen)
+  expected_xy = np.where(seen[..., None], train_ds.keypoints, raw[..., :2])
+  bones = tuple(map(tuple, config.loss.terms.bones.bones))
+  expected = scoring.project_bones(
+      np.concatenate([expected_xy, raw[..., 2:]], -1), train_ds, bones=bones, mode='clip', gain=2.0
+  )
+  np.testing.assert_allclose(treated, expected, atol=1e-6)
+  assert np.abs(treated[..., 2] - raw[..., 2]).max() > 1e-3  # The projection moved some depth.
+  # With the projection off only the visible points' x, y change.
+  config.train.eval_bone_projection = 'none'
+  xy_only, _ = train._teacher_targets(config, lcfg, train_ds, log=lambda s: None)
+  np.testing.assert_allclose(xy_only[..., :2], expected_xy, atol=1e-6)
+  np.testing.assert_allclose(xy_only[..., 2], raw[..., 2], atol=1e-6)
+  config.train.pseudo3d_projection = 'test'
+  with pytest.raises(ValueError, match='pseudo3d_projection'):
+    train._teacher_targets(config, lcfg, train_ds, log=lambda s: None)
+  with pytest.raises(configs.ConfigError, match='train.pseudo3d_projection'):
+    configs.validate(config)
+
+
+def test_self_teacher_targets_as_the_student_is_evaluated(run, loaded):
+  # teacher.target_projection='eval': the self-mode teacher's targets are the student's
+  # reconstructions as it is scored (observed x, y, then its own test-time bone projection).
+  from nrsfm_jax import teacher
+
+  workdir, _ = run
+  run_config, model, params, _ = loaded
+  assert run_config.train.eval_bone_projection == 'clip'
+  train_ds, _ = data.make_datasets(configs.get('tiny'))
+  lines = []
+  plain = teacher.reconstruction_targets(workdir, train_ds, resolve_flips=False, log=lines.append)
+  treated = teacher.reconstruction_targets(workdir, train_ds, resolve_flips=False, as_evaluated=True, log=lines.append)
+  raw = scoring.predict(model.apply, params, train_ds)
+  np.testing.assert_allclose(plain, geometry.root_relative(raw), atol=1e-6)
+  np.testing.assert_allclose(
+      treated, geometry.root_relative(scoring.as_evaluated(run_config, raw, train_ds)), atol=1e-6
+  )
+  assert np.abs(treated - plain).max() > 1e-3
+  assert any('bone projection clip (gain 1)' in line for line in lines)
+  config = configs.get('teacher', 'self')
+  config.teacher.target_projection = 'snap'
+  with pytest.raises(configs.ConfigError, match='teacher.target_projection'):
+    configs.validate(config)
+
+
 def test_selection_objective_reads_only_the_training_2d():
   config = configs.get('tiny', 'lifter')
   from nrsfm_jax import data as data_lib

@@ -80,6 +80,10 @@ _RANGES = {
 
 # train.cpu_dots: XLA CPU's matmul backends for the train step (loop.cpu_compiler_options).
 CPU_DOTS = ('ynn', 'eigen')
+# train.pseudo3d_projection (a teacher's pseudo-3D or an anchor run's reconstructions) and
+# teacher.target_projection (a self-mode teacher's targets): 'eval' puts the targets through the
+# test-time treatment of the run they train or come from (scoring.as_evaluated); 'none' leaves them.
+PSEUDO3D_PROJECTIONS = ('none', 'eval')
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -92,6 +96,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
       'train.cpu_dots': CPU_DOTS,
       'train.eval_bone_projection': geometry.BONE_PROJECTIONS,
       'train.eval_bone_by': windows.BONE_LENGTH_GROUPS,
+      'train.pseudo3d_projection': PSEUDO3D_PROJECTIONS,
+      'teacher.target_projection': PSEUDO3D_PROJECTIONS,
   }
 
 

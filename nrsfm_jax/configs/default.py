@@ -162,6 +162,10 @@ def get_config(arg=None):
   # padding frames excluded: geometry.smooth_over_time). No 3D is read. Off: σ = 2 on the stacked TCN
   # row's anchor left the cross-subject mean where it was (109.7 mm against 109.8; README).
   c.train.pseudo3d_sigma = 0.0
+  # 'eval': put those targets through this row's own test-time treatment first (the observed x, y
+  # of the visible points, then the eval_bone_* projection; scoring.as_evaluated), so the student
+  # learns what it will be scored as. 'none': the targets as the teacher (or anchor run) makes them.
+  c.train.pseudo3d_projection = 'none'
 
   c.model.use_refiner = variant in ('tcn', 'teacher')
   if variant == 'teacher':

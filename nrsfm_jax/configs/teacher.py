@@ -35,6 +35,9 @@ def get_config(arg=None):
   c.teacher = ml_collections.ConfigDict()
   c.teacher.mode = 'self' if kind in ('self', 'nrsfm') else 'supervised'
   c.teacher.student_workdir = ''  # self mode: the student run whose reconstructions are the targets
+  # Self mode: 'eval' trains on those reconstructions as the student is scored (its observed x, y
+  # and test-time bone projection, scoring.as_evaluated; no 3D read); 'none': as the model makes them.
+  c.teacher.target_projection = 'none'
 
   # The denoiser's hyperparameters (DenoiserConfig's defaults: 'frame' tokens, width 256, 2 blocks,
   # 8 heads, MLP ratio 2, root joint 0); the D3DP-like per-joint model is arch='st'.
