@@ -37,6 +37,9 @@ ROWS = ('lifter', 'smooth', 'tcn', 'teacher')
 # Rows that may be asked for; 'windows' (the lifter trained on windows, no smoothness) is the
 # control that separates a temporal term's effect from more training on windows under `stack`.
 ALL_ROWS = ('lifter', 'windows', 'smooth', 'tcn', 'teacher')
+# Reference rows scored on the same frames: predicting depth 0; the teacher alone, as it samples
+# and as the student is scored (teacher.score_as_student).
+REFERENCE_ROWS = ('depth0', 'teacher_alone', 'teacher_as_student')
 TITLES = {
     'lifter': 'lifter only (C3DPO baseline)',
     'windows': 'lifter + window training (no smoothness)',
@@ -159,6 +162,10 @@ def _run_rows(
     log(f'== {os.path.basename(workdir)}: {row} ({TITLES[row]}) ==')
     result = train_lib.train_and_evaluate(cfg, row_dir, log=log)
     results[row] = dict(result, seconds_this_call=round(time.time() - t0, 1))
+    if row == 'teacher':  # The fair reference: the teacher alone with the student's test-time treatment.
+      fair = teacher.score_as_student(os.path.join(workdir, f'teacher_{tcfg.teacher.mode}'), cfg, log=log)
+      if fair is not None:
+        results['teacher_as_student'] = {'overall': fair}
   if any('depth0' in results[r] for r in rows):
     # Every row is scored on the same frames: its evaluation already holds the depth-0 reference.
     results['depth0'] = next(results[r]['depth0'] for r in rows if 'depth0' in results[r])
@@ -233,7 +240,9 @@ def run_cmu17_cross_subject(
     'mean': {row: {metric: mean over folds}}}``; the mean is the unweighted mean
     of the folds' overall metrics (each subject counts once, however many
     frames it has). ``teacher_alone`` is the teacher's own score at the
-    settings that made the student's pseudo-3D (H, K, aggregation).
+    settings that made the student's pseudo-3D (H, K, aggregation);
+    ``teacher_as_student`` the same samples scored as the student is
+    (:func:`teacher.score_as_student`).
   """
   student_config = student_config or (lambda row: configs.get('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
@@ -272,7 +281,7 @@ def run_cmu17_cross_subject(
 def fold_means(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
   """``{row: {metric: mean over the folds that have the row}}`` of the folds' overall scores."""
   means = {}
-  for row in ALL_ROWS + ('depth0', 'teacher_alone'):
+  for row in ALL_ROWS + REFERENCE_ROWS:
     scores = [f[row]['overall'] for f in folds.values() if row in f]
     if scores:
       means[row] = {k: float(np.mean([o[k] for o in scores])) for k in scores[0]}
@@ -291,7 +300,7 @@ def cross_subject_table(results: dict[str, Any]) -> str:
   )
   lines = [head, '|---' * (len(names) + 5) + '|']
   titles = dict(TITLES, **REFERENCE_TITLES)
-  for row in ('depth0',) + ALL_ROWS + ('teacher_alone',):
+  for row in ('depth0',) + ALL_ROWS + REFERENCE_ROWS[1:]:
     if row not in results['mean']:
       continue
     cells = [f'{folds[s][row]["overall"]["mpjpe"]:.1f}' if row in folds[s] else '–' for s in names]
@@ -567,7 +576,8 @@ def run_classic(
 
 REFERENCE_TITLES = {
     'depth0': 'depth 0 (reference)',
-    'teacher_alone': 'teacher alone (its pseudo-3D setting)',
+    'teacher_alone': 'teacher alone (its pseudo-3D setting; its own x, y)',
+    'teacher_as_student': "teacher alone, scored as the student (observed x, y, the student's bone projection)",
     'c3dpo': 'official C3DPO, 25 CPU-minutes (reference)',
 }
 
@@ -585,7 +595,7 @@ def cmu17_table(results: dict[str, Any], c3dpo: bool = False) -> str:
   ]
   extra = {'c3dpo': {'overall': scoring.C3DPO_REFERENCE}} if c3dpo else {}
   titles = dict(TITLES, **REFERENCE_TITLES)
-  for row in ('depth0',) + ALL_ROWS + ('teacher_alone', 'c3dpo'):
+  for row in ('depth0',) + ALL_ROWS + REFERENCE_ROWS[1:] + ('c3dpo',):
     if row not in results and row not in extra:
       continue
     o = (results.get(row) or extra[row])['overall']

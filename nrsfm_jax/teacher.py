@@ -434,6 +434,66 @@ def evaluate_teacher(
   return result
 
 
+def score_as_student(
+    teacher_workdir: str, student_config: ml_collections.ConfigDict, *, log: Callable[[str], None] = print
+) -> dict[str, float] | None:
+  """The teacher alone on the eval split, scored as ``student_config``'s run scores its own 3D.
+
+  The teacher is sampled at the settings that make its pseudo-3D (H, K, aggregation), then given
+  the student's test-time treatment (:func:`scoring.as_evaluated`: the observed x, y of the
+  visible points and the student's ``train.eval_bone_*`` projection), so the two rows differ only
+  in the model. The score is cached next to the teacher (``as_student_<key>.json``, keyed by the
+  teacher's step and every setting that changes it).
+
+  Returns:
+    :func:`scoring.score`'s ``'overall'``; None when the eval split has no 3D.
+  """
+  tcfg, model, params, meta = load_teacher(teacher_workdir)
+  data_cfg = ml_collections.ConfigDict(student_config.data.to_dict())
+  d = tcfg.diffusion
+  settings = {
+      'step': int(meta['step']),
+      'data': data_cfg.to_dict(),
+      'sampling': [int(d.num_hypotheses), int(d.num_steps), float(d.eta), d.aggregation, int(tcfg.seed)],
+      'observed_xy': bool(student_config.model.get('observed_xy', True)),
+      'projection': {
+          k: list(v) if isinstance(v, tuple) else v for k, v in scoring.projection_options(student_config).items()
+      },
+  }
+  key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  path = os.path.join(teacher_workdir, f'as_student_{key}.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)['overall']
+  length = data_lib.window_length(data_cfg, 'train')
+  dataset = data_lib.make_dataset(data_cfg, 'eval', scale=float(meta['scale']), seed=tcfg.seed, length=length)
+  if dataset.points3d is None:
+    return None
+  t0 = time.time()
+  pred = predict(
+      model.apply,
+      params,
+      schedule_of(tcfg),
+      dataset,
+      num_hypotheses=d.num_hypotheses,
+      num_steps=d.num_steps,
+      eta=d.eta,
+      seed=tcfg.seed,
+      batch_size=tcfg.train.eval_batch_size,
+      aggregations=(d.aggregation,),
+  )[d.aggregation]
+  pred = scoring.as_evaluated(student_config, pred, dataset)
+  protocol = data_lib.protocol_of(data_cfg) or 'cmu17'
+  overall = scoring.score(pred * dataset.scale, dataset, protocol=protocol)['overall']
+  overall = {k: float(v) for k, v in overall.items()}
+  loop.write_json_atomic(path, dict(settings, overall=overall))
+  log(
+      f'teacher alone, scored as the student ({time.time() - t0:.0f} s): '
+      + ' '.join(f'{m}={v:.4g}' for m, v in overall.items())
+  )
+  return overall
+
+
 # ----------------------------------------------------------------------------
 # Cached pseudo-3D.
 # ----------------------------------------------------------------------------

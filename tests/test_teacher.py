@@ -123,8 +123,26 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
       log=lines.append,
   )
   # tcn comes with a self-mode teacher row; the references ride along.
-  assert set(results) == {'tcn', 'teacher', 'teacher_eval', 'teacher_alone', 'depth0'}
+  assert set(results) == {'tcn', 'teacher', 'teacher_eval', 'teacher_alone', 'teacher_as_student', 'depth0'}
   assert results['teacher_alone']['overall'] == results['teacher_eval']['H1_K1']['mean']
+  # The fair reference: the same samples with the student's observed x, y and bone projection.
+  fair = results['teacher_as_student']['overall']
+  assert fair['mpjpe'] != results['teacher_alone']['overall']['mpjpe']
+  assert any('scored as the student' in line for line in lines)
+  cached = [f for f in os.listdir(os.path.join(workdir, 'teacher_self')) if f.startswith('as_student_')]
+  assert len(cached) == 1
+  with open(os.path.join(workdir, 'teacher_self', cached[0])) as f:
+    assert json.load(f)['overall'] == fair
+  from nrsfm_jax import scoring
+
+  tcfg, model, params, meta = teacher.load_teacher(os.path.join(workdir, 'teacher_self'))
+  scfg = _tiny_student('teacher')
+  eval_ds = data.make_dataset(scfg.data, 'eval', scale=meta['scale'], length=data.window_length(scfg.data, 'train'))
+  pred = teacher.predict(
+      model.apply, params, teacher.schedule_of(tcfg), eval_ds, num_hypotheses=1, num_steps=1, aggregations=('mean',)
+  )['mean']
+  expected = scoring.score(scoring.as_evaluated(scfg, pred, eval_ds) * eval_ds.scale, eval_ds)['overall']
+  assert fair == pytest.approx({k: float(v) for k, v in expected.items()}, rel=1e-5)
   assert any('self targets' in line and os.path.join(workdir, 'tcn') in line for line in lines)
   with open(os.path.join(workdir, 'teacher', 'config.json')) as f:
     assert json.load(f)['train']['pseudo3d'].startswith(os.path.join(workdir, 'teacher_self'))
@@ -136,6 +154,7 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   assert ablation.TITLES['teacher'] in table and '| + smoothness |' not in table
   assert '+0.0%' in ablation.cmu17_table({**results, 'lifter': results['tcn']})  # each row vs the lifter's
   assert 'depth 0 (reference)' in table and 'teacher alone' in table and 'official C3DPO' not in table
+  assert '| teacher alone, scored as the student' in table
   assert '| official C3DPO, 25 CPU-minutes (reference) | 78.9 |' in ablation.cmu17_table(results, c3dpo=True)
   # A supervised teacher needs no tcn row.
   assert ablation._check_rows(['lifter', 'teacher'], self_teacher=False) == ['lifter', 'teacher']
