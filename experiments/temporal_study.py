@@ -9,6 +9,13 @@ scored (MPJPE, depth-flip best per frame, mm). It also counts, against the truth
 whose better depth sign is the flipped one, how often that choice changes between
 consecutive frames, and (with that sign) the fraction of knees and elbows bent the other way
 from the truth (``metrics.wrong_hinges``). Prints one line per fold and row, then the means over folds.
+
+``--targets`` instead studies the self-mode teacher's targets: each row's reconstructions of its
+*training* windows, as they are and after :func:`geometry.resolve_flip_by_reference` to the row's
+mean shape (what ``teacher.resolve_flips`` does), and counts, against the training 3D, the frames
+whose whole-body handedness is the truth's and how often it changes between consecutive frames:
+
+  python -m experiments.temporal_study --workdir=runs/tp --rows=tcn --targets
 """
 
 import os
@@ -23,6 +30,37 @@ from nrsfm_jax import geometry, loop, metrics, runs, scoring
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A --cross_subject ablation directory.', required=True)
 _ROWS = flags.DEFINE_list('rows', ['lifter', 'tcn'], 'Rows to study (those present in each fold).')
 _SIGMAS = flags.DEFINE_list('sigmas', ['0', '1', '2', '3', '5'], 'Gaussian widths, frames (0: as predicted).')
+_TARGETS = flags.DEFINE_bool(
+    'targets', False, "Study the rows' reconstructions of their training windows as self-mode teacher targets."
+)
+
+
+def _handedness(points: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+  """(share of frames whose handedness is the truth's, its changes per 100 consecutive frames) of windows."""
+  rel, gt = np.asarray(geometry.root_relative(points)), np.asarray(geometry.root_relative(truth))
+  same = np.linalg.norm(rel - gt, axis=-1).mean(-1) <= np.linalg.norm(
+      rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1
+  ).mean(-1)
+  present = mask > 0
+  pairs = present[:, 1:] & present[:, :-1]
+  changes = 100.0 * float((same[:, 1:] != same[:, :-1])[pairs].mean()) if pairs.any() else float('nan')
+  return float(same[present].mean()), changes  # (no changes to count in one-frame windows)
+
+
+def study_targets(workdir: str) -> dict:
+  """``{'raw': (right, changes), 'resolved': (right, changes)}`` of a row's training reconstructions."""
+  from nrsfm_jax.models import Student  # pylint: disable=g-import-not-at-top
+
+  config, model, params, meta = runs.load_run(workdir)
+  dataset = data_lib.make_dataset(config.data, 'train', scale=meta['scale'], seed=config.seed)
+  points = scoring.predict(model.apply, params, dataset, batch_size=64)
+  reference = model.apply(params, method=Student.mean_shape)
+  resolved = np.asarray(geometry.resolve_flip_by_reference(points, reference, mask=dataset.visibility))
+  truth = dataset.points3d / dataset.scale
+  return {
+      'raw': _handedness(points, truth, dataset.mask),
+      'resolved': _handedness(resolved, truth, dataset.mask),
+  }
 
 
 def study_row(workdir: str, sigmas) -> dict:
@@ -64,6 +102,19 @@ def main(argv):
   if not os.path.isdir(root):
     raise app.UsageError(f'{root} does not exist: --workdir must be a --cross_subject ablation directory.')
   folds = sorted(d for d in os.listdir(root) if d.startswith('fold_'))
+  if _TARGETS.value:
+    print('fold      row     | truth handedness, as made | changes/100 | resolved to the mean shape | changes/100')
+    for fold in folds:
+      for row in _ROWS.value:
+        path = os.path.join(root, fold, row)
+        if os.path.isdir(path):
+          t = study_targets(path)
+          cells = [
+              f'{v:.3f}' if i % 2 == 0 else ('–' if np.isnan(v) else f'{v:.2f}')
+              for i, v in enumerate(t['raw'] + t['resolved'])
+          ]
+          print(f'{fold:<9} {row:<7} | ' + ' | '.join(cells))
+    return
   sigma_list = ', '.join(f'{s:g}' for s in sigmas)
   print(f'fold      row     | MPJPE (mm) at sigma = {sigma_list} | flipped | changes/100 | hinges wrong')
   table: dict[str, list[dict]] = {}

@@ -4,9 +4,10 @@ Two ways to train it (``config.teacher.mode``, see ``configs/teacher.py``):
 
 * ``'supervised'``: on the ground-truth 3D of the training windows (D3DP's and
   the paper's protocol);
-* ``'self'``: on a trained student's reconstructions of the same windows,
-  depth-flip-resolved against the student's own mean shape
-  (:func:`geometry.resolve_flip_by_reference`), so no 3D is used anywhere.
+* ``'self'``: on a trained student's reconstructions of the same windows
+  (:func:`reconstruction_targets`), as the student makes them or (``teacher.resolve_flips``)
+  depth-flip-resolved against its mean shape (:func:`geometry.resolve_flip_by_reference`);
+  no 3D is used anywhere.
 
 Targets are root-relative camera-frame 3D in *normalised* units (data units
 divided by the training 2D scale), the frame and units of the student's output.
@@ -112,23 +113,6 @@ def reconstruction_targets(
   else:
     log(f'targets: the reconstructions of {student_workdir} (step {meta["step"]}), as it makes them')
   return np.asarray(geometry.root_relative(points), np.float32)
-
-
-def self_targets(
-    student_workdir: str,
-    dataset: data_lib.WindowDataset,
-    *,
-    as_evaluated: bool = False,
-    log: Callable[[str], None] = print,
-) -> np.ndarray:
-  """A trained student's flip-resolved, root-relative reconstructions of ``dataset``: ``[N, L, P, 3]``.
-
-  ``as_evaluated``: :func:`reconstruction_targets`' (``teacher.target_projection='eval'``).
-
-  Raises:
-    ValueError: the student was trained at another 2D scale (other data).
-  """
-  return reconstruction_targets(student_workdir, dataset, resolve_flips=True, as_evaluated=as_evaluated, log=log)
 
 
 # ----------------------------------------------------------------------------
@@ -317,7 +301,13 @@ def train_teacher(
     projection = config.teacher.get('target_projection', 'none')
     if projection not in configs.PSEUDO3D_PROJECTIONS:
       raise ValueError(f'teacher.target_projection must be one of {configs.PSEUDO3D_PROJECTIONS}, got {projection!r}.')
-    targets = self_targets(config.teacher.student_workdir, train_ds, as_evaluated=projection == 'eval', log=log)
+    targets = reconstruction_targets(
+        config.teacher.student_workdir,
+        train_ds,
+        resolve_flips=bool(config.teacher.get('resolve_flips', False)),
+        as_evaluated=projection == 'eval',
+        log=log,
+    )
   batch_size = config.train.batch_size
   num_steps = config.train.num_steps
   log(
@@ -443,7 +433,7 @@ def score_as_student(
   the student's test-time treatment (:func:`scoring.as_evaluated`: the observed x, y of the
   visible points and the student's ``train.eval_bone_*`` projection), so the two rows differ only
   in the model. The score is cached next to the teacher (``as_student_<key>.json``, keyed by the
-  teacher's step and every setting that changes it).
+  teacher's parameters and every setting that changes it).
 
   Returns:
     :func:`scoring.score`'s ``'overall'``; None when the eval split has no 3D.
@@ -453,6 +443,7 @@ def score_as_student(
   d = tcfg.diffusion
   settings = {
       'step': int(meta['step']),
+      'params': _digest(*[np.asarray(x) for x in jax.tree.leaves(params)]),
       'data': data_cfg.to_dict(),
       'sampling': [int(d.num_hypotheses), int(d.num_steps), float(d.eta), d.aggregation, int(tcfg.seed)],
       'observed_xy': bool(student_config.model.get('observed_xy', True)),

@@ -260,3 +260,21 @@ def test_bone_projection_study_scores_every_setting(run, tmp_path):
   assert 'wrote' in out
   bad = subprocess.run([*cmd[:-1], '--settings=snap:2'], capture_output=True, text=True)
   assert bad.returncode != 0 and "is not 'none', 'full' or 'clip:<gain>'" in bad.stderr + bad.stdout
+
+
+def test_targets_handedness_counts_mirrored_frames_and_switches(run):
+  from experiments import temporal_study
+
+  rng = np.random.default_rng(0)
+  truth = rng.normal(size=(2, 6, 5, 3))
+  flips = np.array([[1, 1, -1, -1, 1, 1], [1, 1, 1, 1, 1, 1]], float)  # 2 mirrored frames, 2 switches
+  points = truth * np.stack([np.ones_like(flips), np.ones_like(flips), flips], -1)[:, :, None, :]
+  mask = np.ones((2, 6))
+  right, changes = temporal_study._handedness(points, truth, mask)
+  assert right == pytest.approx(10 / 12) and changes == pytest.approx(100 * 2 / 10)
+  mask[0, 3:] = 0  # Padding frames count neither way.
+  right, changes = temporal_study._handedness(points, truth, mask)
+  assert right == pytest.approx(8 / 9) and changes == pytest.approx(100 * 1 / 7)
+  workdir, _ = run
+  t = temporal_study.study_targets(workdir)
+  assert all(0 <= t[k][0] <= 1 and 0 <= t[k][1] <= 100 for k in ('raw', 'resolved'))

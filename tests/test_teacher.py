@@ -143,7 +143,7 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   )['mean']
   expected = scoring.score(scoring.as_evaluated(scfg, pred, eval_ds) * eval_ds.scale, eval_ds)['overall']
   assert fair == pytest.approx({k: float(v) for k, v in expected.items()}, rel=1e-5)
-  assert any('self targets' in line and os.path.join(workdir, 'tcn') in line for line in lines)
+  assert any('as it makes them' in line and os.path.join(workdir, 'tcn') in line for line in lines)
   with open(os.path.join(workdir, 'teacher', 'config.json')) as f:
     assert json.load(f)['train']['pseudo3d'].startswith(os.path.join(workdir, 'teacher_self'))
   with open(os.path.join(workdir, 'teacher', 'metrics.jsonl')) as f:
@@ -179,6 +179,15 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
     teacher.train_teacher(other, str(tmp_path / 'other'), log=lambda s: None)
   with pytest.raises(ValueError, match='student_workdir'):
     teacher.train_teacher(_fast(_tiny_teacher('self')), str(tmp_path / 'missing'), log=lambda s: None)
+  # teacher.resolve_flips=True: each frame flipped to the handedness of the student's mean shape.
+  resolved = _fast(_tiny_teacher('self'))
+  resolved.teacher.student_workdir = os.path.join(workdir, 'tcn')
+  resolved.teacher.resolve_flips = True
+  resolved.train.num_steps = 1
+  lines = []
+  teacher.train_teacher(resolved, str(tmp_path / 'resolved'), evaluate=False, log=lines.append)
+  assert any("flipped to the mean shape's handedness" in line for line in lines)
+  assert not any('as it makes them' in line for line in lines)
 
 
 def test_nrsfm_table_marks_rows_that_beat_bmm():

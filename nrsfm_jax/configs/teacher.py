@@ -38,6 +38,14 @@ def get_config(arg=None):
   # Self mode: 'eval' trains on those reconstructions as the student is scored (its observed x, y
   # and test-time bone projection, scoring.as_evaluated; no 3D read); 'none': as the model makes them.
   c.teacher.target_projection = 'none'
+  # Self mode: True depth-flips each target frame to the handedness of the student's mean shape
+  # (geometry.resolve_flip_by_reference); False keeps the reconstructions' own. cmu17 (False): the
+  # resolution leaves 41-50% of the training frames with the true handedness against 54-69% as
+  # made, on every fold, and switches it 2.9 times per 100 frames against 1.0 (a human body is
+  # near-symmetric, so its mean shape cannot tell); on fold 006 the self teacher's student scored
+  # 99.4 mm with it and 88.0 without (README, "The self-mode teacher's targets"). nrsfm sequences
+  # (True): there it took e3D-akhter from 0.88-1.03 to 0.52-0.63 on four of five sequences.
+  c.teacher.resolve_flips = kind == 'nrsfm'
 
   # The denoiser's hyperparameters (DenoiserConfig's defaults: 'frame' tokens, width 256, 2 blocks,
   # 8 heads, MLP ratio 2, root joint 0); the D3DP-like per-joint model is arch='st'.
