@@ -92,21 +92,7 @@ def _teacher_scores(fold_dir: str, bones) -> dict[str, dict[str, float]]:
   missing = [s for s in _SETTINGS.value + ['own x, y'] if s not in cached.get('scores', {})]
   if missing:
     config, model, params, meta = teacher.load_teacher(tdir)
-    length = data_lib.window_length(config.data, 'train')
-    dataset = data_lib.make_dataset(config.data, 'eval', scale=float(meta['scale']), seed=config.seed, length=length)
-    d = config.diffusion
-    pred = teacher.predict(
-        model.apply,
-        params,
-        teacher.schedule_of(config),
-        dataset,
-        num_hypotheses=d.num_hypotheses,
-        num_steps=d.num_steps,
-        eta=d.eta,
-        seed=config.seed,
-        batch_size=config.train.eval_batch_size,
-        aggregations=(d.aggregation,),
-    )[d.aggregation]
+    dataset, pred = teacher.sample_eval_split(config, model, params, float(meta['scale']))
     cached = {'step': int(meta['step']), 'scores': cached.get('scores', {})}
     own = scoring.score(pred * dataset.scale, dataset, protocol='cmu17')['overall']
     cached['scores']['own x, y'] = {k: float(own[k]) for k in _KEYS}

@@ -424,6 +424,38 @@ def evaluate_teacher(
   return result
 
 
+def sample_eval_split(
+    tcfg: ml_collections.ConfigDict,
+    model: Denoiser,
+    params,
+    scale: float,
+    data_cfg: ml_collections.ConfigDict | None = None,
+) -> tuple[data_lib.WindowDataset, np.ndarray]:
+  """``(eval windows, the teacher's 3D for them [N, L, P, 3] normalised)`` at its pseudo-3D settings.
+
+  The windows are ``data_cfg``'s (default: the teacher's own data) eval split, as long as the
+  training windows, at the teacher's 2D ``scale``; the 3D is the ``diffusion.aggregation`` of
+  ``diffusion.num_hypotheses`` DDIM samples of ``diffusion.num_steps`` steps.
+  """
+  data_cfg = data_cfg if data_cfg is not None else tcfg.data
+  length = data_lib.window_length(data_cfg, 'train')
+  dataset = data_lib.make_dataset(data_cfg, 'eval', scale=scale, seed=tcfg.seed, length=length)
+  d = tcfg.diffusion
+  pred = predict(
+      model.apply,
+      params,
+      schedule_of(tcfg),
+      dataset,
+      num_hypotheses=d.num_hypotheses,
+      num_steps=d.num_steps,
+      eta=d.eta,
+      seed=tcfg.seed,
+      batch_size=tcfg.train.eval_batch_size,
+      aggregations=(d.aggregation,),
+  )[d.aggregation]
+  return dataset, pred
+
+
 def score_as_student(
     teacher_workdir: str, student_config: ml_collections.ConfigDict, *, log: Callable[[str], None] = print
 ) -> dict[str, float] | None:
@@ -456,23 +488,10 @@ def score_as_student(
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)['overall']
-  length = data_lib.window_length(data_cfg, 'train')
-  dataset = data_lib.make_dataset(data_cfg, 'eval', scale=float(meta['scale']), seed=tcfg.seed, length=length)
+  t0 = time.time()
+  dataset, pred = sample_eval_split(tcfg, model, params, float(meta['scale']), data_cfg)
   if dataset.points3d is None:
     return None
-  t0 = time.time()
-  pred = predict(
-      model.apply,
-      params,
-      schedule_of(tcfg),
-      dataset,
-      num_hypotheses=d.num_hypotheses,
-      num_steps=d.num_steps,
-      eta=d.eta,
-      seed=tcfg.seed,
-      batch_size=tcfg.train.eval_batch_size,
-      aggregations=(d.aggregation,),
-  )[d.aggregation]
   pred = scoring.as_evaluated(student_config, pred, dataset)
   protocol = data_lib.protocol_of(data_cfg) or 'cmu17'
   overall = scoring.score(pred * dataset.scale, dataset, protocol=protocol)['overall']
