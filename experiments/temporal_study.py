@@ -35,12 +35,16 @@ _TARGETS = flags.DEFINE_bool(
 )
 
 
+def _flip_is_better(points: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """``[...]`` per frame: the depth flip of ``points [..., P, 3]`` is closer to ``truth`` (root-relative)."""
+  rel, gt = np.asarray(geometry.root_relative(points)), np.asarray(geometry.root_relative(truth))
+  e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
+  return np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1) < e_same
+
+
 def _handedness(points: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
   """(share of frames whose handedness is the truth's, its changes per 100 consecutive frames) of windows."""
-  rel, gt = np.asarray(geometry.root_relative(points)), np.asarray(geometry.root_relative(truth))
-  same = np.linalg.norm(rel - gt, axis=-1).mean(-1) <= np.linalg.norm(
-      rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1
-  ).mean(-1)
+  same = ~_flip_is_better(points, truth)
   present = mask > 0
   pairs = present[:, 1:] & present[:, :-1]
   changes = 100.0 * float((same[:, 1:] != same[:, :-1])[pairs].mean()) if pairs.any() else float('nan')
@@ -77,10 +81,7 @@ def study_row(workdir: str, sigmas) -> dict:
     for s in sigmas:
       q = gaussian_filter1d(p, s, axis=0, mode='nearest') if s > 0 else p
       errors[s].append(np.asarray(metrics.mpjpe(q, g)))
-    rel, gt = np.asarray(geometry.root_relative(p)), np.asarray(geometry.root_relative(g))
-    e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
-    e_flip = np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1)
-    choice = e_flip < e_same
+    choice = _flip_is_better(p, g)
     wrong.append(np.asarray(metrics.wrong_hinges(p, g, data_lib.CMU_HINGES)))
     flipped += int(choice.sum())
     changes += int((choice[1:] != choice[:-1]).sum())

@@ -298,14 +298,12 @@ def train_teacher(
   if mode == 'supervised':
     targets = supervised_targets(train_ds)
   else:
-    projection = config.teacher.get('target_projection', 'none')
-    if projection not in configs.PSEUDO3D_PROJECTIONS:
-      raise ValueError(f'teacher.target_projection must be one of {configs.PSEUDO3D_PROJECTIONS}, got {projection!r}.')
+    # (teacher.target_projection's value was checked by configs.validate above.)
     targets = reconstruction_targets(
         config.teacher.student_workdir,
         train_ds,
         resolve_flips=bool(config.teacher.get('resolve_flips', False)),
-        as_evaluated=projection == 'eval',
+        as_evaluated=config.teacher.get('target_projection', 'none') == 'eval',
         log=log,
     )
   batch_size = config.train.batch_size
