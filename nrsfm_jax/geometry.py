@@ -208,8 +208,14 @@ def smooth_over_time(points: Array, sigma: float, mask: Array | None = None) -> 
   points = jnp.asarray(points)
   if sigma == 0:
     return points
-  num_frames = points.shape[-3]
   m = jnp.ones(points.shape[:-2], points.dtype) if mask is None else jnp.asarray(mask, points.dtype)
+  return _smooth_over_time(points, jnp.broadcast_to(m, points.shape[:-2]), float(sigma))
+
+
+@functools.partial(jax.jit, static_argnames='sigma')
+def _smooth_over_time(points: Array, m: Array, sigma: float) -> Array:
+  # (Jitted: called eagerly, each of the 2R + 1 shifted slices would compile on its own.)
+  num_frames = points.shape[-3]
   radius = int(min(math.ceil(3 * sigma), max(num_frames - 1, 0)))
   offsets = jnp.arange(-radius, radius + 1)
   kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2).astype(points.dtype)  # [2R+1]

@@ -52,13 +52,13 @@ def _refiner_grad_support(causal, dilations=(1, 3)):
   model = TemporalRefiner(channels=8, dilations=dilations, causal=causal, mlp_width=8)
   kp, vis, mask = _inputs()
   shapes = jax.random.normal(jax.random.PRNGKey(3), (B, T, P, 3))
-  params = model.init(jax.random.PRNGKey(0), shapes, kp, vis, mask)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), shapes, kp, vis, mask)  # (jitted: one compile)
   # Make the zero-initialised output layer non-zero so gradients flow.
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
   )
   t0 = 20
-  grad = jax.grad(lambda s: jnp.sum(model.apply(params, s, kp, vis, mask)[:, t0]))(shapes)
+  grad = jax.jit(jax.grad(lambda s: jnp.sum(model.apply(params, s, kp, vis, mask)[:, t0])))(shapes)
   return np.nonzero(np.abs(np.asarray(grad)).sum(axis=(0, 2, 3)) > 0)[0], t0
 
 
@@ -249,15 +249,19 @@ def test_pad_to_even_length_leaves_the_real_queries_attention_unchanged(t, s):
     assert q2.shape[1] % 2 == 0 and k2.shape[1] % 2 == 0 and length == t
     return jax.nn.dot_product_attention(q2, k2, v2, bias=b2, mask=m2)[:, :length]
 
-  for b, m in ((None, None), (bias, None), (None, mask), (bias, mask)):
-    want = jax.nn.dot_product_attention(q, k, v, bias=b, mask=m)
-    np.testing.assert_allclose(padded(q, k, v, b, m), want, atol=1e-5)
-    grads = [
-        jax.grad(lambda *a, f=f: jnp.sum(jnp.sin(f(*a, b, m))), argnums=(0, 1, 2))(q, k, v)
-        for f in (padded, lambda *a: jax.nn.dot_product_attention(*a[:3], bias=a[3], mask=a[4]))
+  plain = lambda q, k, v, bias, mask: jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+
+  @jax.jit  # (one compile per case: eagerly, each of the ops below would compile on its own)
+  def values_and_grads(q, k, v, bias, mask):
+    return [
+        (f(q, k, v, bias, mask), jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a, bias, mask))), argnums=(0, 1, 2))(q, k, v))
+        for f in (padded, plain)
     ]
-    for g_pad, g in zip(*grads):
-      np.testing.assert_allclose(g_pad, g, atol=1e-5)
+
+  for b, m in ((None, None), (bias, None), (None, mask), (bias, mask)):
+    (got, g_pad), (want, g) = values_and_grads(q, k, v, b, m)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    chex.assert_trees_all_close(g_pad, g, atol=1e-5)
 
 
 def test_z_augmentation_is_undone_on_the_camera():
