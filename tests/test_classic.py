@@ -1,5 +1,7 @@
 """Tests for nrsfm_jax.classic: exact recovery on synthetic low-rank data, masks, jit/vmap, gradients."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -82,14 +84,18 @@ def test_trajectory_shapes_are_exact_in_the_dct_span_with_known_cameras():
 @pytest.mark.slow
 def test_solvers_jit_and_vmap_over_sequences():
   seqs = [_synthetic(seed=s)[0] for s in (0, 3)]
-  batched = jax.vmap(lambda t: classic.prior_free(t, num_bases=K).points)(jnp.asarray(np.stack(seqs)))
+  # (Fewer starts and proximal steps than the defaults: batching is the point here, and the
+  # conftest's -O0 build runs the default 8 x 500 slowly.)
+  solve = functools.partial(classic.prior_free, num_bases=K, num_starts=2, num_iters=100)
+  batched = jax.vmap(lambda t: solve(t).points)(jnp.asarray(np.stack(seqs)))
   for i, t in enumerate(seqs):
-    single = np.asarray(classic.prior_free(jnp.asarray(t), num_bases=K).points)
-    # Batched and single are different XLA programs: 500 proximal steps carry their rounding to
-    # ~2e-4, and the solution is defined up to one global depth reflection, which that rounding
-    # may pick either way (a wrong batching would be off by the data's own scale, ~1).
+    single = np.asarray(solve(jnp.asarray(t)).points)
+    # Batched and single are different XLA programs: the camera starts and proximal steps carry
+    # their rounding to ~1e-3 (2e-4 with the default 8 x 500), and the solution is defined up to
+    # one global depth reflection, which that rounding may pick either way (a wrong batching
+    # would be off by the data's own scale, ~1).
     sign = np.sign(np.sum(np.asarray(batched[i])[..., 2] * single[..., 2]))
-    np.testing.assert_allclose(batched[i], single * np.array([1.0, 1.0, sign]), atol=1e-3)
+    np.testing.assert_allclose(batched[i], single * np.array([1.0, 1.0, sign]), atol=3e-3)
 
 
 def test_differentiable_parts_have_finite_gradients():
