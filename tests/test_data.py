@@ -801,6 +801,9 @@ def test_h36m_trains_and_evaluates_from_the_command_line(tmp_path):
           f'--config.data.path={folder}',
           '--config.data.train_subjects=',  # tiny.py names cmu17 subjects; '' is the source's split
           '--config.data.val_subjects=',
+          # One device: the script inherits conftest's 4 fake CPU devices, on which 'auto' would
+          # shard the step (the data-parallel step has its own tests; on 2 cores it only slows).
+          '--config.train.parallel=none',
       ],
       capture_output=True,
       text=True,
