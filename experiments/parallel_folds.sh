@@ -28,6 +28,23 @@ mkdir -p "$workdir"
 read -r -a cmd <<<"${ABLATION:-python -m experiments.ablation}"
 # Several processes on one GPU: let each take memory as it needs it, not 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
+# On a lent device ($OUT set): every 30 s and at the end, the workdir's results (no checkpoints or
+# predictions) go into $OUT/<workdir's name>.tgz, so a call cut short returns the folds that finished.
+# tar exits 1 when a file changed while it read it (training writes on): that archive is still kept.
+archive() {
+  [[ -n "${OUT:-}" ]] || return 0
+  local name rc=0
+  name="$(basename "$workdir")"
+  tar czf "$OUT/$name.tgz.tmp" --warning=no-file-changed --warning=no-file-removed \
+    --exclude='checkpoints*' --exclude='*.npz' --exclude='*.npy' -C "$(dirname "$workdir")" "$name" 2>/dev/null || rc=$?
+  if ((rc <= 1)); then mv "$OUT/$name.tgz.tmp" "$OUT/$name.tgz"; else rm -f "$OUT/$name.tgz.tmp"; fi
+  return 0
+}
+if [[ -n "${OUT:-}" ]]; then
+  (while sleep 30; do archive; done) >/dev/null 2>&1 &
+  archiver=$!
+  trap 'kill $archiver 2>/dev/null; wait $archiver 2>/dev/null || true; archive' EXIT
+fi
 pids=()
 IFS=',' read -r -a subjects <<<"$folds"
 for s in "${subjects[@]}"; do
