@@ -8,7 +8,12 @@ Gaussian of ``sigma`` frames (per trial and view, on the raw output: no 3D is re
 scored (MPJPE, depth-flip best per frame, mm). It also counts, against the truth, the frames
 whose better depth sign is the flipped one, how often that choice changes between
 consecutive frames, and (with that sign) the fraction of knees and elbows bent the other way
-from the truth (``metrics.wrong_hinges``). Prints one line per fold and row, then the means over folds.
+from the truth (``metrics.wrong_hinges``). Per bone it also counts the depth signs (the sign of the
+child's depth minus the parent's) that agree with the truth's after that per-frame flip, how often
+a bone's agreement changes between consecutive frames, and the MPJPE after a *sign vote*: each
+bone's sign replaced by that of its depth difference smoothed over time (the widest ``sigma``),
+its extent kept (no 3D read). A per-frame error that a temporal model could remove flickers; one
+that persists over many frames does not. Prints one line per fold and row, then the means over folds.
 
 ``--targets`` instead studies the self-mode teacher's targets: each row's reconstructions of its
 *training* windows, as they are and after :func:`geometry.resolve_flip_by_reference` to the row's
@@ -51,6 +56,49 @@ def _handedness(points: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tupl
   return float(same[present].mean()), changes  # (no changes to count in one-frame windows)
 
 
+def _bone_depths(points: np.ndarray, bones) -> np.ndarray:
+  """``[..., E]``: each bone's depth difference, child minus parent, of ``points [..., P, 3]``."""
+  parents, children = np.array([a for a, _ in bones]), np.array([b for _, b in bones])
+  return points[..., children, 2] - points[..., parents, 2]
+
+
+def _bone_signs(points: np.ndarray, truth: np.ndarray, bones) -> tuple[float, float]:
+  """(share of bone depth signs that agree with the truth's, agreement changes per 100 frames per bone).
+
+  ``points``, ``truth``: ``[T, P, 3]``, one trial and view in time order. Each frame is first given
+  the whole-body depth flip that agrees with the truth on more of the bones' depth differences
+  (MPJPE's per-frame flip does the same, by distance); a bone whose true depth difference is 0
+  counts as agreeing.
+  """
+  dz, gz = _bone_depths(points, bones), _bone_depths(truth, bones)
+  flip = np.where((dz * gz).sum(-1, keepdims=True) < 0, -1.0, 1.0)
+  agree = (dz * flip * gz) >= 0
+  changes = 100.0 * float((agree[1:] != agree[:-1]).mean()) if len(agree) > 1 else float('nan')
+  return float(agree.mean()), changes
+
+
+def _sign_vote(points: np.ndarray, bones, sigma: float) -> np.ndarray:
+  """``points [T, P, 3]`` with each bone's depth sign voted over time; x, y and extents kept.
+
+  Consecutive frames are first brought to one whole-body handedness (each frame takes the depth
+  flip that is closer to the frame before, as aligned), so a mirrored frame does not vote against
+  its neighbours. Each bone's depth difference is smoothed over time (Gaussian, ``sigma`` frames),
+  and the bone keeps its own extent with the smoothed sign; the skeleton is rebuilt from the root
+  (``bones`` root-first, as ``data.CMU_BONES``). No 3D is read.
+  """
+  aligned = np.array(points, np.float64)
+  mirror = np.array([1.0, 1.0, -1.0])
+  for t in range(1, len(aligned)):
+    centred, prev = aligned[t] - aligned[t].mean(0), aligned[t - 1] - aligned[t - 1].mean(0)
+    if np.linalg.norm(centred * mirror - prev, axis=-1).mean() < np.linalg.norm(centred - prev, axis=-1).mean():
+      aligned[t, :, 2] = 2 * aligned[t, :, 2].mean() - aligned[t, :, 2]
+  dz = _bone_depths(aligned, bones)
+  voted = np.where(gaussian_filter1d(dz, sigma, axis=0, mode='nearest') < 0, -1.0, 1.0) * np.abs(dz)
+  for e, (a, b) in enumerate(bones):
+    aligned[:, b, 2] = aligned[:, a, 2] + voted[:, e]
+  return aligned
+
+
 def study_targets(workdir: str) -> dict:
   """``{'raw': (right, changes), 'resolved': (right, changes)}`` of a row's training reconstructions."""
   from nrsfm_jax.models import Student  # pylint: disable=g-import-not-at-top
@@ -74,18 +122,29 @@ def study_row(workdir: str, sigmas) -> dict:
   pred = scoring.predict(model.apply, params, dataset, batch_size=64) * dataset.scale
   seqs, truths = data_lib.reassemble(dataset, pred), data_lib.reassemble(dataset, dataset.points3d)
   errors = {s: [] for s in sigmas}
+  voted, signs = [], []
+  vote_sigma = max(max(sigmas), 1.0)
   flipped = changes = frames = 0
   for key, p in seqs.items():
     g = truths[key]
     for s in sigmas:
       q = gaussian_filter1d(p, s, axis=0, mode='nearest') if s > 0 else p
       errors[s].append(np.asarray(metrics.mpjpe(q, g)))
+    voted.append(np.asarray(metrics.mpjpe(_sign_vote(p, data_lib.CMU_BONES, vote_sigma), g)))
+    signs.append((*_bone_signs(p, g, data_lib.CMU_BONES), len(p)))
     choice = _flip_is_better(p, g)
     flipped += int(choice.sum())
     changes += int((choice[1:] != choice[:-1]).sum())
     frames += len(choice)
+  weights = np.array([n for *_, n in signs], float)
+  pairs = np.maximum(weights - 1, 0)
   return {
       'mpjpe': {s: float(np.mean(np.concatenate(v))) for s, v in errors.items()},
+      'sign_vote': float(np.mean(np.concatenate(voted))),
+      'signs_right': float(np.average([r for r, _, _ in signs], weights=weights)),
+      'sign_changes': float(np.average([0.0 if np.isnan(c) else c for _, c, _ in signs], weights=pairs))
+      if pairs.sum()
+      else float('nan'),
       'flipped': flipped / frames,
       'flip_changes': 100.0 * changes / frames,
       # (one call on all the frames: per sequence, every op would compile for its length)
@@ -122,7 +181,11 @@ def main(argv):
           print(f'{fold:<9} {row:<7} | ' + ' | '.join(cells))
     return
   sigma_list = ', '.join(f'{s:g}' for s in sigmas)
-  print(f'fold      row     | MPJPE (mm) at sigma = {sigma_list} | flipped | changes/100 | hinges wrong')
+  vote_sigma = f'{max(max(sigmas), 1.0):g}'
+  print(
+      f'fold      row     | MPJPE (mm) at sigma = {sigma_list} | flipped | changes/100 | hinges wrong'
+      f' | bone signs right | sign changes/100 | MPJPE, signs voted over sigma = {vote_sigma}'
+  )
   table: dict[str, list[dict]] = {}
   for fold in folds:
     for row in _ROWS.value:
@@ -135,6 +198,7 @@ def main(argv):
           f'{fold:<9} {row:<7} | '
           + ', '.join(f'{r["mpjpe"][s]:.1f}' for s in sigmas)
           + f' | {r["flipped"]:.2f} | {r["flip_changes"]:.1f} | {r["wrong_hinges"]:.2f}'
+          + f' | {r["signs_right"]:.3f} | {r["sign_changes"]:.2f} | {r["sign_vote"]:.1f}'
       )
   for row, rs in table.items():
     mean = {s: np.mean([r['mpjpe'][s] for r in rs]) for s in sigmas}
@@ -143,6 +207,8 @@ def main(argv):
         + ', '.join(f'{mean[s]:.1f}' for s in sigmas)
         + f' | {np.mean([r["flipped"] for r in rs]):.2f} | {np.mean([r["flip_changes"] for r in rs]):.1f}'
         + f' | {np.mean([r["wrong_hinges"] for r in rs]):.2f}'
+        + f' | {np.mean([r["signs_right"] for r in rs]):.3f} | {np.mean([r["sign_changes"] for r in rs]):.2f}'
+        + f' | {np.mean([r["sign_vote"] for r in rs]):.1f}'
     )
 
 

@@ -262,6 +262,38 @@ def test_bone_projection_study_scores_every_setting(run, tmp_path):
   assert bad.returncode != 0 and "is not 'none', 'full' or 'clip:<gain>'" in bad.stderr + bad.stdout
 
 
+def test_bone_signs_and_sign_vote_tell_flicker_from_persistent_errors():
+  from experiments import temporal_study
+
+  bones = data.CMU_BONES
+  rng = np.random.default_rng(0)
+  truth = np.repeat(rng.normal(size=(1, 17, 3)), 40, 0) + 0.01 * rng.normal(size=(40, 17, 3))
+  dz = temporal_study._bone_depths(truth, bones)
+
+  def with_depths(d):
+    out = truth.copy()
+    for e, (a, b) in enumerate(bones):
+      out[:, b, 2] = out[:, a, 2] + d[:, e]
+    return out
+
+  # Bone 3 flipped on one frame (flicker), bone 7 on frames 10-39 (persistent), and frame 20
+  # mirrored as a whole (MPJPE's and the count's per-frame flip forgive it).
+  d = dz.copy()
+  d[5, 3] *= -1
+  d[10:, 7] *= -1
+  points = with_depths(d)
+  points[20, :, 2] *= -1
+  right, changes = temporal_study._bone_signs(points, truth, bones)
+  assert right == pytest.approx(1 - (1 + 30) / (40 * len(bones)))
+  assert changes == pytest.approx(100 * 3 / (39 * len(bones)))  # bone 3: two changes; bone 7: one
+  voted = temporal_study._sign_vote(points, bones, sigma=2.0)
+  np.testing.assert_allclose(voted[..., :2], points[..., :2])  # x, y kept
+  vz = temporal_study._bone_depths(voted, bones)  # (frame 20 brought back to its neighbours' handedness)
+  np.testing.assert_allclose(np.abs(vz), np.abs(dz), atol=1e-9)  # every extent kept
+  assert np.sign(vz[5, 3]) == np.sign(dz[5, 3])  # the flicker is voted away
+  assert (np.sign(vz[15:, 7]) != np.sign(dz[15:, 7])).all()  # the persistent error stays
+
+
 def test_targets_handedness_counts_mirrored_frames_and_switches(run):
   from experiments import temporal_study
 
