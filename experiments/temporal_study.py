@@ -77,6 +77,23 @@ def _bone_signs(points: np.ndarray, truth: np.ndarray, bones) -> tuple[float, fl
   return float(agree.mean()), changes
 
 
+def _with_bone_depths(points: np.ndarray, bones, depths: np.ndarray) -> np.ndarray:
+  """``points [..., P, 3]`` rebuilt from the root with each bone's depth difference ``depths [..., E]``.
+
+  x, y and the root's depth are kept; ``bones`` root-first (a parent is the root or an earlier
+  bone's child), as ``data.CMU_BONES``.
+  """
+  out = np.array(points, np.float64)
+  for e, (a, b) in enumerate(bones):
+    out[..., b, 2] = out[..., a, 2] + depths[..., e]
+  return out
+
+
+def _vote_sigma(sigmas) -> float:
+  """The sign vote's width: the widest of ``sigmas``, at least one frame."""
+  return max(max(sigmas), 1.0)
+
+
 def _sign_vote(points: np.ndarray, bones, sigma: float) -> np.ndarray:
   """``points [T, P, 3]`` with each bone's depth sign voted over time; x, y and extents kept.
 
@@ -94,9 +111,7 @@ def _sign_vote(points: np.ndarray, bones, sigma: float) -> np.ndarray:
       aligned[t, :, 2] = 2 * aligned[t, :, 2].mean() - aligned[t, :, 2]
   dz = _bone_depths(aligned, bones)
   voted = np.where(gaussian_filter1d(dz, sigma, axis=0, mode='nearest') < 0, -1.0, 1.0) * np.abs(dz)
-  for e, (a, b) in enumerate(bones):
-    aligned[:, b, 2] = aligned[:, a, 2] + voted[:, e]
-  return aligned
+  return _with_bone_depths(aligned, bones, voted)
 
 
 def study_targets(workdir: str) -> dict:
@@ -123,7 +138,7 @@ def study_row(workdir: str, sigmas) -> dict:
   seqs, truths = data_lib.reassemble(dataset, pred), data_lib.reassemble(dataset, dataset.points3d)
   errors = {s: [] for s in sigmas}
   voted, signs = [], []
-  vote_sigma = max(max(sigmas), 1.0)
+  vote_sigma = _vote_sigma(sigmas)
   flipped = changes = frames = 0
   for key, p in seqs.items():
     g = truths[key]
@@ -181,7 +196,7 @@ def main(argv):
           print(f'{fold:<9} {row:<7} | ' + ' | '.join(cells))
     return
   sigma_list = ', '.join(f'{s:g}' for s in sigmas)
-  vote_sigma = f'{max(max(sigmas), 1.0):g}'
+  vote_sigma = f'{_vote_sigma(sigmas):g}'
   print(
       f'fold      row     | MPJPE (mm) at sigma = {sigma_list} | flipped | changes/100 | hinges wrong'
       f' | bone signs right | sign changes/100 | MPJPE, signs voted over sigma = {vote_sigma}'

@@ -111,8 +111,8 @@ def pad_to_even_length(query: Array, key: Array, value: Array, bias: Array | Non
   head_dim]``, ``bias``/``mask`` broadcastable to ``[N, heads, T, S]``.
 
   Returns:
-    ``(query, key, value, bias, mask, T)`` with even ``T'``, ``S'`` (``mask`` ``[..., T', S']``, at least
-    4-D and never None once anything was padded; ``bias`` padded with zeros).
+    ``(query, key, value, bias, mask, T)`` with even ``T'``, ``S'`` (``mask`` ``[..., T', S']``, never
+    None once anything was padded; ``bias`` padded with zeros).
   """
   t, s = query.shape[-3], key.shape[-3]
   pt, ps = t % 2, s % 2
@@ -128,10 +128,7 @@ def pad_to_even_length(query: Array, key: Array, value: Array, bias: Array | Non
 
   query, key, value = pad_seq(query, pt), pad_seq(key, ps), pad_seq(value, ps)
   real_key = jnp.arange(s + ps) < s
-  if mask is None:  # [1, 1, T', S']: cuDNN wants the full (T', S') of a mask or bias (jax 0.11.2, H200)
-    mask = jnp.broadcast_to(real_key, (1, 1, t + pt, s + ps))
-  else:
-    mask = pad_last2(jnp.asarray(mask, bool), True) & real_key
+  mask = real_key if mask is None else pad_last2(jnp.asarray(mask, bool), True) & real_key
   if bias is not None:
     bias = pad_last2(bias, 0)
   return query, key, value, bias, mask, t
