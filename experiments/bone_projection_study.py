@@ -92,7 +92,7 @@ def _teacher_scores(fold_dir: str, bones) -> dict[str, dict[str, float]]:
   missing = [s for s in _SETTINGS.value + ['own x, y'] if s not in cached.get('scores', {})]
   if missing:
     config, model, params, meta = teacher.load_teacher(tdir)
-    dataset, pred = teacher.sample_eval_split(config, model, params, float(meta['scale']))
+    dataset, pred = teacher.sample_eval_split(config, model, params, float(meta['scale']), cache_dir=tdir)
     cached = {'step': int(meta['step']), 'scores': cached.get('scores', {})}
     own = scoring.score(pred * dataset.scale, dataset, protocol='cmu17')['overall']
     cached['scores']['own x, y'] = {k: float(own[k]) for k in _KEYS}

@@ -199,10 +199,12 @@ def predict(
   the hypotheses' per-joint disagreement ``[N, L, P]`` (:func:`diffusion.hypothesis_spread`).
 
   Window i's hypotheses use ``fold_in(PRNGKey(seed), i)``-derived keys, so the
-  result does not depend on ``batch_size``.
+  result does not depend on ``batch_size``. Fewer windows than ``batch_size`` run as one batch of
+  the next power of two (a 12-frame clip samples 1 window, not 64: one compilation per size class).
   """
   outs = {a: [] for a in aggregations}
   n = dataset.num_windows
+  batch_size = min(batch_size, 1 << max(n - 1, 0).bit_length())
   base = jax.random.PRNGKey(seed)
   t0 = time.time()
   done = 0
@@ -377,7 +379,7 @@ def train_teacher(
           result = json.load(g)
         log(f'teacher already scored with these settings: {eval_path}')
   if result is None:
-    result = evaluate_teacher(config, model.apply, state.params, eval_ds, log=log)
+    result = evaluate_teacher(config, model.apply, state.params, eval_ds, log=log, cache_dir=workdir)
     loop.write_json_atomic(eval_path, result)
     loop.write_json_atomic(provenance_path, provenance)
   path = generate_pseudo3d(workdir, config, log=log)
@@ -391,8 +393,12 @@ def evaluate_teacher(
     dataset: data_lib.WindowDataset,
     *,
     log: Callable[[str], None] = print,
+    cache_dir: str | None = None,
 ) -> dict[str, Any]:
   """The teacher's own scores on ``dataset`` for every (H, K) in ``config.eval.grid`` and aggregation.
+
+  ``cache_dir`` (the teacher's workdir): the samples at the pseudo-3D setting (``diffusion``'s
+  H, K) are kept there (:func:`_eval_samples`), so :func:`score_as_student` reuses them.
 
   Returns:
     ``{'H<h>_K<k>': {aggregation: score()-overall}}`` (empty without 3D).
@@ -400,26 +406,81 @@ def evaluate_teacher(
   if dataset.points3d is None:
     return {}
   protocol = data_lib.protocol_of(config.data) or 'cmu17'
-  schedule = schedule_of(config)
+  d = config.diffusion
   result = {}
   for h, k in [tuple(int(v) for v in hk) for hk in config.eval.grid]:
     t0 = time.time()
-    preds = predict(
-        apply_fn,
-        params,
-        schedule,
-        dataset,
-        num_hypotheses=h,
-        num_steps=k,
-        eta=config.diffusion.eta,
-        seed=config.seed,
-        batch_size=config.train.eval_batch_size,
-    )
+    cached = cache_dir is not None and (h, k) == (int(d.num_hypotheses), int(d.num_steps))
+    if cached:
+      preds = _eval_samples(cache_dir, config, apply_fn, params, dataset, ('mean', 'jpma'))
+    else:
+      preds = predict(
+          apply_fn,
+          params,
+          schedule_of(config),
+          dataset,
+          num_hypotheses=h,
+          num_steps=k,
+          eta=d.eta,
+          seed=config.seed,
+          batch_size=config.train.eval_batch_size,
+      )
     entry = {a: scoring.score(p * dataset.scale, dataset, protocol=protocol)['overall'] for a, p in preds.items()}
     result[f'H{h}_K{k}'] = entry
     text = '; '.join(f'{a}: ' + ' '.join(f'{m}={v:.4g}' for m, v in s.items()) for a, s in entry.items())
     log(f'teacher H={h} K={k} ({time.time() - t0:.0f} s): {text}')
   return result
+
+
+def _eval_samples(
+    cache_dir: str,
+    tcfg: ml_collections.ConfigDict,
+    apply_fn: Callable,
+    params,
+    dataset: data_lib.WindowDataset,
+    aggregations: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+  """The teacher's ``aggregations`` of ``dataset`` at its pseudo-3D setting, cached in ``cache_dir``.
+
+  ``eval3d/<key>.npz``, keyed like the pseudo-3D (parameters, windows, sampling settings): the
+  teacher's own score at that setting and :func:`score_as_student` sample the same eval windows
+  the same way, so the second reads the first's samples (one H × K sampling of the eval split, not
+  two). A file lacking an aggregation is sampled again and rewritten with every one asked for.
+  """
+  d = tcfg.diffusion
+  settings = {
+      'split': 'eval',
+      'H': int(d.num_hypotheses),
+      'K': int(d.num_steps),
+      'eta': float(d.eta),
+      'seed': int(tcfg.seed),
+      'schedule': d.schedule,
+      'T': int(d.num_timesteps),
+      'model': tcfg.model.to_dict(),
+  }
+  key = pseudo3d_key(params, dataset, settings)
+  path = os.path.join(cache_dir, 'eval3d', f'{key}.npz')
+  if os.path.exists(path):
+    with np.load(path) as f:
+      if all(a in f.files for a in aggregations):
+        return {a: f[a] for a in aggregations}
+  preds = predict(
+      apply_fn,
+      params,
+      schedule_of(tcfg),
+      dataset,
+      num_hypotheses=settings['H'],
+      num_steps=settings['K'],
+      eta=settings['eta'],
+      seed=settings['seed'],
+      batch_size=tcfg.train.eval_batch_size,
+      aggregations=aggregations,
+  )
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **preds)
+  os.replace(tmp, path)
+  return preds
 
 
 def sample_eval_split(
@@ -428,17 +489,22 @@ def sample_eval_split(
     params,
     scale: float,
     data_cfg: ml_collections.ConfigDict | None = None,
+    *,
+    cache_dir: str | None = None,
 ) -> tuple[data_lib.WindowDataset, np.ndarray]:
   """``(eval windows, the teacher's 3D for them [N, L, P, 3] normalised)`` at its pseudo-3D settings.
 
   The windows are ``data_cfg``'s (default: the teacher's own data) eval split, as long as the
   training windows, at the teacher's 2D ``scale``; the 3D is the ``diffusion.aggregation`` of
-  ``diffusion.num_hypotheses`` DDIM samples of ``diffusion.num_steps`` steps.
+  ``diffusion.num_hypotheses`` DDIM samples of ``diffusion.num_steps`` steps. ``cache_dir`` (the
+  teacher's workdir): reuse or keep the samples there (:func:`_eval_samples`).
   """
   data_cfg = data_cfg if data_cfg is not None else tcfg.data
   length = data_lib.window_length(data_cfg, 'train')
   dataset = data_lib.make_dataset(data_cfg, 'eval', scale=scale, seed=tcfg.seed, length=length)
   d = tcfg.diffusion
+  if cache_dir is not None:
+    return dataset, _eval_samples(cache_dir, tcfg, model.apply, params, dataset, (d.aggregation,))[d.aggregation]
   pred = predict(
       model.apply,
       params,
@@ -487,7 +553,7 @@ def score_as_student(
     with open(path) as f:
       return json.load(f)['overall']
   t0 = time.time()
-  dataset, pred = sample_eval_split(tcfg, model, params, float(meta['scale']), data_cfg)
+  dataset, pred = sample_eval_split(tcfg, model, params, float(meta['scale']), data_cfg, cache_dir=teacher_workdir)
   if dataset.points3d is None:
     return None
   pred = scoring.as_evaluated(student_config, pred, dataset)

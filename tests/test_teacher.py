@@ -133,6 +133,11 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   assert len(cached) == 1
   with open(os.path.join(workdir, 'teacher_self', cached[0])) as f:
     assert json.load(f)['overall'] == fair
+  # One sampling of the eval split serves both references: the teacher's own score kept both
+  # aggregations, and the as-student score (recomputed from scratch below) read its 'mean'.
+  (samples,) = os.listdir(os.path.join(workdir, 'teacher_self', 'eval3d'))
+  with np.load(os.path.join(workdir, 'teacher_self', 'eval3d', samples)) as f:
+    assert sorted(f.files) == ['jpma', 'mean']
   from nrsfm_jax import scoring
 
   tcfg, model, params, meta = teacher.load_teacher(os.path.join(workdir, 'teacher_self'))
