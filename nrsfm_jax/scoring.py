@@ -130,11 +130,16 @@ def as_evaluated(config: ml_collections.ConfigDict, pred: np.ndarray, dataset: d
 def padded_batches(dataset: data_lib.WindowDataset, batch_size: int):
   """Every window once, in order, as fixed-size batches (one compilation).
 
+  A dataset of fewer than ``batch_size`` windows is one batch of the next power of two instead
+  (a 12-frame clip is 1 window: sampling the teacher for it computed 64 before; one compilation
+  per size class).
+
   Yields:
     ``(count, batch)``: ``dataset.take`` of ``batch_size`` indices whose first
     ``count`` are new windows; the last batch repeats its final window as padding.
   """
   n = dataset.num_windows
+  batch_size = min(batch_size, 1 << max(n - 1, 0).bit_length())
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
     yield len(idx), dataset.take(np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))]))

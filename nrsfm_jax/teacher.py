@@ -199,12 +199,11 @@ def predict(
   the hypotheses' per-joint disagreement ``[N, L, P]`` (:func:`diffusion.hypothesis_spread`).
 
   Window i's hypotheses use ``fold_in(PRNGKey(seed), i)``-derived keys, so the
-  result does not depend on ``batch_size``. Fewer windows than ``batch_size`` run as one batch of
-  the next power of two (a 12-frame clip samples 1 window, not 64: one compilation per size class).
+  result does not depend on ``batch_size`` (fewer windows than that run as one smaller batch:
+  :func:`scoring.padded_batches`).
   """
   outs = {a: [] for a in aggregations}
   n = dataset.num_windows
-  batch_size = min(batch_size, 1 << max(n - 1, 0).bit_length())
   base = jax.random.PRNGKey(seed)
   t0 = time.time()
   done = 0

@@ -36,3 +36,16 @@ def test_depth_zero_reference_is_the_benchmarks_number():
   config.data.val_subjects = '002'
   text = scoring.format_references(depth0, depth0, config)
   assert 'official C3DPO' not in text and 'does NOT beat' in text
+
+
+def test_padded_batches_cover_every_window_once_and_shrink_for_small_sets():
+  def windows(frames):
+    kp = np.random.default_rng(0).normal(size=(1, frames, 17, 2)).astype(np.float32)
+    return data.build_dataset({'s': (None, kp, np.ones(kp.shape[:-1], np.float32))}, 8)
+
+  for frames, batch, sizes in ((20, 64, [4]), (8 * 70, 64, [64, 64]), (8, 64, [1])):
+    dataset = windows(frames)
+    got = list(scoring.padded_batches(dataset, batch))
+    assert [b['keypoints'].shape[0] for _, b in got] == sizes
+    index = np.concatenate([b['index'][:count] for count, b in got])
+    np.testing.assert_array_equal(index, np.arange(dataset.num_windows))
