@@ -281,8 +281,9 @@ def train_teacher(
   Writes ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``teacher_eval.json``
   (the teacher's own scores on the eval split for each aggregation and each
   (H, K) of ``config.eval``; reused on a rerun only if
-  ``teacher_eval.provenance.json`` shows the same parameters and settings) and
-  ``pseudo3d/<key>.npz``.
+  ``teacher_eval.provenance.json`` shows the same parameters and settings),
+  ``eval3d/<key>.npz`` (the eval split's samples at the pseudo-3D setting, when ``config.eval``
+  scores it: :func:`score_as_student` reads them) and ``pseudo3d/<key>.npz``.
 
   Returns:
     ``{'eval': {...}, 'pseudo3d': path}``; ``{}`` with ``evaluate=False``,
@@ -446,17 +447,7 @@ def _eval_samples(
   the same way, so the second reads the first's samples (one H × K sampling of the eval split, not
   two). A file lacking an aggregation is sampled again and rewritten with every one asked for.
   """
-  d = tcfg.diffusion
-  settings = {
-      'split': 'eval',
-      'H': int(d.num_hypotheses),
-      'K': int(d.num_steps),
-      'eta': float(d.eta),
-      'seed': int(tcfg.seed),
-      'schedule': d.schedule,
-      'T': int(d.num_timesteps),
-      'model': tcfg.model.to_dict(),
-  }
+  settings = dict(_sampling_settings(tcfg), split='eval')
   key = pseudo3d_key(params, dataset, settings)
   path = os.path.join(cache_dir, 'eval3d', f'{key}.npz')
   if os.path.exists(path):
@@ -581,6 +572,21 @@ def _digest(*arrays) -> str:
   return h.hexdigest()
 
 
+def _sampling_settings(tcfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What makes a teacher's samples at its pseudo-3D setting, besides its parameters and the windows."""
+  d = tcfg.diffusion
+  return {
+      'H': int(d.num_hypotheses),
+      'K': int(d.num_steps),
+      'eta': float(d.eta),
+      'seed': int(tcfg.seed),
+      'schedule': d.schedule,
+      'T': int(d.num_timesteps),
+      # Settings that change the output without changing the parameters' shapes.
+      'model': tcfg.model.to_dict(),
+  }
+
+
 def pseudo3d_key(params, dataset: data_lib.WindowDataset, settings: dict[str, Any]) -> str:
   """Cache key: teacher parameters × training windows × sampling settings (16 hex digits)."""
   leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
@@ -613,19 +619,12 @@ def generate_pseudo3d(
         f"student's training windows have {train_ds.scale:.6g}: different data."
     )
   d = tcfg.diffusion
-  settings = {
-      'H': int(d.num_hypotheses),
-      'K': int(d.num_steps),
-      'eta': float(d.eta),
-      'aggregation': d.aggregation,
-      'seed': int(tcfg.seed),
-      'schedule': d.schedule,
-      'T': int(d.num_timesteps),
-      'spread': True,  # the file also holds the hypotheses' spread (files made before lack it)
-      'step': int(meta['step']),
-      # Settings that change the output without changing the parameters' shapes.
-      'model': tcfg.model.to_dict(),
-  }
+  settings = dict(
+      _sampling_settings(tcfg),
+      aggregation=d.aggregation,
+      spread=True,  # the file also holds the hypotheses' spread (files made before lack it)
+      step=int(meta['step']),
+  )
   key = pseudo3d_key(params, train_ds, settings)
   path = os.path.join(os.path.abspath(teacher_workdir), 'pseudo3d', f'{key}.npz')
   if os.path.exists(path):

@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   # (H, K) pairs scored on the eval split: by default only the pseudo-3D's own setting (its samples
   # are kept and reused by the teacher-alone-as-student score). The grid README's "Teacher
-  # sampling" reads, 54 s more per teacher on 2 cores:
+  # sampling" reads, 65 s more per teacher on 2 cores:
   # --teacher_override='eval.grid=((1, 1), (1, 5), (5, 1), (5, 5), (10, 5))'.
   c.eval.grid = ((5, 5),)
 
