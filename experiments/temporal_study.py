@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from scipy.ndimage import gaussian_filter1d
 
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import geometry, loop, metrics, runs, scoring
+from nrsfm_jax import evaluation, loop, metrics, runs, scoring
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A --cross_subject ablation directory.', required=True)
 _ROWS = flags.DEFINE_list('rows', ['lifter', 'tcn'], 'Rows to study (those present in each fold).')
@@ -40,94 +40,9 @@ _TARGETS = flags.DEFINE_bool(
 )
 
 
-def _flip_is_better(points: np.ndarray, truth: np.ndarray) -> np.ndarray:
-  """``[...]`` per frame: the depth flip of ``points [..., P, 3]`` is closer to ``truth`` (root-relative)."""
-  rel, gt = np.asarray(geometry.root_relative(points)), np.asarray(geometry.root_relative(truth))
-  e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
-  return np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1) < e_same
-
-
-def _handedness(points: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-  """(share of frames whose handedness is the truth's, its changes per 100 consecutive frames) of windows."""
-  same = ~_flip_is_better(points, truth)
-  present = mask > 0
-  pairs = present[:, 1:] & present[:, :-1]
-  changes = 100.0 * float((same[:, 1:] != same[:, :-1])[pairs].mean()) if pairs.any() else float('nan')
-  return float(same[present].mean()), changes  # (no changes to count in one-frame windows)
-
-
-def _bone_depths(points: np.ndarray, bones) -> np.ndarray:
-  """``[..., E]``: each bone's depth difference, child minus parent, of ``points [..., P, 3]``."""
-  parents, children = np.array([a for a, _ in bones]), np.array([b for _, b in bones])
-  return points[..., children, 2] - points[..., parents, 2]
-
-
-def _bone_signs(points: np.ndarray, truth: np.ndarray, bones) -> tuple[float, float]:
-  """(share of bone depth signs that agree with the truth's, agreement changes per 100 frames per bone).
-
-  ``points``, ``truth``: ``[T, P, 3]``, one trial and view in time order. Each frame is first given
-  the whole-body depth flip that agrees with the truth on more of the bones' depth differences
-  (MPJPE's per-frame flip does the same, by distance); a bone whose true depth difference is 0
-  counts as agreeing.
-  """
-  dz, gz = _bone_depths(points, bones), _bone_depths(truth, bones)
-  flip = np.where((dz * gz).sum(-1, keepdims=True) < 0, -1.0, 1.0)
-  agree = (dz * flip * gz) >= 0
-  changes = 100.0 * float((agree[1:] != agree[:-1]).mean()) if len(agree) > 1 else float('nan')
-  return float(agree.mean()), changes
-
-
-def _with_bone_depths(points: np.ndarray, bones, depths: np.ndarray) -> np.ndarray:
-  """``points [..., P, 3]`` rebuilt from the root with each bone's depth difference ``depths [..., E]``.
-
-  x, y and the root's depth are kept; ``bones`` root-first (a parent is the root or an earlier
-  bone's child), as ``data.CMU_BONES``.
-  """
-  out = np.array(points, np.float64)
-  for e, (a, b) in enumerate(bones):
-    out[..., b, 2] = out[..., a, 2] + depths[..., e]
-  return out
-
-
 def _vote_sigma(sigmas) -> float:
   """The sign vote's width: the widest of ``sigmas``, at least one frame."""
   return max(max(sigmas), 1.0)
-
-
-def _sign_vote(points: np.ndarray, bones, sigma: float) -> np.ndarray:
-  """``points [T, P, 3]`` with each bone's depth sign voted over time; x, y and extents kept.
-
-  Consecutive frames are first brought to one whole-body handedness (each frame takes the depth
-  flip that is closer to the frame before, as aligned), so a mirrored frame does not vote against
-  its neighbours. Each bone's depth difference is smoothed over time (Gaussian, ``sigma`` frames),
-  and the bone keeps its own extent with the smoothed sign; the skeleton is rebuilt from the root
-  (``bones`` root-first, as ``data.CMU_BONES``). No 3D is read.
-  """
-  aligned = np.array(points, np.float64)
-  mirror = np.array([1.0, 1.0, -1.0])
-  for t in range(1, len(aligned)):
-    centred, prev = aligned[t] - aligned[t].mean(0), aligned[t - 1] - aligned[t - 1].mean(0)
-    if np.linalg.norm(centred * mirror - prev, axis=-1).mean() < np.linalg.norm(centred - prev, axis=-1).mean():
-      aligned[t, :, 2] = 2 * aligned[t, :, 2].mean() - aligned[t, :, 2]
-  dz = _bone_depths(aligned, bones)
-  voted = np.where(gaussian_filter1d(dz, sigma, axis=0, mode='nearest') < 0, -1.0, 1.0) * np.abs(dz)
-  return _with_bone_depths(aligned, bones, voted)
-
-
-def study_targets(workdir: str) -> dict:
-  """``{'raw': (right, changes), 'resolved': (right, changes)}`` of a row's training reconstructions."""
-  from nrsfm_jax.models import Student  # pylint: disable=g-import-not-at-top
-
-  config, model, params, meta = runs.load_run(workdir)
-  dataset = data_lib.make_dataset(config.data, 'train', scale=meta['scale'], seed=config.seed)
-  points = scoring.predict(model.apply, params, dataset, batch_size=64)
-  reference = model.apply(params, method=Student.mean_shape)
-  resolved = np.asarray(geometry.resolve_flip_by_reference(points, reference, mask=dataset.visibility))
-  truth = dataset.points3d / dataset.scale
-  return {
-      'raw': _handedness(points, truth, dataset.mask),
-      'resolved': _handedness(resolved, truth, dataset.mask),
-  }
 
 
 def study_row(workdir: str, sigmas) -> dict:
@@ -145,9 +60,9 @@ def study_row(workdir: str, sigmas) -> dict:
     for s in sigmas:
       q = gaussian_filter1d(p, s, axis=0, mode='nearest') if s > 0 else p
       errors[s].append(np.asarray(metrics.mpjpe(q, g)))
-    voted.append(np.asarray(metrics.mpjpe(_sign_vote(p, data_lib.CMU_BONES, vote_sigma), g)))
-    signs.append((*_bone_signs(p, g, data_lib.CMU_BONES), len(p)))
-    choice = _flip_is_better(p, g)
+    voted.append(np.asarray(metrics.mpjpe(evaluation.sign_vote(p, data_lib.CMU_BONES, vote_sigma), g)))
+    signs.append((*evaluation.bone_signs(p, g, data_lib.CMU_BONES), len(p)))
+    choice = evaluation.flip_is_better(p, g)
     flipped += int(choice.sum())
     changes += int((choice[1:] != choice[:-1]).sum())
     frames += len(choice)
@@ -188,7 +103,7 @@ def main(argv):
       for row in _ROWS.value:
         path = os.path.join(root, fold, row)
         if os.path.isdir(path):
-          t = study_targets(path)
+          t = evaluation.targets_handedness(path)
           cells = [
               f'{v:.3f}' if i % 2 == 0 else ('–' if np.isnan(v) else f'{v:.2f}')
               for i, v in enumerate(t['raw'] + t['resolved'])

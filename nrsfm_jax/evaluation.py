@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
@@ -476,3 +477,93 @@ __all__ = [
     'rotation_angle',
     'run_canonical_study',
 ]
+
+
+# ----------------------------------------------------------------------------
+# Temporal diagnostics (experiments/temporal_study.py): depth signs against the truth.
+# ----------------------------------------------------------------------------
+
+
+def flip_is_better(points: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """``[...]`` per frame: the depth flip of ``points [..., P, 3]`` is closer to ``truth`` (root-relative)."""
+  rel, gt = np.asarray(geometry.root_relative(points)), np.asarray(geometry.root_relative(truth))
+  e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
+  return np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1) < e_same
+
+
+def handedness(points: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+  """(share of frames whose handedness is the truth's, its changes per 100 consecutive frames) of windows."""
+  same = ~flip_is_better(points, truth)
+  present = mask > 0
+  pairs = present[:, 1:] & present[:, :-1]
+  changes = 100.0 * float((same[:, 1:] != same[:, :-1])[pairs].mean()) if pairs.any() else float('nan')
+  return float(same[present].mean()), changes  # (no changes to count in one-frame windows)
+
+
+def bone_depths(points: np.ndarray, bones) -> np.ndarray:
+  """``[..., E]``: each bone's depth difference, child minus parent, of ``points [..., P, 3]``."""
+  parents, children = np.array([a for a, _ in bones]), np.array([b for _, b in bones])
+  return points[..., children, 2] - points[..., parents, 2]
+
+
+def bone_signs(points: np.ndarray, truth: np.ndarray, bones) -> tuple[float, float]:
+  """(share of bone depth signs that agree with the truth's, agreement changes per 100 frames per bone).
+
+  ``points``, ``truth``: ``[T, P, 3]``, one trial and view in time order. Each frame is first given
+  the whole-body depth flip that agrees with the truth on more of the bones' depth differences
+  (MPJPE's per-frame flip does the same, by distance); a bone whose true depth difference is 0
+  counts as agreeing.
+  """
+  dz, gz = bone_depths(points, bones), bone_depths(truth, bones)
+  flip = np.where((dz * gz).sum(-1, keepdims=True) < 0, -1.0, 1.0)
+  agree = (dz * flip * gz) >= 0
+  changes = 100.0 * float((agree[1:] != agree[:-1]).mean()) if len(agree) > 1 else float('nan')
+  return float(agree.mean()), changes
+
+
+def with_bone_depths(points: np.ndarray, bones, depths: np.ndarray) -> np.ndarray:
+  """``points [..., P, 3]`` rebuilt from the root with each bone's depth difference ``depths [..., E]``.
+
+  x, y and the root's depth are kept; ``bones`` root-first (a parent is the root or an earlier
+  bone's child), as ``data.CMU_BONES``.
+  """
+  out = np.array(points, np.float64)
+  for e, (a, b) in enumerate(bones):
+    out[..., b, 2] = out[..., a, 2] + depths[..., e]
+  return out
+
+
+def sign_vote(points: np.ndarray, bones, sigma: float) -> np.ndarray:
+  """``points [T, P, 3]`` with each bone's depth sign voted over time; x, y and extents kept.
+
+  Consecutive frames are first brought to one whole-body handedness (each frame takes the depth
+  flip that is closer to the frame before, as aligned), so a mirrored frame does not vote against
+  its neighbours. Each bone's depth difference is smoothed over time (Gaussian, ``sigma`` frames),
+  and the bone keeps its own extent with the smoothed sign; the skeleton is rebuilt from the root
+  (``bones`` root-first, as ``data.CMU_BONES``). No 3D is read.
+  """
+  aligned = np.array(points, np.float64)
+  mirror = np.array([1.0, 1.0, -1.0])
+  for t in range(1, len(aligned)):
+    centred, prev = aligned[t] - aligned[t].mean(0), aligned[t - 1] - aligned[t - 1].mean(0)
+    if np.linalg.norm(centred * mirror - prev, axis=-1).mean() < np.linalg.norm(centred - prev, axis=-1).mean():
+      aligned[t, :, 2] = 2 * aligned[t, :, 2].mean() - aligned[t, :, 2]
+  dz = bone_depths(aligned, bones)
+  voted = np.where(gaussian_filter1d(dz, sigma, axis=0, mode='nearest') < 0, -1.0, 1.0) * np.abs(dz)
+  return with_bone_depths(aligned, bones, voted)
+
+
+def targets_handedness(workdir: str) -> dict:
+  """``{'raw': (right, changes), 'resolved': (right, changes)}``: :func:`handedness` of a run's
+  reconstructions of its training windows, as they are and after
+  :func:`geometry.resolve_flip_by_reference` to its mean shape (what ``teacher.resolve_flips`` does)."""
+  config, model, params, meta = load_run(workdir)
+  dataset = data_lib.make_dataset(config.data, 'train', scale=meta['scale'], seed=config.seed)
+  points = scoring.predict(model.apply, params, dataset, batch_size=64)
+  reference = model.apply(params, method=Student.mean_shape)
+  resolved = np.asarray(geometry.resolve_flip_by_reference(points, reference, mask=dataset.visibility))
+  truth = dataset.points3d / dataset.scale
+  return {
+      'raw': handedness(points, truth, dataset.mask),
+      'resolved': handedness(resolved, truth, dataset.mask),
+  }

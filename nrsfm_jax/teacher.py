@@ -432,6 +432,31 @@ def evaluate_teacher(
   return result
 
 
+def _sample_as_configured(
+    tcfg: ml_collections.ConfigDict,
+    apply_fn: Callable,
+    params,
+    dataset: data_lib.WindowDataset,
+    aggregations: tuple[str, ...],
+    log: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+  """:func:`predict` at the teacher's pseudo-3D setting (``tcfg.diffusion``'s H, K, eta; its seed)."""
+  d = tcfg.diffusion
+  return predict(
+      apply_fn,
+      params,
+      schedule_of(tcfg),
+      dataset,
+      num_hypotheses=int(d.num_hypotheses),
+      num_steps=int(d.num_steps),
+      eta=float(d.eta),
+      seed=int(tcfg.seed),
+      batch_size=tcfg.train.eval_batch_size,
+      aggregations=aggregations,
+      log=log,
+  )
+
+
 def _eval_samples(
     cache_dir: str,
     tcfg: ml_collections.ConfigDict,
@@ -454,18 +479,7 @@ def _eval_samples(
     with np.load(path) as f:
       if all(a in f.files for a in aggregations):
         return {a: f[a] for a in aggregations}
-  preds = predict(
-      apply_fn,
-      params,
-      schedule_of(tcfg),
-      dataset,
-      num_hypotheses=settings['H'],
-      num_steps=settings['K'],
-      eta=settings['eta'],
-      seed=settings['seed'],
-      batch_size=tcfg.train.eval_batch_size,
-      aggregations=aggregations,
-  )
+  preds = _sample_as_configured(tcfg, apply_fn, params, dataset, aggregations)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp.npz'
   np.savez(tmp, **preds)
@@ -495,19 +509,7 @@ def sample_eval_split(
   d = tcfg.diffusion
   if cache_dir is not None:
     return dataset, _eval_samples(cache_dir, tcfg, model.apply, params, dataset, (d.aggregation,))[d.aggregation]
-  pred = predict(
-      model.apply,
-      params,
-      schedule_of(tcfg),
-      dataset,
-      num_hypotheses=d.num_hypotheses,
-      num_steps=d.num_steps,
-      eta=d.eta,
-      seed=tcfg.seed,
-      batch_size=tcfg.train.eval_batch_size,
-      aggregations=(d.aggregation,),
-  )[d.aggregation]
-  return dataset, pred
+  return dataset, _sample_as_configured(tcfg, model.apply, params, dataset, (d.aggregation,))[d.aggregation]
 
 
 def score_as_student(
@@ -636,19 +638,7 @@ def generate_pseudo3d(
       f'pseudo-3D: sampling {train_ds.num_windows} windows with H={settings["H"]}, K={settings["K"]}, '
       f'{settings["aggregation"]} aggregation'
   )
-  preds = predict(
-      model.apply,
-      params,
-      schedule_of(tcfg),
-      train_ds,
-      num_hypotheses=settings['H'],
-      num_steps=settings['K'],
-      eta=settings['eta'],
-      seed=settings['seed'],
-      batch_size=tcfg.train.eval_batch_size,
-      aggregations=(d.aggregation, 'spread'),
-      log=log,
-  )
+  preds = _sample_as_configured(tcfg, model.apply, params, train_ds, (d.aggregation, 'spread'), log=log)
   tmp = path + '.tmp.npz'
   data_lib.save_pseudo3d(tmp, preds[d.aggregation], train_ds, spread=preds['spread'])
   os.replace(tmp, path)

@@ -263,45 +263,41 @@ def test_bone_projection_study_scores_every_setting(run, tmp_path):
 
 
 def test_bone_signs_and_sign_vote_tell_flicker_from_persistent_errors():
-  from experiments import temporal_study
-
   bones = data.CMU_BONES
   rng = np.random.default_rng(0)
   truth = np.repeat(rng.normal(size=(1, 17, 3)), 40, 0) + 0.01 * rng.normal(size=(40, 17, 3))
-  dz = temporal_study._bone_depths(truth, bones)
-  np.testing.assert_allclose(temporal_study._with_bone_depths(truth, bones, dz), truth, atol=1e-12)
+  dz = evaluation.bone_depths(truth, bones)
+  np.testing.assert_allclose(evaluation.with_bone_depths(truth, bones, dz), truth, atol=1e-12)
 
   # Bone 3 flipped on one frame (flicker), bone 7 on frames 10-39 (persistent), and frame 20
   # mirrored as a whole (MPJPE's and the count's per-frame flip forgive it).
   d = dz.copy()
   d[5, 3] *= -1
   d[10:, 7] *= -1
-  points = temporal_study._with_bone_depths(truth, bones, d)
+  points = evaluation.with_bone_depths(truth, bones, d)
   points[20, :, 2] *= -1
-  right, changes = temporal_study._bone_signs(points, truth, bones)
+  right, changes = evaluation.bone_signs(points, truth, bones)
   assert right == pytest.approx(1 - (1 + 30) / (40 * len(bones)))
   assert changes == pytest.approx(100 * 3 / (39 * len(bones)))  # bone 3: two changes; bone 7: one
-  voted = temporal_study._sign_vote(points, bones, sigma=2.0)
+  voted = evaluation.sign_vote(points, bones, sigma=2.0)
   np.testing.assert_allclose(voted[..., :2], points[..., :2])  # x, y kept
-  vz = temporal_study._bone_depths(voted, bones)  # (frame 20 brought back to its neighbours' handedness)
+  vz = evaluation.bone_depths(voted, bones)  # (frame 20 brought back to its neighbours' handedness)
   np.testing.assert_allclose(np.abs(vz), np.abs(dz), atol=1e-9)  # every extent kept
   assert np.sign(vz[5, 3]) == np.sign(dz[5, 3])  # the flicker is voted away
   assert (np.sign(vz[15:, 7]) != np.sign(dz[15:, 7])).all()  # the persistent error stays
 
 
 def test_targets_handedness_counts_mirrored_frames_and_switches(run):
-  from experiments import temporal_study
-
   rng = np.random.default_rng(0)
   truth = rng.normal(size=(2, 6, 5, 3))
   flips = np.array([[1, 1, -1, -1, 1, 1], [1, 1, 1, 1, 1, 1]], float)  # 2 mirrored frames, 2 switches
   points = truth * np.stack([np.ones_like(flips), np.ones_like(flips), flips], -1)[:, :, None, :]
   mask = np.ones((2, 6))
-  right, changes = temporal_study._handedness(points, truth, mask)
+  right, changes = evaluation.handedness(points, truth, mask)
   assert right == pytest.approx(10 / 12) and changes == pytest.approx(100 * 2 / 10)
   mask[0, 3:] = 0  # Padding frames count neither way.
-  right, changes = temporal_study._handedness(points, truth, mask)
+  right, changes = evaluation.handedness(points, truth, mask)
   assert right == pytest.approx(8 / 9) and changes == pytest.approx(100 * 1 / 7)
   workdir, _ = run
-  t = temporal_study.study_targets(workdir)
+  t = evaluation.targets_handedness(workdir)
   assert all(0 <= t[k][0] <= 1 and 0 <= t[k][1] <= 100 for k in ('raw', 'resolved'))
