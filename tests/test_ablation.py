@@ -112,6 +112,10 @@ def test_teacher_override_flag_changes_the_teacher_config():
 
   cfg = script.teacher_config_fn(['train.num_steps=10', 'diffusion.num_hypotheses=3'], 'self')()
   assert (cfg.train.num_steps, cfg.diffusion.num_hypotheses, cfg.teacher.mode) == (10, 3, 'self')
+  # README's command for the whole H x K grid (the default scores only the pseudo-3D's setting).
+  grid = ((1, 1), (1, 5), (5, 1), (5, 5), (10, 5))
+  assert script.teacher_config_fn([f'eval.grid={grid}'], 'supervised')().eval.grid == grid
+  assert configs.get('teacher', 'supervised').eval.grid == ((5, 5),)
   with pytest.raises(app.UsageError, match="--teacher_override train.nope: no config key 'nope'"):
     script.teacher_config_fn(['train.nope=1'], 'supervised')()
 
