@@ -516,3 +516,15 @@ def test_selection_objective_reads_only_the_training_2d():
   assert train_ds.points3d is not None
   blind = dataclasses.replace(train_ds, points3d=None)
   assert train.selection_objective(config, model.apply, state.params, blind, max_windows=8) == score
+
+
+def test_tune_malloc_applies_on_glibc_and_can_be_turned_off(monkeypatch):
+  import sys
+
+  from nrsfm_jax import loop
+
+  monkeypatch.setenv(loop.MALLOC_ENV, '0')
+  assert loop.tune_malloc() is False
+  monkeypatch.delenv(loop.MALLOC_ENV)
+  if sys.platform.startswith('linux') and 'glibc' in ' '.join(__import__('platform').libc_ver()):
+    assert loop.tune_malloc() is True  # every mallopt accepted
