@@ -519,6 +519,7 @@ def test_selection_objective_reads_only_the_training_2d():
 
 
 def test_tune_malloc_applies_on_glibc_and_can_be_turned_off(monkeypatch):
+  import platform
   import sys
 
   from nrsfm_jax import loop
@@ -526,5 +527,5 @@ def test_tune_malloc_applies_on_glibc_and_can_be_turned_off(monkeypatch):
   monkeypatch.setenv(loop.MALLOC_ENV, '0')
   assert loop.tune_malloc() is False
   monkeypatch.delenv(loop.MALLOC_ENV)
-  if sys.platform.startswith('linux') and 'glibc' in ' '.join(__import__('platform').libc_ver()):
+  if sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc':
     assert loop.tune_malloc() is True  # every mallopt accepted
