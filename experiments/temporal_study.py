@@ -62,7 +62,7 @@ def study_row(workdir: str, sigmas) -> dict:
       errors[s].append(np.asarray(metrics.mpjpe(q, g)))
     voted.append(np.asarray(metrics.mpjpe(evaluation.sign_vote(p, data_lib.CMU_BONES, vote_sigma), g)))
     signs.append((*evaluation.bone_signs(p, g, data_lib.CMU_BONES), len(p)))
-    choice = evaluation.flip_is_better(p, g)
+    choice = np.asarray(metrics.flip_is_closer(p, g))
     flipped += int(choice.sum())
     changes += int((choice[1:] != choice[:-1]).sum())
     frames += len(choice)

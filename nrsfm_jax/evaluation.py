@@ -31,7 +31,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import geometry, losses, plotting, scoring
+from nrsfm_jax import geometry, losses, metrics, plotting, scoring
 from nrsfm_jax.models import Student
 from nrsfm_jax.runs import load_run
 
@@ -484,16 +484,9 @@ __all__ = [
 # ----------------------------------------------------------------------------
 
 
-def flip_is_better(points: np.ndarray, truth: np.ndarray) -> np.ndarray:
-  """``[...]`` per frame: the depth flip of ``points [..., P, 3]`` is closer to ``truth`` (root-relative)."""
-  rel, gt = np.asarray(geometry.root_relative(points)), np.asarray(geometry.root_relative(truth))
-  e_same = np.linalg.norm(rel - gt, axis=-1).mean(-1)
-  return np.linalg.norm(rel * np.array([1.0, 1.0, -1.0]) - gt, axis=-1).mean(-1) < e_same
-
-
 def handedness(points: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
   """(share of frames whose handedness is the truth's, its changes per 100 consecutive frames) of windows."""
-  same = ~flip_is_better(points, truth)
+  same = ~np.asarray(metrics.flip_is_closer(points, truth))
   present = mask > 0
   pairs = present[:, 1:] & present[:, :-1]
   changes = 100.0 * float((same[:, 1:] != same[:, :-1])[pairs].mean()) if pairs.any() else float('nan')

@@ -42,10 +42,17 @@ def flip_resolve(pred: Array, gt: Array, *, root: int | None = 0, mask: Array | 
   Returns:
     ``[..., P, 3]`` root-centred, flip-resolved predictions.
   """
+  p = geometry.root_relative(pred, root)
+  flip = flip_is_closer(pred, gt, root=root, mask=mask)
+  return jnp.where(flip[..., None, None], geometry.flip_depth(p), p)
+
+
+def flip_is_closer(pred: Array, gt: Array, *, root: int | None = 0, mask: Array | None = None) -> Array:
+  """``[...]`` bool per frame: the depth flip of ``pred`` is strictly closer to ``gt`` (the frames
+  :func:`flip_resolve` flips), mean joint distance after root-centring both.
+  """
   p, g = geometry.root_relative(pred, root), geometry.root_relative(gt, root)
-  flipped = geometry.flip_depth(p)
-  keep = _joint_mean(_dist(p, g), mask) <= _joint_mean(_dist(flipped, g), mask)
-  return jnp.where(keep[..., None, None], p, flipped)
+  return _joint_mean(_dist(geometry.flip_depth(p), g), mask) < _joint_mean(_dist(p, g), mask)
 
 
 def mpjpe(pred: Array, gt: Array, *, root: int | None = 0, flip: bool = True, mask: Array | None = None) -> Array:

@@ -410,21 +410,10 @@ def evaluate_teacher(
   result = {}
   for h, k in [tuple(int(v) for v in hk) for hk in config.eval.grid]:
     t0 = time.time()
-    cached = cache_dir is not None and (h, k) == (int(d.num_hypotheses), int(d.num_steps))
-    if cached:
+    if cache_dir is not None and (h, k) == (int(d.num_hypotheses), int(d.num_steps)):
       preds = _eval_samples(cache_dir, config, apply_fn, params, dataset, ('mean', 'jpma'))
     else:
-      preds = predict(
-          apply_fn,
-          params,
-          schedule_of(config),
-          dataset,
-          num_hypotheses=h,
-          num_steps=k,
-          eta=d.eta,
-          seed=config.seed,
-          batch_size=config.train.eval_batch_size,
-      )
+      preds = _sample_as_configured(config, apply_fn, params, dataset, ('mean', 'jpma'), hk=(h, k))
     entry = {a: scoring.score(p * dataset.scale, dataset, protocol=protocol)['overall'] for a, p in preds.items()}
     result[f'H{h}_K{k}'] = entry
     text = '; '.join(f'{a}: ' + ' '.join(f'{m}={v:.4g}' for m, v in s.items()) for a, s in entry.items())
@@ -439,16 +428,19 @@ def _sample_as_configured(
     dataset: data_lib.WindowDataset,
     aggregations: tuple[str, ...],
     log: Callable[[str], None] | None = None,
+    hk: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-  """:func:`predict` at the teacher's pseudo-3D setting (``tcfg.diffusion``'s H, K, eta; its seed)."""
+  """:func:`predict` at the teacher's pseudo-3D setting (``tcfg.diffusion``'s H, K, eta; its seed),
+  or at another ``hk = (H, K)`` with the same eta and seed (``config.eval.grid``)."""
   d = tcfg.diffusion
+  h, k = hk if hk is not None else (int(d.num_hypotheses), int(d.num_steps))
   return predict(
       apply_fn,
       params,
       schedule_of(tcfg),
       dataset,
-      num_hypotheses=int(d.num_hypotheses),
-      num_steps=int(d.num_steps),
+      num_hypotheses=h,
+      num_steps=k,
       eta=float(d.eta),
       seed=int(tcfg.seed),
       batch_size=tcfg.train.eval_batch_size,
