@@ -6,6 +6,7 @@ r"""Speed benchmark: train-step throughput, compile time, memory, inference, fra
   python -m experiments.benchmark --dtype=bfloat16 --only=teacher_frame   # mixed precision, one case
   python -m experiments.benchmark --cpu_dots=eigen  # XLA's Eigen dots instead of YNNPACK (train.cpu_dots)
   python -m experiments.benchmark --only=c3dpo_b1024 --trace   # where the step's time goes (jax.profiler)
+  python -m experiments.benchmark --large --only=teacher_d3dp --dtype=bfloat16 --attention=cudnn --trace --nosampling
 
 Cases:
 * ``default``: the default config's full student step (lifter + TCN + Ψ), its
@@ -31,9 +32,11 @@ import platform
 import tempfile
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags, logging
 
-from nrsfm_jax import configs, profiling, train
+from nrsfm_jax import configs, loop, profiling, train
+from nrsfm_jax.models import denoiser
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('output', 'benchmark.json', 'Where to write the JSON results.')
@@ -48,17 +51,19 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
     'attention',
     None,
-    ['fused', 'cudnn', 'einsum'],
+    list(denoiser.ATTENTIONS),
     "The teachers' attention (model.attention; default: the config's, 'fused'). 'cudnn' (cuDNN flash "
-    'attention) needs a CUDA GPU and --dtype=bfloat16.',
+    "attention) and 'cudnn_temporal' (cuDNN's over frames, XLA's over joints) need a CUDA GPU and "
+    '--dtype=bfloat16.',
 )
 flags.DEFINE_string('only', '', 'Comma-separated case names to run (default: all).')
 flags.DEFINE_bool(
     'trace',
     False,
-    "Also trace each student step with jax.profiler (profiling.trace_train_step): time per op kind on XLA's "
-    'worker threads, and op counts of the compiled HLO.',
+    "Also trace each step with jax.profiler (profiling.trace_compiled): time per op kind on XLA's CPU "
+    "worker threads or the GPU's op timeline (and its longest kernels), and op counts of the compiled HLO.",
 )
+flags.DEFINE_bool('sampling', True, "Also time the teachers' H x K sampling (pseudo-3D generation).")
 flags.DEFINE_enum(
     'cpu_dots',
     'ynn',
@@ -109,15 +114,35 @@ def teacher_cases(quick: bool):
   return out
 
 
+def _print_trace(t: dict) -> dict:
+  """Prints one line of ``profiling.trace_compiled``'s summary (and the longest GPU kernels); returns it."""
+  top = ', '.join(f'{k} {v:.1f}' for k, v in list(t['by_kind'].items())[:8])
+  print(
+      f'  trace: {t["wall_ms"]:.1f} ms wall per step, inside ops {t["busy_ms"]:.1f} ms (summed); '
+      f'ms per step by kind: {top}; HLO: {t["hlo_ops"].get("dot", 0)} dot, '
+      f'{t["hlo_ops"].get("custom-call", 0)} custom-call, {t["hlo_ops"].get("transpose", 0)} transpose, '
+      f'{t["hlo_ops"].get("reduce-window", 0)} reduce-window'
+  )
+  for name, ms in list(t.get('kernels', {}).items())[:12]:
+    print(f'    kernel {ms:7.2f} ms  {name}')
+  return t
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   repeats = 3 if FLAGS.quick else FLAGS.repeats
-  peak = profiling.matmul_peak(1024 if FLAGS.quick else 2048, repeats=repeats)
+  # The peak at the models' compute dtype on a GPU (XLA's CPU matmuls are float32 either way);
+  # 2048² saturates a CPU but not a large GPU (H200: 78 TFLOP/s at 2048², 353 at 8192² in float32).
+  on_cpu = jax.default_backend() == 'cpu'
+  n = 1024 if FLAGS.quick else 2048 if on_cpu else 8192
+  peak_dtype = 'float32' if on_cpu else FLAGS.dtype
+  peak = profiling.matmul_peak(n, repeats=repeats, dtype=jnp.dtype(peak_dtype))
   print(
       f'{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}: '
-      f'f32 matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s ({peak["backend"]} dots, the faster); '
-      f'models compute in {FLAGS.dtype}'
+      f'{peak_dtype} matmul {peak["n"]}x{peak["n"]}: {peak["gflops"]:.1f} GFLOP/s'
+      + (f' ({peak["backend"]} dots, the faster)' if on_cpu else '')
+      + f'; models compute in {FLAGS.dtype}'
       + (f'; student steps with CPU dots: {FLAGS.cpu_dots}' if jax.default_backend() == 'cpu' else '')
       + (f'; teacher attention {FLAGS.attention}' if FLAGS.attention else '')
   )
@@ -155,13 +180,8 @@ def main(argv):
         f'{100 * r["fraction_of_matmul_peak"]:>7.1f}%{r["inference_frames_per_s"]:>12,.0f}'
     )
     if FLAGS.trace:
-      t = profiling.trace_train_step(config, batch_size=batch, window=window, steps=2 if FLAGS.quick else 3)
-      r['trace'] = t
-      top = ', '.join(f'{k} {v:.0f}' for k, v in list(t['by_kind'].items())[:6])
-      print(
-          f'  trace: {t["wall_ms"]:.0f} ms wall per step, worker threads busy {t["busy_ms"]:.0f} ms (summed); '
-          f'ms per step by kind: {top}; HLO: {t["hlo_ops"].get("dot", 0)} dot, '
-          f'{t["hlo_ops"].get("reduce-window", 0)} reduce-window'
+      r['trace'] = _print_trace(
+          profiling.trace_train_step(config, batch_size=batch, window=window, steps=2 if FLAGS.quick else 3)
       )
   print(
       f'{"case":<14}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
@@ -173,7 +193,14 @@ def main(argv):
     config.model.dtype = FLAGS.dtype
     if FLAGS.attention:
       config.model.attention = FLAGS.attention
-    r = profiling.benchmark_teacher_step(config, batch_size=batch, window=window, repeats=repeats)
+    r = profiling.benchmark_teacher_step(
+        config,
+        batch_size=batch,
+        window=window,
+        repeats=repeats,
+        sampling=FLAGS.sampling,
+        trace_steps=(2 if FLAGS.quick else 3) if FLAGS.trace else 0,
+    )
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r
     print(
@@ -181,6 +208,8 @@ def main(argv):
         f'{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}{100 * r["fraction_of_matmul_peak"]:>7.1f}%'
         f'{r["sample_frames_per_s"]:>17,.0f}'
     )
+    if 'trace' in r:
+      _print_trace(r['trace'])
   # Evaluation twice in one process (a tiny run trained here): the second call should reuse every
   # compiled function (issue #13: under 10% of its time compiling).
   evals = []
@@ -205,4 +234,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # As every training script (loop.run_cli): freed step buffers stay in the process, so the steps
+  # timed here run as they do in training. No persistent compilation cache: compile times are real.
+  loop.tune_malloc()
   app.run(main)

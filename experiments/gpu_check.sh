@@ -2,7 +2,8 @@
 # The speed checks of issue #13 on a lent GPU, in one call, most important first (each step writes
 # its results as it ends, so a call cut short still returns the steps that finished):
 #   1. D3DP's teacher step (16 x 243, spatial-temporal, width 512, depth 8): float32, bfloat16, and
-#      bfloat16 with cuDNN's flash attention;
+#      bfloat16 with cuDNN's flash attention over frames (cudnn_temporal; traced: its kernels by
+#      kind), also with XLA's Triton matmuls off (cuBLAS for every matmul);
 #   2. the teacher's own MPJPE trained in float32 and in bfloat16 + cuDNN attention (the CPU
 #      teacher config, 3000 steps, cmu17 006), so a speed-up is not bought with accuracy;
 #   3. every other benchmark case in float32, then the students in bfloat16.
@@ -35,21 +36,22 @@ stamp() {
 }
 
 stamp "1. D3DP-sized teacher step"
-for v in float32:fused bfloat16:fused bfloat16:cudnn; do
-  dtype=${v%%:*} att=${v##*:}
-  "${bench[@]}" --only=teacher_d3dp --dtype="$dtype" --attention="$att" \
-    --output="$out/d3dp_${dtype}_${att}.json" > "$out/d3dp_${dtype}_${att}.txt" 2>&1
-  stamp "   $dtype $att: rc $? $(grep -E '^teacher_d3dp' "$out/d3dp_${dtype}_${att}.txt" | tr -s ' ')"
+for v in float32:fused:: bfloat16:fused:: bfloat16:cudnn_temporal:--trace: bfloat16:cudnn_temporal::--xla_gpu_enable_triton_gemm=false; do
+  IFS=: read -r dtype att extra xla <<< "$v"
+  name="d3dp_${dtype}_${att}${xla:+_notriton}"
+  XLA_FLAGS="${XLA_FLAGS:-} $xla" "${bench[@]}" --only=teacher_d3dp --dtype="$dtype" --attention="$att" $extra \
+    --output="$out/$name.json" > "$out/$name.txt" 2>&1
+  stamp "   $name: rc $? $(grep -E '^teacher_d3dp' "$out/$name.txt" | tr -s ' ')"
 done
 
 stamp "2. the teacher's MPJPE, float32 against bfloat16 + cuDNN attention"
-for v in float32:fused bfloat16:cudnn; do
+for v in float32:fused bfloat16:cudnn_temporal; do
   dtype=${v%%:*} att=${v##*:} work="${TMPDIR:-/tmp}/gpu_check_$$/teacher_${v/:/_}"  # fresh: never resumed
   "${teacher[@]}" --workdir="$work" --config.model.dtype="$dtype" --config.model.attention="$att" \
     > "$out/teacher_${dtype}_${att}.txt" 2>&1
   rc=$?
   stamp "   $dtype $att: rc $rc $(grep -E '^teacher H=5 K=5' "$out/teacher_${dtype}_${att}.txt")"
-  if [[ $rc != 0 && $att == cudnn ]]; then  # cuDNN refused: the bf16 teacher with XLA's attention.
+  if [[ $rc != 0 && $att == cudnn_temporal ]]; then  # cuDNN refused: the bf16 teacher with XLA's attention.
     att=fused work="${TMPDIR:-/tmp}/gpu_check_$$/teacher_bf16_fused"
     "${teacher[@]}" --workdir="$work" --config.model.dtype="$dtype" --config.model.attention=fused \
       > "$out/teacher_${dtype}_${att}.txt" 2>&1

@@ -53,15 +53,35 @@ def _step_rates(batch_size: int, window: int, params, compile_s: float, step_s: 
   }
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get('flops', float('nan')))
+def _flops(fn, args: tuple, lowered, compiled) -> float:
+  """FLOPs of one call of the jitted ``fn(*args)``, from XLA's cost analysis of the HLO before
+  backend optimisation.
+
+  The same count on every backend where XLA gives it (on the CPU it agrees with the compiled
+  program's own within 3%). A compiled GPU program's analysis leaves out the matmuls it hands to
+  cuBLAS (custom calls: D3DP's teacher step read 0.67 of its 14.2 TFLOP) and jax 0.11.2 on an H200
+  gave no count for the lowered program, so off the CPU ``fn`` is lowered again for the CPU (which
+  fails for cuDNN's attention); the compiled program's count is the last resort.
+  """
+
+  def count(cost) -> float:
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else {}
+    return float((cost or {}).get('flops', float('nan')))
+
+  flops = count(lowered.cost_analysis())
+  if np.isnan(flops) and jax.default_backend() != 'cpu':
+    try:
+      flops = count(fn.trace(*args).lower(lowering_platforms=('cpu',)).cost_analysis())
+    except Exception:  # noqa: BLE001 (any lowering failure: fall back to the compiled count)
+      pass
+  if np.isnan(flops):
+    flops = count(compiled.cost_analysis())
+  return flops
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> dict[str, float]:
-  """Measured f32 matmul throughput (the machine's practical peak), GFLOP/s.
+  """Measured matmul throughput at ``dtype`` (the machine's practical peak), GFLOP/s.
 
   On CPU, the faster of XLA's two matmul backends (``configs.CPU_DOTS``: YNNPACK and Eigen), so a
   step compiled with either is compared with the best this machine does; ``backend`` says which.
@@ -105,49 +125,90 @@ def _student_step(config: ml_collections.ConfigDict, batch_size: int, window: in
 def trace_train_step(
     config: ml_collections.ConfigDict, *, batch_size: int, window: int, num_points: int = 17, steps: int = 3
 ) -> dict[str, Any]:
-  """Where a compiled student step spends its time: a ``jax.profiler`` trace of ``steps`` steps.
+  """Where a compiled student step spends its time: :func:`trace_compiled` of ``steps`` steps."""
+  _, state, batch, key, step = _student_step(config, batch_size, window, num_points)
+  return trace_compiled(step.lower(state, batch, key).compile(), state, batch, key, steps=steps)
 
-  Sums, per step, the duration of the events on XLA's CPU worker threads (the thunks it runs,
-  grouped by kind: the op name without its number, e.g. ``ynn_fusion``, ``dot``,
-  ``reduce-window``) and counts the ops of each kind in the compiled HLO.
+
+def gpu_kernel_kind(name: str) -> str:
+  """A GPU kernel's kind: ``'matmul'`` (cuBLAS / cuBLASLt / CUTLASS / nvjet), ``'attention'``
+  (cuDNN's flash attention), ``'cudnn'`` (its other kernels), else XLA's fusion kind (the kernel's
+  name without its number: ``loop_pad_fusion``, ``input_add_reduce_fusion``, ...)."""
+  low = name.lower()
+  if any(k in low for k in ('gemm', 'nvjet', 'cutlass', 'xmma', 'cublas')):
+    return 'matmul'
+  if any(k in low for k in ('sdpa', 'flash', 'fmha')):
+    return 'attention'
+  if 'cudnn' in low:
+    return 'cudnn'
+  return re.sub(r'[_.\d]+$', '', name.split('(')[0].split('<')[0].replace('void ', ''))
+
+
+def trace_compiled(compiled, state, *args, steps: int = 3) -> dict[str, Any]:
+  """A ``jax.profiler`` trace of ``steps`` calls of ``compiled(state, *args) -> (state, metrics)``.
+
+  On the CPU: the duration of the events on XLA's worker threads (the thunks it runs, grouped by
+  kind: the op name without its number, e.g. ``ynn_fusion``, ``dot``, ``reduce-window``). On a
+  GPU: the device's ``XLA Ops`` timeline grouped the same way or, where the profiler has none
+  (jax 0.11.2 on an H200 had none), every kernel on the GPU's streams by
+  :func:`gpu_kernel_kind`, and the ``kernels`` that ran the most time.
 
   Returns:
-    ``{'wall_ms', 'busy_ms'`` (per step: wall time, and the worker threads' time inside
-    thunks, summed over threads), ``'by_kind': {kind: ms per step}`` (largest first),
-    ``'hlo_ops': {op: count}}``.
+    ``{'wall_ms', 'busy_ms'`` (per step: wall time, and the time inside ops, summed over CPU
+    threads, or the GPU's kernel time), ``'by_kind': {kind: ms per step}`` (largest first),
+    ``'hlo_ops': {op: count}}`` of the compiled HLO; on a GPU also ``'kernels'`` (the 25 longest,
+    ms per step) and ``'gpu_lines'`` (the profile's timelines).
   """
-  _, state, batch, key, step = _student_step(config, batch_size, window, num_points)
-  compiled = step.lower(state, batch, key).compile()
   for _ in range(2):  # Warm-up.
-    state, metrics = compiled(state, batch, key)
+    state, metrics = compiled(state, *args)
   jax.block_until_ready(metrics)
   with tempfile.TemporaryDirectory() as logdir:
     t = time.perf_counter()
     with jax.profiler.trace(logdir):
       for _ in range(steps):
-        state, metrics = compiled(state, batch, key)
+        state, metrics = compiled(state, *args)
       jax.block_until_ready(metrics)
     wall = (time.perf_counter() - t) / steps
     paths = glob.glob(os.path.join(logdir, '**', '*.xplane.pb'), recursive=True)
     profile = jax.profiler.ProfileData.from_file(sorted(paths)[-1])
   kinds: collections.Counter = collections.Counter()
+  kernels: collections.Counter = collections.Counter()
+  gpu_lines: set[str] = set()
   busy = 0.0
+  kind_of = lambda name: re.sub(r'[.\d]+$', '', name)
   for plane in profile.planes:
+    on_gpu = plane.name.startswith('/device:GPU')
     for line in plane.lines:
-      if 'XLAEigen' not in line.name:  # XLA's CPU worker threads
-        continue
-      for event in line.events:
-        if event.name == 'ThunkExecutor::Execute':
-          busy += event.duration_ns
-        elif not event.name.startswith('ThunkExecutor'):
-          kinds[re.sub(r'[.\d]+$', '', event.name)] += event.duration_ns
+      if on_gpu:
+        gpu_lines.add(line.name)
+      if on_gpu and line.name == 'XLA Ops':
+        for event in line.events:
+          kinds[kind_of(event.name)] += event.duration_ns
+      elif on_gpu and line.name.startswith('Stream'):
+        for event in line.events:
+          kernels[event.name] += event.duration_ns
+      elif 'XLAEigen' in line.name:  # XLA's CPU worker threads
+        for event in line.events:
+          if event.name == 'ThunkExecutor::Execute':
+            busy += event.duration_ns
+          elif not event.name.startswith('ThunkExecutor'):
+            kinds[kind_of(event.name)] += event.duration_ns
+  if kernels:  # GPU: the kernels' own time (the streams), by kind of kernel.
+    busy = sum(kernels.values())
+    if not kinds:  # No 'XLA Ops' timeline (its name changes between versions): the kernels' kinds.
+      for name, ns in kernels.items():
+        kinds[gpu_kernel_kind(name)] += ns
   ops = collections.Counter(m.group(1) for m in re.finditer(r'= \S+ ([a-z][\w-]*)\(', compiled.as_text()))
-  return {
+  out = {
       'wall_ms': 1e3 * wall,
       'busy_ms': busy / steps / 1e6,
       'by_kind': {k: v / steps / 1e6 for k, v in kinds.most_common()},
       'hlo_ops': dict(ops.most_common()),
   }
+  if kernels:
+    out['kernels'] = {k[:160]: v / steps / 1e6 for k, v in kernels.most_common(25)}
+    out['gpu_lines'] = sorted(gpu_lines)
+  return out
 
 
 def benchmark_train_step(
@@ -175,9 +236,10 @@ def benchmark_train_step(
   """
   model, state, batch, key, step = _student_step(config, batch_size, window, num_points)
   t = time.perf_counter()
-  compiled = step.lower(state, batch, key).compile()
+  lowered = step.lower(state, batch, key)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t
-  flops = _flops(compiled)
+  flops = _flops(step, (state, batch, key), lowered, compiled)
   mem = compiled.memory_analysis()
   state, _ = compiled(state, batch, key)  # Warm-up.
   times = []
@@ -201,8 +263,31 @@ def benchmark_train_step(
   return result
 
 
+def _teacher_setup(config: ml_collections.ConfigDict, batch_size: int, window: int, num_points: int):
+  """``(model, state, batch, key, schedule)`` of the teacher ``config`` on random data."""
+  from nrsfm_jax import teacher
+
+  tx = optim.make_optimizer(config, 1000, 100)
+  model, state = teacher.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  batch = {
+      'keypoints': jax.random.normal(keys[0], (batch_size, window, num_points, 2)),
+      'visibility': jnp.ones((batch_size, window, num_points)),
+      'mask': jnp.ones((batch_size, window)),
+      'target': jax.random.normal(keys[1], (batch_size, window, num_points, 3)),
+  }
+  return model, state, batch, keys[2], teacher.schedule_of(config)
+
+
 def benchmark_teacher_step(
-    config: ml_collections.ConfigDict, *, batch_size: int, window: int, num_points: int = 17, repeats: int = 10
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    window: int,
+    num_points: int = 17,
+    repeats: int = 10,
+    sampling: bool = True,
+    trace_steps: int = 0,
 ) -> dict[str, Any]:
   """Times the teacher's jitted train step and its H×K DDIM sampling on random data.
 
@@ -210,6 +295,9 @@ def benchmark_teacher_step(
     config: teacher config (``configs/teacher.py``: model, diffusion, optim).
     batch_size / window / num_points: the batch shape.
     repeats: timed calls.
+    sampling: also time the H×K sampling (``sample_frames_per_s``; NaN when off).
+    trace_steps: > 0: also :func:`trace_compiled` that many steps of the same compiled step
+      (``'trace'``).
 
   Returns:
     Compile time, step time, frames/s, XLA FLOPs and GFLOP/s of the step, the
@@ -218,44 +306,42 @@ def benchmark_teacher_step(
   """
   from nrsfm_jax import teacher
 
-  tx = optim.make_optimizer(config, 1000, 100)
-  model, state = teacher.create_state(config, num_points, window, jax.random.PRNGKey(0), tx)
-  schedule = teacher.schedule_of(config)
-  keys = jax.random.split(jax.random.PRNGKey(1), 3)
-  batch = {
-      'keypoints': jax.random.normal(keys[0], (batch_size, window, num_points, 2)),
-      'visibility': jnp.ones((batch_size, window, num_points)),
-      'mask': jnp.ones((batch_size, window)),
-      'target': jax.random.normal(keys[1], (batch_size, window, num_points, 3)),
-  }
+  model, state, batch, key, schedule = _teacher_setup(config, batch_size, window, num_points)
   t = time.perf_counter()
-  compiled = teacher.teacher_step.lower(state, batch, keys[2], schedule).compile()
+  lowered = teacher.teacher_step.lower(state, batch, key, schedule)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t
-  flops = _flops(compiled)
-  state, _ = compiled(state, batch, keys[2], schedule)  # Warm-up.
+  flops = _flops(teacher.teacher_step, (state, batch, key, schedule), lowered, compiled)
+  state, _ = compiled(state, batch, key, schedule)  # Warm-up.
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
-    state, metrics = compiled(state, batch, keys[2], schedule)
+    state, metrics = compiled(state, batch, key, schedule)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
   frames = batch_size * window
   d = config.diffusion
-  sample = functools.partial(
-      teacher.sample,
-      apply_fn=model.apply,
-      num_hypotheses=int(d.num_hypotheses),
-      num_steps=int(d.num_steps),
-      eta=float(d.eta),
-  )
-  args = (state.params, batch['keypoints'], batch['visibility'], batch['mask'], keys[2], schedule)
-  jax.block_until_ready(sample(*args))
+  sample_rate = float('nan')
+  if sampling:
+    sample = functools.partial(
+        teacher.sample,
+        apply_fn=model.apply,
+        num_hypotheses=int(d.num_hypotheses),
+        num_steps=int(d.num_steps),
+        eta=float(d.eta),
+    )
+    args = (state.params, batch['keypoints'], batch['visibility'], batch['mask'], key, schedule)
+    jax.block_until_ready(sample(*args))
+    sample_rate = frames / _time(sample, *args, repeats=max(1, repeats // 3))
+  # Last: the step donates the state it is given.
+  trace = trace_compiled(compiled, state, batch, key, schedule, steps=trace_steps) if trace_steps else None
   return {
       **_step_rates(batch_size, window, state.params, compile_s, step_s, flops),
       'hypotheses': int(d.num_hypotheses),
       'ddim_steps': int(d.num_steps),
-      'sample_frames_per_s': frames / _time(sample, *args, repeats=max(1, repeats // 3)),
+      'sample_frames_per_s': sample_rate,
+      **({'trace': trace} if trace else {}),
   }
 
 

@@ -232,6 +232,55 @@ def test_denoiser_fused_attention_and_bfloat16(arch):
       cudnn.apply(params, x, t, kp, vis, mask)
 
 
+@pytest.mark.parametrize('attention', ['fused', 'einsum'])
+def test_temporal_block_on_untransposed_tokens_is_the_transposed_blocks_function(attention):
+  """Block(frames=True) on [B, T, P, C] attends over the frames of each joint: the same parameters
+  and function as the block on the tokens transposed to [B * P, T, C] (values and gradients), with
+  padded frames masked out."""
+  from nrsfm_jax.models.denoiser import Block
+
+  rng = np.random.default_rng(2)
+  b, t, p, c = 2, 7, 3, 16
+  x = jnp.asarray(rng.normal(size=(b, t, p, c)), jnp.float32)
+  key_mask = jnp.ones((b, t), bool).at[1, 5:].set(False)
+  strided = Block(num_heads=4, mlp_ratio=2, attention=attention, frames=True)
+  plain = Block(num_heads=4, mlp_ratio=2, attention=attention)
+  to_seq = lambda x: x.transpose(0, 2, 1, 3).reshape(b * p, t, c)
+  seq_mask = jnp.broadcast_to(key_mask[:, None, None, None, :], (b, p, 1, t, t)).reshape(b * p, 1, t, t)
+  frame_mask = jnp.broadcast_to(key_mask[:, None, None, :], (b, 1, t, t))
+  params = plain.init(jax.random.PRNGKey(0), to_seq(x), seq_mask)
+
+  @jax.jit
+  def both(params, x):
+    f_strided = lambda params, x: strided.apply(params, x, frame_mask)
+    f_plain = lambda params, x: plain.apply(params, to_seq(x), seq_mask).reshape(b, p, t, c).transpose(0, 2, 1, 3)
+    loss = lambda f: lambda params, x: jnp.sum(jnp.sin(f(params, x)) * (key_mask[..., None, None]))
+    return [(f(params, x), jax.grad(loss(f), argnums=(0, 1))(params, x)) for f in (f_strided, f_plain)]
+
+  (got, g_got), (want, g_want) = both(params, x)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  chex.assert_trees_all_close(g_got, g_want, atol=1e-5)
+  # The real frames do not see the padded ones.
+  x2 = x.at[1, 5:].set(40.0)
+  np.testing.assert_allclose(strided.apply(params, x2, frame_mask)[1, :5], got[1, :5], atol=1e-5)
+
+
+def test_cudnn_temporal_attention_needs_a_gpu_and_names_the_choices():
+  from nrsfm_jax.models import Denoiser, DenoiserConfig
+
+  x, kp = jnp.zeros((1, 4, 5, 3)), jnp.zeros((1, 4, 5, 2))
+  args = (x, jnp.array([3]), kp, jnp.ones((1, 4, 5)), jnp.ones((1, 4)))
+  cfg = DenoiserConfig(
+      num_points=5, width=16, depth=1, num_heads=2, arch='st', attention='cudnn_temporal', dtype='bfloat16'
+  )
+  model = Denoiser(cfg)
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(ValueError, match='needs a CUDA GPU'):
+      model.init(jax.random.PRNGKey(0), *args)
+  with pytest.raises(ValueError, match="'cudnn_temporal'"):
+    Denoiser(DenoiserConfig(num_points=5, width=16, attention='flash')).init(jax.random.PRNGKey(0), *args)
+
+
 @pytest.mark.parametrize('t,s', [(17, 17), (7, 8), (6, 5), (4, 4)])
 def test_pad_to_even_length_leaves_the_real_queries_attention_unchanged(t, s):
   """cuDNN's masked training kernels need even lengths: padding (keys masked out, queries sliced

@@ -18,6 +18,7 @@ noise schedule . Sizes: ``configs/teacher.py`` (CPU default
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +49,9 @@ class DenoiserConfig:
     attention: ``'fused'``: ``jax.nn.dot_product_attention`` (in jax 0.10 its XLA
       implementation: it does not pick cuDNN by itself); ``'cudnn'``: the same call with
       ``implementation='cudnn'`` (cuDNN's flash attention: a CUDA GPU and ``dtype='bfloat16'``
-      only); ``'einsum'``: flax's own ``dot_product_attention``. The same function of the same
-      parameters.
+      only); ``'einsum'``: flax's own ``dot_product_attention``; ``'cudnn_temporal'``: cuDNN's for
+      the attention over frames, ``'fused'`` for the spatial attention over joints. The same
+      function of the same parameters.
     dtype: compute dtype, ``'float32'`` or ``'bfloat16'`` (mixed precision: parameters, the
       optimiser and the output stay float32; bf16 has float32's exponent range, so no loss
       scaling is needed).
@@ -93,11 +95,13 @@ def cudnn_attention(query: Array, key: Array, value: Array, bias: Array | None =
   # attention's 17 joints and the 243-frame windows are odd (an H200 with jax 0.11.2 refused
   # "Unsupported sequence length Q 17, KV 17").
   query, key, value, bias, mask, length = pad_to_even_length(query, key, value, bias, mask)
-  # cuDNN also wants a mask or bias of the full [.., .., T, S] (a [.., 1, S] key mask was refused:
-  # "Bias must have same seq length as QKV", jax 0.11.2, H200).
-  full = (1, 1, query.shape[-3], key.shape[-3])
-  mask = None if mask is None else jnp.broadcast_to(mask, jnp.broadcast_shapes(jnp.shape(mask), full))
-  bias = None if bias is None else jnp.broadcast_to(bias, jnp.broadcast_shapes(jnp.shape(bias), full))
+  # cuDNN also wants a mask or bias of the full [N, heads, T, S]: a [.., 1, S] key mask was refused
+  # ("Bias must have same seq length as QKV"), and under jax.vmap (the teacher's predict) its batching
+  # rule reshapes the bias to [N * vmapped, heads, T, S] (a [N, 1, T, S] mask failed there; jax 0.11.2,
+  # H200).
+  full = query.shape[:-3] + (query.shape[-2], query.shape[-3], key.shape[-3])
+  mask = None if mask is None else jnp.broadcast_to(mask, full)
+  bias = None if bias is None else jnp.broadcast_to(bias, full)
   out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation='cudnn')
   return out[..., :length, :, :]
 
@@ -139,28 +143,59 @@ ATTENTION_FNS: dict[str, Callable[..., Any]] = {
     'cudnn': cudnn_attention,
     'einsum': nn.dot_product_attention,
 }
+# cuDNN's flash attention for the temporal blocks (long sequences) and XLA's for the spatial ones
+# (17 joints: a flash kernel's tiles would be mostly padding).
+MIXED_ATTENTION = {'cudnn_temporal': ('fused', 'cudnn')}
+ATTENTIONS = tuple(ATTENTION_FNS) + tuple(MIXED_ATTENTION)
+
+
+def over_frames(query: Array, key: Array, value: Array, mask: Array | None = None, *, attention_fn: Callable[..., Any]):
+  """``attention_fn`` across the frames of each joint, on tokens laid out ``[B, T, P, ...]``.
+
+  ``query`` ``[B, T, P, heads, head_dim]`` (``key``/``value`` ``[B, S, P, ...]``) are read as
+  ``[B, T, P * heads, head_dim]``: every (joint, head) pair is one head attending over the frames,
+  which is the temporal attention of the ``[B * P, T, C]`` layout without transposing the tokens
+  (a free reshape; cuDNN reads the strided layout as it is). ``mask`` broadcastable to
+  ``[B, 1, T, S]``.
+
+  Returns:
+    ``[B, T, P, heads, head_dim]``.
+  """
+  b, t, p, h, d = query.shape
+  merge = lambda x: x.reshape(x.shape[:2] + (p * h, d))
+  out = attention_fn(merge(query), merge(key), merge(value), mask=mask)
+  return out.reshape(b, t, p, h, d)
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm transformer block over the second-to-last axis: ``[N, S, C] -> [N, S, C]``."""
+  """Pre-LayerNorm transformer block.
+
+  ``frames=False``: attention over the second-to-last axis, ``[N, S, C] -> [N, S, C]``;
+  ``frames=True``: over axis 1 of ``[B, T, P, C]`` for each joint (:func:`over_frames`; the same
+  parameters and function as ``frames=False`` on the tokens transposed to ``[B * P, T, C]``).
+  """
 
   num_heads: int
   mlp_ratio: int
   attention: str = 'fused'
   dtype: str = 'float32'
+  frames: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     if self.attention not in ATTENTION_FNS:
-      raise ValueError(f'Unknown attention {self.attention!r}; expected one of {tuple(ATTENTION_FNS)}.')
+      raise ValueError(f'Unknown attention {self.attention!r}; expected one of {ATTENTIONS}.')
     c, dtype = x.shape[-1], jnp.dtype(self.dtype)
+    attention_fn = ATTENTION_FNS[self.attention]
+    if self.frames:
+      attention_fn = functools.partial(over_frames, attention_fn=attention_fn)
     h = nn.LayerNorm(dtype=dtype)(x)
     attend = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         qkv_features=c,
         out_features=c,
         dtype=dtype,
-        attention_fn=ATTENTION_FNS[self.attention],
+        attention_fn=attention_fn,
     )
     x = x + attend(h, h, mask=mask)
     h = nn.LayerNorm(dtype=dtype)(x)
@@ -190,6 +225,18 @@ class Denoiser(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     b, length, p, _ = x_t.shape
+    if c.attention not in ATTENTIONS:
+      raise ValueError(f'Unknown attention {c.attention!r}; expected one of {ATTENTIONS}.')
+    # The attention over joints (spatial) and over frames (temporal).
+    spatial, temporal = MIXED_ATTENTION.get(c.attention, (c.attention, c.attention))
+    # cuDNN's masked kernels need even lengths: an odd window gets one masked frame here, once,
+    # rather than a pad and a slice around every temporal block (6-8 ms of D3DP's 85-94 ms bf16 step
+    # on an H200). Masked out of attention, the extra frame changes no real frame's output.
+    extra = int(temporal == 'cudnn' and length % 2)
+    if extra:
+      pad = lambda a: jnp.pad(a, [(0, 0), (0, 1)] + [(0, 0)] * (a.ndim - 2))
+      x_t, keypoints, visibility, mask = pad(x_t), pad(keypoints), pad(visibility), pad(mask)
+      length += 1
     vis = visibility[..., None]
     tokens = jnp.concatenate([x_t, keypoints * vis, vis], -1)
     temb = sinusoidal_embedding(t, c.width)
@@ -200,9 +247,9 @@ class Denoiser(nn.Module):
       x = x + sinusoidal_embedding(jnp.arange(length), c.width)[None] + temb[:, None, :]
       frame_mask = jnp.broadcast_to(key_mask[:, None, None, :], (b, 1, length, length))
       for i in range(c.depth):
-        x = Block(c.num_heads, c.mlp_ratio, c.attention, c.dtype, name=f'temporal_{i}')(x, frame_mask)
+        x = Block(c.num_heads, c.mlp_ratio, temporal, c.dtype, name=f'temporal_{i}')(x, frame_mask)
       x = x.astype(jnp.float32)  # The head and the output in float32 (mixed precision).
-      out = nn.Dense(p * 3, name='head')(nn.LayerNorm()(x)).reshape(b, length, p, 3)
+      out = nn.Dense(p * 3, name='head')(nn.LayerNorm()(x)).reshape(b, length, p, 3)[:, : length - extra]
       return geometry.root_relative(out, c.root if c.root >= 0 else None)
     if c.arch != 'st':
       raise ValueError(f"Unknown denoiser arch {c.arch!r}; expected 'st' or 'frame'.")
@@ -210,14 +257,14 @@ class Denoiser(nn.Module):
     x = x + self.param('joint_embedding', nn.initializers.normal(0.02), (p, c.width))
     x = x + sinusoidal_embedding(jnp.arange(length), c.width)[:, None, :]
     x = x + temb[:, None, None, :]
-    # Temporal attention: frame s may attend to frame s' only if s' is real.
-    temporal_mask = jnp.broadcast_to(key_mask[:, None, None, None, :], (b, p, 1, length, length))
-    temporal_mask = temporal_mask.reshape(b * p, 1, length, length)
+    # Temporal attention: frame s may attend to frame s' only if s' is real. The tokens stay
+    # [B, T, P, C] throughout: the spatial blocks see [B * T, P, C] and the temporal ones attend over
+    # axis 1 per joint (Block(frames=True)), so no block transposes its input and output.
+    temporal_mask = jnp.broadcast_to(key_mask[:, None, None, :], (b, 1, length, length))
     for i in range(c.depth):
-      x = Block(c.num_heads, c.mlp_ratio, c.attention, c.dtype, name=f'spatial_{i}')(x.reshape(b * length, p, c.width))
-      x = x.reshape(b, length, p, c.width).transpose(0, 2, 1, 3).reshape(b * p, length, c.width)
-      x = Block(c.num_heads, c.mlp_ratio, c.attention, c.dtype, name=f'temporal_{i}')(x, temporal_mask)
-      x = x.reshape(b, p, length, c.width).transpose(0, 2, 1, 3)
+      x = Block(c.num_heads, c.mlp_ratio, spatial, c.dtype, name=f'spatial_{i}')(x.reshape(b * length, p, c.width))
+      x = x.reshape(b, length, p, c.width)
+      x = Block(c.num_heads, c.mlp_ratio, temporal, c.dtype, frames=True, name=f'temporal_{i}')(x, temporal_mask)
     x = nn.LayerNorm()(x.astype(jnp.float32))
-    out = nn.Dense(3, name='head')(x)
+    out = nn.Dense(3, name='head')(x)[:, : length - extra]
     return geometry.root_relative(out, c.root if c.root >= 0 else None)
