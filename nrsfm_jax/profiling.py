@@ -36,6 +36,24 @@ def _time(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
+def _compile_and_time(step, state, *args, repeats: int):
+  """Compiles the jitted ``step(state, *args) -> (state, metrics)``, warms it up and times ``repeats``
+  calls. Returns ``(compiled, state, compile_s, median step seconds, FLOPs per step)``."""
+  t = time.perf_counter()
+  lowered = step.lower(state, *args)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t
+  flops = _flops(step, (state, *args), lowered, compiled)
+  state, _ = compiled(state, *args)  # Warm-up.
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    state, metrics = compiled(state, *args)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  return compiled, state, compile_s, float(np.median(times)), flops
+
+
 def _step_rates(batch_size: int, window: int, params, compile_s: float, step_s: float, flops: float) -> dict[str, Any]:
   """Throughput entries shared by the student and teacher benchmarks."""
   frames = batch_size * window
@@ -235,20 +253,8 @@ def benchmark_train_step(
     step, achieved GFLOP/s, XLA's memory analysis and the parameter count.
   """
   model, state, batch, key, step = _student_step(config, batch_size, window, num_points)
-  t = time.perf_counter()
-  lowered = step.lower(state, batch, key)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t
-  flops = _flops(step, (state, batch, key), lowered, compiled)
+  compiled, state, compile_s, step_s, flops = _compile_and_time(step, state, batch, key, repeats=repeats)
   mem = compiled.memory_analysis()
-  state, _ = compiled(state, batch, key)  # Warm-up.
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    state, metrics = compiled(state, batch, key)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
   frames = batch_size * window
   result = {
       **_step_rates(batch_size, window, state.params, compile_s, step_s, flops),
@@ -307,19 +313,9 @@ def benchmark_teacher_step(
   from nrsfm_jax import teacher
 
   model, state, batch, key, schedule = _teacher_setup(config, batch_size, window, num_points)
-  t = time.perf_counter()
-  lowered = teacher.teacher_step.lower(state, batch, key, schedule)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t
-  flops = _flops(teacher.teacher_step, (state, batch, key, schedule), lowered, compiled)
-  state, _ = compiled(state, batch, key, schedule)  # Warm-up.
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    state, metrics = compiled(state, batch, key, schedule)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
+  compiled, state, compile_s, step_s, flops = _compile_and_time(
+      teacher.teacher_step, state, batch, key, schedule, repeats=repeats
+  )
   frames = batch_size * window
   d = config.diffusion
   sample_rate = float('nan')
@@ -334,15 +330,15 @@ def benchmark_teacher_step(
     args = (state.params, batch['keypoints'], batch['visibility'], batch['mask'], key, schedule)
     jax.block_until_ready(sample(*args))
     sample_rate = frames / _time(sample, *args, repeats=max(1, repeats // 3))
-  # Last: the step donates the state it is given.
-  trace = trace_compiled(compiled, state, batch, key, schedule, steps=trace_steps) if trace_steps else None
-  return {
+  result = {
       **_step_rates(batch_size, window, state.params, compile_s, step_s, flops),
       'hypotheses': int(d.num_hypotheses),
       'ddim_steps': int(d.num_steps),
       'sample_frames_per_s': sample_rate,
-      **({'trace': trace} if trace else {}),
   }
+  if trace_steps:  # Last: the step donates the state it is given.
+    result['trace'] = trace_compiled(compiled, state, batch, key, schedule, steps=trace_steps)
+  return result
 
 
 # JAX's compile events (tracing, lowering to MLIR, XLA's backend compile), in seconds.
