@@ -41,8 +41,9 @@ flags.DEFINE_bool(
     'stack',
     True,
     'cmu17: every row after the lifter starts from the lifter row and trains 500 more steps on windows at '
-    'lr 3e-4 (ablation.STACK_OVERRIDES; chosen on the cross-subject mean); add the windows row as the '
-    'control. --nostack trains every row from scratch.',
+    'lr 3e-4 (ablation.STACK_OVERRIDES; chosen on the cross-subject mean; the teacher row 1500 steps with a '
+    'centred TCN, ablation.ROW_STACK_OVERRIDES); add the windows row as the control. --nostack trains every '
+    'row from scratch.',
 )
 flags.DEFINE_multi_string(
     'stack_override',

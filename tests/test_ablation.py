@@ -94,11 +94,18 @@ def test_override_flag_changes_every_row_and_names_bad_keys():
 def test_stack_overrides_apply_to_every_row_or_to_the_named_one():
   base = configs.get('tiny', 'tcn')
   assert ablation._stack_overrides_for(True, 'tcn') == {}
+  # The teacher row's own defaults (a centred TCN, 1500 steps), under what the user says.
+  assert ablation._stack_overrides_for(True, 'teacher') == {'model.tcn_causal': False, 'train.num_steps': 1500}
   stack = {'optim.lr': 1e-4, 'teacher:train.num_steps': 2000}
   assert ablation._stack_overrides_for(stack, 'tcn') == {'optim.lr': 1e-4}
-  assert ablation._stack_overrides_for(stack, 'teacher') == {'optim.lr': 1e-4, 'train.num_steps': 2000}
+  assert ablation._stack_overrides_for(stack, 'teacher') == {
+      'model.tcn_causal': False,
+      'optim.lr': 1e-4,
+      'train.num_steps': 2000,
+  }
   cfg = ablation.stacked(base, '/runs/lifter', ablation._stack_overrides_for(stack, 'teacher'))
   assert (cfg.optim.lr, cfg.train.num_steps, cfg.optim.warmup_steps) == (1e-4, 2000, 20)
+  assert not cfg.model.tcn_causal and base.model.tcn_causal
   nested = ablation.stacked(base, '/runs/lifter', {'loss.terms.smooth.weight': 1.0})  # Deeper keys too.
   assert nested.loss.terms.smooth.weight == 1.0 and base.loss.terms.smooth.weight != 1.0
   with pytest.raises(ValueError, match="unknown row 'tnc'"):
