@@ -114,8 +114,8 @@ def teacher_cases(quick: bool):
   return out
 
 
-def _print_trace(t: dict) -> dict:
-  """Prints one line of ``profiling.trace_compiled``'s summary (and the longest GPU kernels); returns it."""
+def _print_trace(t: dict) -> None:
+  """Prints one line of ``profiling.trace_compiled``'s summary (and the longest GPU kernels)."""
   top = ', '.join(f'{k} {v:.1f}' for k, v in list(t['by_kind'].items())[:8])
   print(
       f'  trace: {t["wall_ms"]:.1f} ms wall per step, inside ops {t["busy_ms"]:.1f} ms (summed); '
@@ -125,7 +125,6 @@ def _print_trace(t: dict) -> dict:
   )
   for name, ms in list(t.get('kernels', {}).items())[:12]:
     print(f'    kernel {ms:7.2f} ms  {name}')
-  return t
 
 
 def main(argv):
@@ -166,12 +165,15 @@ def main(argv):
       f'{"windows/s":>11}{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"infer fr/s":>12}'
   )
   print(header)
+  trace_steps = (2 if FLAGS.quick else 3) if FLAGS.trace else 0
   for name, config, batch, window in cases(FLAGS.quick):
     if not keep(name):
       continue
     config.model.dtype = FLAGS.dtype
     config.train.cpu_dots = FLAGS.cpu_dots
-    r = profiling.benchmark_train_step(config, batch_size=batch, window=window, repeats=repeats)
+    r = profiling.benchmark_train_step(
+        config, batch_size=batch, window=window, repeats=repeats, trace_steps=trace_steps
+    )
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r
     print(
@@ -179,10 +181,8 @@ def main(argv):
         f'{r["windows_per_s"]:>11.1f}{r["frames_per_s"]:>11,.0f}{r["gflops"]:>9.1f}'
         f'{100 * r["fraction_of_matmul_peak"]:>7.1f}%{r["inference_frames_per_s"]:>12,.0f}'
     )
-    if FLAGS.trace:
-      r['trace'] = _print_trace(
-          profiling.trace_train_step(config, batch_size=batch, window=window, steps=2 if FLAGS.quick else 3)
-      )
+    if 'trace' in r:
+      _print_trace(r['trace'])
   print(
       f'{"case":<14}{"batch":>7}{"window":>7}{"params":>11}{"compile s":>10}{"step ms":>9}'
       f'{"frames/s":>11}{"GFLOP/s":>9}{"% peak":>8}{"H×K sample fr/s":>17}'
@@ -199,7 +199,7 @@ def main(argv):
         window=window,
         repeats=repeats,
         sampling=FLAGS.sampling,
-        trace_steps=(2 if FLAGS.quick else 3) if FLAGS.trace else 0,
+        trace_steps=trace_steps,
     )
     r['fraction_of_matmul_peak'] = r['gflops'] / peak['gflops']
     results['cases'][name] = r

@@ -237,6 +237,7 @@ def benchmark_train_step(
     num_points: int = 17,
     repeats: int = 10,
     inference: bool = True,
+    trace_steps: int = 0,
 ) -> dict[str, Any]:
   """Times the jitted train step (and inference) of ``config``'s model on random data.
 
@@ -247,6 +248,8 @@ def benchmark_train_step(
     num_points: keypoints per frame.
     repeats: timed calls (after one compile call and one warm-up).
     inference: also time the forward pass alone.
+    trace_steps: > 0: also :func:`trace_compiled` that many steps of the same compiled step
+      (``'trace'``).
 
   Returns:
     A dict with compile time, step time, windows/s, frames/s, XLA FLOPs per
@@ -266,6 +269,8 @@ def benchmark_train_step(
     args = (state.params, batch['keypoints'], batch['visibility'], batch['mask'])
     jax.block_until_ready(fwd(*args))
     result['inference_frames_per_s'] = frames / _time(fwd, *args, repeats=repeats)
+  if trace_steps:  # Last: the step donates the state it is given.
+    result['trace'] = trace_compiled(compiled, state, batch, key, steps=trace_steps)
   return result
 
 
