@@ -148,6 +148,11 @@ def trace_train_step(
   return trace_compiled(step.lower(state, batch, key).compile(), state, batch, key, steps=steps)
 
 
+def _op_kind(name: str) -> str:
+  """An XLA op's or kernel's name without its trailing number (``fusion.12``, ``loop_pad_fusion_75``)."""
+  return re.sub(r'[_.\d]+$', '', name)
+
+
 def gpu_kernel_kind(name: str) -> str:
   """A GPU kernel's kind: ``'matmul'`` (cuBLAS / cuBLASLt / CUTLASS / nvjet), ``'attention'``
   (cuDNN's flash attention), ``'cudnn'`` (its other kernels), else XLA's fusion kind (the kernel's
@@ -159,7 +164,7 @@ def gpu_kernel_kind(name: str) -> str:
     return 'attention'
   if 'cudnn' in low:
     return 'cudnn'
-  return re.sub(r'[_.\d]+$', '', name.split('(')[0].split('<')[0].replace('void ', ''))
+  return _op_kind(name.split('(')[0].split('<')[0].replace('void ', ''))
 
 
 def trace_compiled(compiled, state, *args, steps: int = 3) -> dict[str, Any]:
@@ -193,7 +198,6 @@ def trace_compiled(compiled, state, *args, steps: int = 3) -> dict[str, Any]:
   kernels: collections.Counter = collections.Counter()
   gpu_lines: set[str] = set()
   busy = 0.0
-  kind_of = lambda name: re.sub(r'[.\d]+$', '', name)
   for plane in profile.planes:
     on_gpu = plane.name.startswith('/device:GPU')
     for line in plane.lines:
@@ -201,7 +205,7 @@ def trace_compiled(compiled, state, *args, steps: int = 3) -> dict[str, Any]:
         gpu_lines.add(line.name)
       if on_gpu and line.name == 'XLA Ops':
         for event in line.events:
-          kinds[kind_of(event.name)] += event.duration_ns
+          kinds[_op_kind(event.name)] += event.duration_ns
       elif on_gpu and line.name.startswith('Stream'):
         for event in line.events:
           kernels[event.name] += event.duration_ns
@@ -210,7 +214,7 @@ def trace_compiled(compiled, state, *args, steps: int = 3) -> dict[str, Any]:
           if event.name == 'ThunkExecutor::Execute':
             busy += event.duration_ns
           elif not event.name.startswith('ThunkExecutor'):
-            kinds[kind_of(event.name)] += event.duration_ns
+            kinds[_op_kind(event.name)] += event.duration_ns
   if kernels:  # GPU: the kernels' own time (the streams), by kind of kernel.
     busy = sum(kernels.values())
     if not kinds:  # No 'XLA Ops' timeline (its name changes between versions): the kernels' kinds.

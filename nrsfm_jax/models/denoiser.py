@@ -183,8 +183,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    if self.attention not in ATTENTION_FNS:
-      raise ValueError(f'Unknown attention {self.attention!r}; expected one of {ATTENTIONS}.')
+    if self.attention not in ATTENTION_FNS:  # (a block runs one kind; the Denoiser splits the mixed ones)
+      raise ValueError(f'Unknown attention {self.attention!r}; expected one of {tuple(ATTENTION_FNS)}.')
     c, dtype = x.shape[-1], jnp.dtype(self.dtype)
     attention_fn = ATTENTION_FNS[self.attention]
     if self.frames:
