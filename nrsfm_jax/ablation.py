@@ -698,6 +698,8 @@ def shape_variation(row_dir: str, eval_ds: data_lib.WindowDataset, max_frames: i
   """
   _, model, params, _ = runs_lib.load_run(row_dir)
   shapes = scoring.predict(model.apply, params, eval_ds, key='shape') * eval_ds.scale
+  if getattr(model.config, 'frame_scale', False):  # per-frame units (model.frame_scale) -> the data's
+    shapes = shapes * scoring.predict(model.apply, params, eval_ds, key='scale')[..., None, None]
   real = eval_ds.mask > 0
   frames = np.flatnonzero(real.reshape(-1))
   frames = frames[np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(int)]

@@ -307,6 +307,7 @@ def hinge_loss(
     *,
     margin: float = 0.05,
     mask: Array | None = None,
+    flip_invariant: bool = False,
 ) -> tuple[Array, Array]:
   """Knees and elbows bend the anatomical way, a 3D-free prior: ``max(0, margin − bend)``.
 
@@ -321,6 +322,11 @@ def hinge_loss(
       and the axis ``l → r`` it bends about with a positive sign.
     margin: the bend (as a sine) below which a limb still pays.
     mask: ``[..., T]`` frame mask (window padding).
+    flip_invariant: each frame pays the smaller of its cost and its depth-flipped copy's
+      (``bend → −bend``): a whole-body mirror image, which the 2D and MPJPE cannot tell from
+      the body, is free, and only hinges that disagree with the frame's others pay (one knee
+      bent forwards and one backwards). This is what a depth that fits the observed 2D can be
+      asked for without a global handedness.
 
   Returns:
     ``(values [..., T], weights [..., T])``: each frame's mean over its hinges.
@@ -331,7 +337,10 @@ def hinge_loss(
     mask = jnp.ones(points.shape[:-2], points.dtype)
   mask = jnp.broadcast_to(mask, points.shape[:-2]).astype(points.dtype)
   points = jnp.where(mask[..., None, None] > 0, points, 0.0)  # Padding may hold anything (NaN).
-  values = jnp.mean(jax.nn.relu(margin - hinge_bend(points, hinges)), -1)
+  bend = hinge_bend(points, hinges)
+  values = jnp.mean(jax.nn.relu(margin - bend), -1)
+  if flip_invariant:
+    values = jnp.minimum(values, jnp.mean(jax.nn.relu(margin + bend), -1))
   return _zero_masked(values, mask)
 
 

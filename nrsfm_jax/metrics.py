@@ -114,6 +114,19 @@ def wrong_hinges(pred: Array, gt: Array, hinges, *, root: int | None = 0) -> Arr
   return jnp.mean((jnp.sign(bend_pred) != jnp.sign(bend_gt)).astype(jnp.float32), -1)
 
 
+def hinge_minority(pred: Array, hinges) -> Array:
+  """Per frame, the fraction of hinge joints bent against the rest of their frame: ``[..., P, 3] -> [...]``.
+
+  The hinges (:func:`losses.hinge_bend`; e.g. ``data.CMU_HINGES``) whose bend has the frame's
+  minority sign, in ``[0, 0.5]``. Needs no ground truth: a depth flip of the whole frame (which
+  the 2D cannot tell from the body) flips every bend and leaves it unchanged, and on real bodies
+  the hinges agree (a knee or an elbow bends one way only), so a high value flags limbs mirrored
+  against the rest of the body.
+  """
+  right = jnp.mean((losses.hinge_bend(pred, hinges) > 0).astype(jnp.float32), -1)
+  return jnp.minimum(right, 1.0 - right)
+
+
 def pairwise_distances(points: Array) -> Array:
   """``[..., P, 3] -> [..., P, P]`` Euclidean distances (zero diagonal)."""
   diff = points[..., :, None, :] - points[..., None, :, :]

@@ -289,7 +289,8 @@ def bone_term(out, batch, ctx, term):
 def hinge_term(out, batch, ctx, term):
   """Knees and elbows bend one way, on ``out[term.on]`` (:func:`losses.hinge_loss`; no 3D needed).
 
-  Options: ``hinges`` ((a, b, c, l, r) joint indices: limb a → b → c, axis l → r) and ``margin``.
+  Options: ``hinges`` ((a, b, c, l, r) joint indices: limb a → b → c, axis l → r), ``margin``
+  and ``flip_invariant`` (each frame pays for its better global depth sign only).
   """
   del ctx
   points = out[term.get('on', 'shape')]
@@ -299,7 +300,15 @@ def hinge_term(out, batch, ctx, term):
         'config.loss.terms.hinges.hinges must list (a, b, c, l, r) joint indices below '
         f"{num_points} (the data's point count); got {hinges!r}."
     )
-  return Term(*losses.hinge_loss(points, hinges, margin=term.get('margin', 0.05), mask=batch['mask']))
+  return Term(
+      *losses.hinge_loss(
+          points,
+          hinges,
+          margin=term.get('margin', 0.05),
+          mask=batch['mask'],
+          flip_invariant=bool(term.get('flip_invariant', False)),
+      )
+  )
 
 
 @register_term('canon')

@@ -19,8 +19,11 @@ Array = jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'key'))
-def _forward(params, keypoints, visibility, mask, *, apply_fn, key):
-  # Module-level jit keyed on the (hashable) model: repeated evaluations reuse the compilation.
+def forward(params, keypoints, visibility, mask, *, apply_fn, key):
+  """Model output ``key`` of one batch (``apply_fn(params, keypoints, visibility, mask)[key]``), jitted.
+
+  Module-level jit keyed on the (hashable) model: repeated evaluations reuse the compilation.
+  """
   return apply_fn(params, keypoints, visibility, mask)[key]
 
 
@@ -43,7 +46,7 @@ def predict(
   run's config; None or ``{}``: off) then bounds every bone's depth extent by its length
   as estimated from its sequence's own 2D: sequence-level post-processing that reads no 3D.
   """
-  fn = functools.partial(_forward, apply_fn=apply_fn, key=key)
+  fn = functools.partial(forward, apply_fn=apply_fn, key=key)
   outs = []
   for count, b in padded_batches(dataset, batch_size):
     outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:count])

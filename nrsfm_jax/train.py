@@ -24,7 +24,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from nrsfm_jax import checkpoint as ckpt_lib
-from nrsfm_jax import configs, geometry, loop, losses, models, objective, optim, plotting, runs, scoring
+from nrsfm_jax import configs, geometry, loop, losses, metrics, models, objective, optim, plotting, runs, scoring
 from nrsfm_jax import data as data_lib
 from nrsfm_jax.models import Student
 
@@ -206,6 +206,87 @@ def selection_objective(
   return totals
 
 
+SELECTION_CRITERIA = {
+    'objective': 'selection_objective total (training 2D only)',
+    'hinges': 'hinge_disagreement, then selection_objective total on ties (training 2D only)',
+}
+
+
+def select_restart(entries: list[dict[str, Any]], selection: str = 'objective') -> dict[str, Any]:
+  """The restart ``train.restarts`` keeps, of ``entries``.
+
+  Each entry: ``{'objective': {'total': ...}, 'hinge_disagreement': ...}`` (``restarts.json``'s).
+
+  ``'objective'``: the lowest training objective. ``'hinges'``: the fewest knees and elbows bent
+  against the rest of their frame (:func:`hinge_disagreement`, rounded to 1e-3 so that runs
+  alike on it are told apart by their objective). Neither reads any 3D.
+  """
+  if selection == 'objective':
+    return min(entries, key=lambda e: e['objective']['total'])
+  if selection == 'hinges':
+    if any('hinge_disagreement' not in e for e in entries):
+      raise configs.ConfigError("config.train.selection='hinges': a restart has no hinge_disagreement score.")
+    return min(entries, key=lambda e: (round(float(e['hinge_disagreement']), 3), e['objective']['total']))
+  raise configs.ConfigError(f'config.train.selection must be one of {tuple(SELECTION_CRITERIA)}; got {selection!r}.')
+
+
+def _hinges_apply(config: ml_collections.ConfigDict, train_ds: data_lib.WindowDataset) -> bool:
+  """Whether the config's hinges index this data's points (scored whenever they do; required by 'hinges')."""
+  if str(config.train.get('selection', 'objective')) == 'hinges':
+    return True  # hinge_disagreement raises the config error if they do not.
+  hinges = config.loss.terms.get('hinges', {}).get('hinges', ())
+  return bool(hinges) and max(max(h) for h in hinges) < train_ds.num_points
+
+
+def _selection_summary(entry: dict[str, Any]) -> str:
+  text = f'training objective {entry["objective"]["total"]:.5g}'
+  if 'hinge_disagreement' in entry:
+    text += f', hinges against their frame {entry["hinge_disagreement"]:.4f}'
+  return text
+
+
+def hinge_disagreement(
+    config: ml_collections.ConfigDict,
+    apply_fn: Callable,
+    params,
+    train_ds: data_lib.WindowDataset,
+    *,
+    max_frames: int = SELECTION_WINDOWS,
+) -> float:
+  """How often a run's test-time 3D bends a knee or an elbow against the rest of its frame.
+
+  The run's ``reconstruction`` (observed x, y, its depth) of up to ``max_frames`` real frames
+  of evenly spaced training windows; per frame, the fraction of the hinges
+  (``config.loss.terms.hinges.hinges``, :func:`losses.hinge_bend`) whose bend has the minority
+  sign (:func:`metrics.hinge_minority`). A whole-body mirror image, which the 2D cannot tell
+  from the body, flips every bend and changes nothing; a limb mirrored against the rest of the
+  body, which the 2D cannot tell either, counts. Only the training 2D is read, and which way
+  human knees and elbows bend.
+
+  Returns:
+    The mean over frames, in ``[0, 0.5]`` (0: every frame's hinges agree).
+  """
+  hinges = tuple(tuple(h) for h in config.loss.terms.hinges.hinges)
+  if not hinges or max(max(h) for h in hinges) >= train_ds.num_points:
+    raise configs.ConfigError(
+        "config.train.selection='hinges' needs config.loss.terms.hinges.hinges, (a, b, c, l, r) joint "
+        f"indices below the data's {train_ds.num_points} points; got {hinges!r}."
+    )
+  n = train_ds.num_windows
+  count = max(1, min(n, int(max_frames) // train_ds.window_length))
+  indices = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
+  batch = max(1, int(config.train.eval_batch_size))
+  total, frames = 0.0, 0.0
+  for start in range(0, len(indices), batch):
+    b = train_ds.take(indices[start : start + batch])
+    out = scoring.forward(params, b['keypoints'], b['visibility'], b['mask'], apply_fn=apply_fn, key='reconstruction')
+    minority = np.asarray(metrics.hinge_minority(out, hinges))  # [B, L]
+    real = b['mask'] > 0
+    total += float(minority[real].sum())
+    frames += float(real.sum())
+  return total / max(frames, 1.0)
+
+
 def _copy_run(source: str, target: str) -> None:
   """Copies ``source``'s checkpoints and metrics into ``target`` (replacing them), atomically per folder."""
   for name in ('checkpoints', 'metrics.jsonl'):
@@ -226,12 +307,13 @@ def _copy_run(source: str, target: str) -> None:
 def _train_restarts(
     config: ml_collections.ConfigDict, workdir: str, *, log: Callable[[str], None], evaluate: bool
 ) -> dict[str, Any]:
-  """``train.restarts = R > 1``: R seeds, and the run keeps the one whose training objective is lowest.
+  """``train.restarts = R > 1``: R seeds, and the run keeps the most plausible one on the training 2D.
 
   Restart ``k`` is the same config with ``seed + k``, trained (and resumed) in
   ``<workdir>/restarts/seed_<seed + k>``. Each is scored by
-  :func:`selection_objective`, which reads the training 2D alone, and the
-  lowest one's checkpoints and metrics are copied into ``workdir``, so the run
+  :func:`selection_objective` and :func:`hinge_disagreement`, which read the training 2D
+  alone; ``train.selection`` says which one decides (:func:`select_restart`), and the chosen
+  run's checkpoints and metrics are copied into ``workdir``, so the run
   reads like any other (``runs.load_run``, ``train.init_from``). The held-out
   scores of every restart are written to ``restarts.json`` for reporting; the
   choice never reads them.
@@ -249,24 +331,27 @@ def _train_restarts(
     held_out = train_and_evaluate(sub, sub_dir, log=log, evaluate=evaluate)
     _, model, params, _ = runs.load_run(sub_dir)
     score = selection_objective(config, model.apply, params, train_ds)
-    log(f'restart seed {sub.seed}: training objective {score["total"]:.5g} (on {train_ds.num_windows} windows\' 2D)')
     entry = {'seed': sub.seed, 'workdir': sub_dir, 'objective': score}
+    if _hinges_apply(config, train_ds):
+      entry['hinge_disagreement'] = hinge_disagreement(config, model.apply, params, train_ds)
+    log(f"restart seed {sub.seed}: {_selection_summary(entry)} (on {train_ds.num_windows} windows' 2D)")
     if held_out:
       entry['eval_overall'] = held_out['overall']
     entries.append(entry)
-  best = min(entries, key=lambda e: e['objective']['total'])
+  selection = str(config.train.get('selection', 'objective'))
+  best = select_restart(entries, selection)
   _copy_run(best['workdir'], workdir)
   loop.write_json_atomic(
       summary_path,
       {
           'chosen_seed': best['seed'],
-          'criterion': 'selection_objective total (training 2D only)',
+          'criterion': SELECTION_CRITERIA[selection],
           'restarts': entries,
       },
   )
   log(
-      f'restarts: kept seed {best["seed"]} (training objective {best["objective"]["total"]:.5g}; '
-      + ', '.join(f'seed {e["seed"]}: {e["objective"]["total"]:.5g}' for e in entries)
+      f'restarts: kept seed {best["seed"]} by {selection} ('
+      + '; '.join(f'seed {e["seed"]}: {_selection_summary(e)}' for e in entries)
       + ')'
   )
   if not evaluate:

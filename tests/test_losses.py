@@ -284,3 +284,26 @@ def test_hinge_loss_charges_the_mirrored_limb_only_and_masks_frames():
   assert np.all(np.isfinite(jax.grad(loss)(jnp.zeros((2, 17, 3)), jnp.ones(2))))
   with pytest.raises(ValueError, match='at least one'):
     losses.hinge_loss(mocap, ())
+
+
+def test_flip_invariant_hinge_loss_frees_the_whole_mirror_and_charges_one_mirrored_limb():
+  from nrsfm_jax import data
+
+  mocap = jnp.asarray(data.load_mocap(subjects='006')['006_01'][::10]) / 1000.0
+  frames = mocap[np.asarray(losses.hinge_bend(mocap, data.CMU_HINGES)).min(-1) > 0.1]  # every hinge bent
+  loss = jax.jit(lambda p: losses.hinge_loss(p, data.CMU_HINGES, margin=0.0, flip_invariant=True)[0])
+  flipped = frames * jnp.array([1.0, 1.0, -1.0])
+  np.testing.assert_array_equal(loss(frames), 0.0)
+  np.testing.assert_array_equal(loss(flipped), 0.0)  # the whole body mirrored in depth: free
+  # One shin mirrored in depth about its knee (the same 2D): where that knee now bends the other
+  # way from the frame's other hinges, the frame pays in either global sign; elsewhere it is free.
+  _, knee, foot = data.CMU_HINGES[0][:3]
+  shin = frames[:, foot] - frames[:, knee]
+  bent = frames.at[:, foot].set(frames[:, knee] + shin * jnp.array([1.0, 1.0, -1.0]))
+  signs = np.sign(np.asarray(losses.hinge_bend(bent, data.CMU_HINGES)))
+  mixed = (signs > 0).any(-1) & (signs < 0).any(-1)
+  assert mixed.sum() >= 3
+  assert np.all(np.asarray(loss(bent))[mixed] > 0) and np.all(np.asarray(loss(bent))[~mixed] == 0)
+  np.testing.assert_allclose(loss(bent * jnp.array([1.0, 1.0, -1.0])), loss(bent), atol=1e-6)
+  # Not flip-invariant, the mirrored body pays for every hinge.
+  assert float(jnp.mean(losses.hinge_loss(flipped, data.CMU_HINGES, margin=0.0)[0])) > 0.1

@@ -172,3 +172,19 @@ def test_nonrigidity_ignores_rotation_and_translation_and_measures_deformation()
   tripled = float(metrics.nonrigidity(3.0 * moved))
   np.testing.assert_allclose(tripled, 3.0 * float(metrics.nonrigidity(moved)), rtol=1e-4)
   assert metrics.nonrigidity(np.stack([rigid, moved])).shape == (2,)
+
+
+def test_hinge_minority_needs_no_truth_and_ignores_a_whole_mirror():
+  from nrsfm_jax import data, losses
+
+  mocap = jnp.asarray(data.load_mocap(subjects='006')['006_01'][::10])
+  body = mocap[np.asarray(losses.hinge_bend(mocap, data.CMU_HINGES)).min(-1) > 0.1]  # every hinge bent right
+  np.testing.assert_array_equal(metrics.hinge_minority(body, data.CMU_HINGES), 0.0)
+  np.testing.assert_array_equal(metrics.hinge_minority(body * jnp.array([1.0, 1.0, -1.0]), data.CMU_HINGES), 0.0)
+  # One hinge's own sign flipped (its limb mirrored against the body): 1 of the 4 disagrees.
+  bend = losses.hinge_bend(body, data.CMU_HINGES)
+  one = jnp.concatenate([-bend[:, :1], bend[:, 1:]], -1)
+  right = jnp.mean((one > 0).astype(jnp.float32), -1)
+  np.testing.assert_allclose(jnp.minimum(right, 1 - right), 0.25)
+  out = metrics.hinge_minority(jnp.zeros((3, 5, 17, 3)).at[..., 0].set(jnp.arange(17.0)), data.CMU_HINGES)
+  assert out.shape == (3, 5) and np.all((np.asarray(out) >= 0) & (np.asarray(out) <= 0.5))

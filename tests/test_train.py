@@ -409,6 +409,30 @@ def test_restarts_keep_the_seed_with_the_lowest_training_objective(tmp_path):
   again = train.selection_objective(config, model.apply, params, data_lib.make_datasets(config)[0])
   np.testing.assert_allclose(again['total'], chosen['objective']['total'], rtol=1e-5)
   assert any(f'kept seed {chosen["seed"]}' in line for line in logs)
+  # Every restart also has its hinge score (the 'hinges' selection's), from the training 2D.
+  for e in entries:
+    assert 0.0 <= e['hinge_disagreement'] <= 0.5
+  again = train.hinge_disagreement(config, model.apply, params, data_lib.make_datasets(config)[0])
+  np.testing.assert_allclose(again, chosen['hinge_disagreement'], rtol=1e-5)
+
+
+def test_select_restart_by_objective_or_by_hinges():
+  entries = [
+      {'seed': 0, 'objective': {'total': 0.30}, 'hinge_disagreement': 0.10},
+      {'seed': 1, 'objective': {'total': 0.27}, 'hinge_disagreement': 0.20},
+      {'seed': 2, 'objective': {'total': 0.31}, 'hinge_disagreement': 0.1004},
+  ]
+  assert train.select_restart(entries, 'objective')['seed'] == 1
+  # Seeds 0 and 2 tie on hinges at 1e-3: the lower objective decides.
+  assert train.select_restart(entries, 'hinges')['seed'] == 0
+  with pytest.raises(configs.ConfigError, match='selection must be one of'):
+    train.select_restart(entries, 'nope')
+  with pytest.raises(configs.ConfigError, match='no hinge_disagreement'):
+    train.select_restart([{'seed': 0, 'objective': {'total': 1.0}}], 'hinges')
+  config = configs.get('tiny', 'lifter')
+  config.train.selection = 'bogus'
+  with pytest.raises(configs.ConfigError, match='train.selection'):
+    configs.validate(config)
 
 
 def test_pseudo3d_from_a_run_is_that_runs_own_reconstructions(run, loaded):

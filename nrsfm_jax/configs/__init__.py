@@ -84,6 +84,9 @@ CPU_DOTS = ('ynn', 'eigen')
 # teacher.target_projection (a self-mode teacher's targets): 'eval' puts the targets through the
 # test-time treatment of the run they train or come from (scoring.as_evaluated); 'none' leaves them.
 PSEUDO3D_PROJECTIONS = ('none', 'eval')
+# train.selection: what train.restarts keeps (train.select_restart): the lowest training objective,
+# or the fewest knees and elbows bent against the rest of their frame (both on the training 2D).
+SELECTIONS = ('objective', 'hinges')
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -94,6 +97,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
 
   return {
       'train.cpu_dots': CPU_DOTS,
+      'train.selection': SELECTIONS,
       'train.eval_bone_projection': geometry.BONE_PROJECTIONS,
       'train.eval_bone_by': windows.BONE_LENGTH_GROUPS,
       'train.pseudo3d_projection': PSEUDO3D_PROJECTIONS,

@@ -95,7 +95,7 @@ def get_config(arg=None):
   # as the true one does but bends the wrong way (losses.hinge_loss). `hinges`: (a, b, c, l, r).
   # Off: on 'shape' it was 0 from step 50 (the lifter's own 3D already bends right); on
   # 'reconstruction' (observed x, y + depth) it mirrored the depth (fold 002: 159.4 mm against 114.9).
-  c.loss.terms.hinges = dict(weight=0.0, margin=0.05, on='shape', hinges=data_lib.CMU_HINGES)
+  c.loss.terms.hinges = dict(weight=0.0, margin=0.05, on='shape', flip_invariant=False, hinges=data_lib.CMU_HINGES)
   c.loss.terms.proc = dict(weight=0.0)  # λ_p (eq. 17; off as in eq. 19)
   c.loss.z_aug_deg = 0.0  # C3DPO z-augmentation: random in-plane input rotation (deg, 0 = off)
   c.loss.z_equivariance_deg = 0.0  # C3DPO z-equivariance: shape from a further-rotated input (deg)
@@ -154,6 +154,10 @@ def get_config(arg=None):
   # > 1: train this many seeds (seed, seed + 1, ...) and keep the one with the lowest training
   # objective on the training 2D (train.selection_objective; no 3D is read to choose).
   c.train.restarts = 1
+  # Which restart is kept (train.select_restart; both read the training 2D alone): 'objective', the
+  # lowest training objective, or 'hinges', the fewest knees and elbows bent against the rest of
+  # their frame (train.hinge_disagreement; loss.terms.hinges.hinges names them), ties by objective.
+  c.train.selection = 'objective'
   c.train.init_from = ''  # a trained run whose matching parameters initialise this one
   # The teacher term's targets: a teacher's cached pseudo-3D .npz for the train windows, or a student
   # run's workdir (its own reconstructions of them: an anchor; experiments/ablation.py --stack_anchor).

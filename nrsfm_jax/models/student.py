@@ -48,6 +48,14 @@ class StudentConfig:
     dtype: compute dtype of the lifter's and Ψ's trunks and of the TCN, ``'float32'`` or
       ``'bfloat16'`` (mixed precision: parameters, optimiser state, the heads, the geometry
       and the losses stay float32; bf16 keeps float32's exponent range, so no loss scaling).
+    frame_scale: C3DPO's Human3.6M input normalisation (Kudo et al.'s, which C3DPO's data
+      files use): each frame's 2D is divided by its own scale ``s_t`` (the RMS distance of its
+      visible points to their centroid, :func:`frame_scale`) before the lifter and the
+      refiner see it, the canonical shapes ``shape_init`` / ``shape`` (and so Ψ, eq. 18 and
+      the bones term on them) live in those per-frame units, and the camera-frame outputs are
+      ``s_t R_t S_t``, in the data's units again. The scale is read from the 2D alone; the
+      network then never has to model how large a body looks, only its shape. False: one
+      dataset-wide scale (the data's own normalisation) for every frame.
     observed_xy: the ``reconstruction`` output keeps the observed x, y of every
       visible point and takes only the depth from the model (C3DPO's
       ``replace_keypoints_with_input``; orthographic 2D *is* the camera-frame
@@ -72,6 +80,7 @@ class StudentConfig:
   norm: str = flax.struct.field(pytree_node=False, default='layer')
   basis_init_std: float = flax.struct.field(pytree_node=False, default=0.01)
   head_init_std: float = flax.struct.field(pytree_node=False, default=0.01)
+  frame_scale: bool = flax.struct.field(pytree_node=False, default=False)
   observed_xy: bool = flax.struct.field(pytree_node=False, default=True)
   dtype: str = flax.struct.field(pytree_node=False, default='float32')
 
@@ -88,6 +97,20 @@ def center_on_visible(points: Array, visibility: Array) -> Array:
   """
   centroid_xy = geometry.weighted_centroid(points[..., :2], visibility)
   return points - jnp.concatenate([centroid_xy, jnp.zeros_like(centroid_xy[..., :1])], -1)
+
+
+def frame_scale(keypoints: Array, visibility: Array, eps: float = 1e-3) -> Array:
+  """Each frame's 2D scale: the RMS distance of its visible points to their centroid.
+
+  ``[..., P, 2], [..., P] -> [...]``; frames with fewer than two distinct visible points
+  (padding, a lone point) get 1, so dividing by it is always safe. ``eps`` is the smallest
+  scale kept (in the keypoints' units).
+  """
+  centred = keypoints - geometry.weighted_centroid(keypoints, visibility)
+  w = (visibility > 0).astype(keypoints.dtype)
+  count = jnp.sum(w, -1)
+  rms = jnp.sqrt(jnp.sum(w * jnp.sum(centred**2, -1), -1) / jnp.maximum(count, 1.0))
+  return jnp.where((count >= 2) & (rms > eps), rms, 1.0)
 
 
 def _rotate_2d(keypoints: Array, rotation: Array) -> Array:
@@ -162,12 +185,17 @@ class Student(nn.Module):
     Returns:
       A dict with ``alpha [B,T,K]``, ``rotation [B,T,3,3]``, ``shape_init [B,T,P,3]``
       (lifter's canonical ``X_t``), ``shape [B,T,P,3]`` (refined canonical
-      ``S_t``), ``points_init`` and ``points [B,T,P,3]`` (camera frame ``R_t X_t``
-      and ``R_t S_t``, x/y centred on the visible points) and
+      ``S_t``; both in per-frame units with ``frame_scale``), ``scale [B,T]`` (the
+      per-frame 2D scale ``s_t``; 1 without ``frame_scale``), ``points_init`` and
+      ``points [B,T,P,3]`` (camera frame ``s_t R_t X_t`` and ``s_t R_t S_t``, x/y centred on
+      the visible points) and
       ``reconstruction [B,T,P,3]``, the test-time output: ``points`` with the
       observed 2D as x, y of the visible points (see ``observed_xy``).
     """
-    lifter_in = keypoints
+    c = self.config
+    scale = frame_scale(keypoints, visibility) if c.frame_scale else jnp.ones(keypoints.shape[:-2], keypoints.dtype)
+    keypoints_in = keypoints / scale[..., None, None]  # the lifter's and refiner's units
+    lifter_in = keypoints_in
     if z_aug is not None:
       r_aug = geometry.rotation_z(z_aug)[:, None]  # [B, 1, 3, 3]
       lifter_in = _rotate_2d(keypoints, r_aug)
@@ -185,13 +213,14 @@ class Student(nn.Module):
       rotation = jnp.swapaxes(r_aug, -1, -2) @ rotation
     shape_init = self.basis(alpha)
     if self.config.use_refiner and self.config.refine_space == 'coefficients':
-      shape = self.basis(alpha + self.refiner(shape_init, keypoints, visibility, mask))
+      shape = self.basis(alpha + self.refiner(shape_init, keypoints_in, visibility, mask))
     elif self.config.use_refiner:
-      shape = shape_init + self.refiner(shape_init, keypoints, visibility, mask)
+      shape = shape_init + self.refiner(shape_init, keypoints_in, visibility, mask)
     else:
       shape = shape_init
-    points_init = center_on_visible(geometry.rotate(shape_init, rotation), visibility)
-    points = center_on_visible(geometry.rotate(shape, rotation), visibility)
+    to_data = scale[..., None, None]  # per-frame units -> the data's (1 without frame_scale)
+    points_init = center_on_visible(to_data * geometry.rotate(shape_init, rotation), visibility)
+    points = center_on_visible(to_data * geometry.rotate(shape, rotation), visibility)
     if self.config.observed_xy:
       xy = jnp.where(visibility[..., None] > 0, keypoints, points[..., :2])
       reconstruction = jnp.concatenate([xy, points[..., 2:]], -1)
@@ -202,6 +231,7 @@ class Student(nn.Module):
         rotation=rotation,
         shape_init=shape_init,
         shape=shape,
+        scale=scale,
         points_init=points_init,
         points=points,
         reconstruction=reconstruction,
