@@ -321,6 +321,15 @@ def _train_restarts(
   restarts = int(config.train.restarts)
   summary_path = os.path.join(workdir, 'restarts.json')
   train_ds, eval_ds = data_lib.make_datasets(config)
+  selection = str(config.train.get('selection', 'objective'))
+  if selection == 'hinges':  # Said before any training: the hinges must index this data's points.
+    hinges = tuple(tuple(h) for h in config.loss.terms.hinges.hinges)
+    if not hinges or max(max(h) for h in hinges) >= train_ds.num_points:
+      raise configs.ConfigError(
+          "config.train.selection='hinges' needs config.loss.terms.hinges.hinges, (a, b, c, l, r) joint "
+          f"indices below the data's {train_ds.num_points} points (a human skeleton's); got {hinges!r}. "
+          "Set config.train.selection='objective'."
+      )
   entries = []
   for k in range(restarts):
     sub = ml_collections.ConfigDict(config.to_dict())
@@ -338,7 +347,6 @@ def _train_restarts(
     if held_out:
       entry['eval_overall'] = held_out['overall']
     entries.append(entry)
-  selection = str(config.train.get('selection', 'objective'))
   best = select_restart(entries, selection)
   _copy_run(best['workdir'], workdir)
   loop.write_json_atomic(

@@ -387,6 +387,7 @@ def test_restarts_keep_the_seed_with_the_lowest_training_objective(tmp_path):
   config = configs.get('tiny', 'lifter')
   config.train.parallel = 'none'
   config.train.restarts = 2
+  config.train.selection = 'objective'
   config.seed = 3
   workdir = str(tmp_path / 'run')
   logs = []
@@ -433,6 +434,16 @@ def test_select_restart_by_objective_or_by_hinges():
   config.train.selection = 'bogus'
   with pytest.raises(configs.ConfigError, match='train.selection'):
     configs.validate(config)
+
+
+def test_hinge_selection_on_data_without_those_joints_stops_before_training(tmp_path):
+  config = configs.get('tiny', 'lifter')
+  config.train.restarts = 2
+  config.train.selection = 'hinges'
+  config.loss.terms.hinges.hinges = ((0, 1, 2, 3, 40),)
+  with pytest.raises(configs.ConfigError, match="selection='hinges' needs"):
+    train.train_and_evaluate(config, str(tmp_path / 'run'), log=lambda _: None)
+  assert not os.path.exists(tmp_path / 'run' / 'restarts')
 
 
 def test_pseudo3d_from_a_run_is_that_runs_own_reconstructions(run, loaded):

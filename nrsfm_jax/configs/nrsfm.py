@@ -34,4 +34,5 @@ def get_config(arg='drink'):
   c.train.eval_bone_projection = 'none'  # And for the test-time bone projection.
   # One seed per fit: the cmu17 lifter's restarts (train.restarts) were not measured here.
   c.train.restarts = 1
+  c.train.selection = 'objective'  # 'hinges' reads a human skeleton's knees and elbows.
   return c
