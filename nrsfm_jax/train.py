@@ -230,12 +230,25 @@ def select_restart(entries: list[dict[str, Any]], selection: str = 'objective') 
   raise configs.ConfigError(f'config.train.selection must be one of {tuple(SELECTION_CRITERIA)}; got {selection!r}.')
 
 
+def _hinges_for(config: ml_collections.ConfigDict, num_points: int) -> tuple[tuple[int, ...], ...]:
+  """``config.loss.terms.hinges.hinges``; a config error unless they index ``num_points`` points."""
+  hinges = tuple(tuple(int(i) for i in h) for h in config.loss.terms.get('hinges', {}).get('hinges', ()))
+  if not hinges or max(max(h) for h in hinges) >= num_points:
+    raise configs.ConfigError(
+        "config.train.selection='hinges' needs config.loss.terms.hinges.hinges, (a, b, c, l, r) joint "
+        f"indices below the data's {num_points} points (a human skeleton's); got {hinges!r}. "
+        "Set config.train.selection='objective'."
+    )
+  return hinges
+
+
 def _hinges_apply(config: ml_collections.ConfigDict, train_ds: data_lib.WindowDataset) -> bool:
   """Whether the config's hinges index this data's points (scored whenever they do; required by 'hinges')."""
-  if str(config.train.get('selection', 'objective')) == 'hinges':
-    return True  # hinge_disagreement raises the config error if they do not.
-  hinges = config.loss.terms.get('hinges', {}).get('hinges', ())
-  return bool(hinges) and max(max(h) for h in hinges) < train_ds.num_points
+  try:
+    _hinges_for(config, train_ds.num_points)
+  except configs.ConfigError:
+    return False
+  return True
 
 
 def _selection_summary(entry: dict[str, Any]) -> str:
@@ -266,12 +279,7 @@ def hinge_disagreement(
   Returns:
     The mean over frames, in ``[0, 0.5]`` (0: every frame's hinges agree).
   """
-  hinges = tuple(tuple(h) for h in config.loss.terms.hinges.hinges)
-  if not hinges or max(max(h) for h in hinges) >= train_ds.num_points:
-    raise configs.ConfigError(
-        "config.train.selection='hinges' needs config.loss.terms.hinges.hinges, (a, b, c, l, r) joint "
-        f"indices below the data's {train_ds.num_points} points; got {hinges!r}."
-    )
+  hinges = _hinges_for(config, train_ds.num_points)
   n = train_ds.num_windows
   count = max(1, min(n, int(max_frames) // train_ds.window_length))
   indices = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
@@ -322,14 +330,8 @@ def _train_restarts(
   summary_path = os.path.join(workdir, 'restarts.json')
   train_ds, eval_ds = data_lib.make_datasets(config)
   selection = str(config.train.get('selection', 'objective'))
-  if selection == 'hinges':  # Said before any training: the hinges must index this data's points.
-    hinges = tuple(tuple(h) for h in config.loss.terms.hinges.hinges)
-    if not hinges or max(max(h) for h in hinges) >= train_ds.num_points:
-      raise configs.ConfigError(
-          "config.train.selection='hinges' needs config.loss.terms.hinges.hinges, (a, b, c, l, r) joint "
-          f"indices below the data's {train_ds.num_points} points (a human skeleton's); got {hinges!r}. "
-          "Set config.train.selection='objective'."
-      )
+  if selection == 'hinges':
+    _hinges_for(config, train_ds.num_points)  # Said before any training, not after the first restart.
   entries = []
   for k in range(restarts):
     sub = ml_collections.ConfigDict(config.to_dict())

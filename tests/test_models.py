@@ -373,7 +373,7 @@ def test_coefficient_refinement_stays_in_the_shape_space():
 def test_frame_scale_makes_the_student_scale_equivariant():
   from nrsfm_jax.models.student import frame_scale
 
-  kp, vis, mask = _inputs(5)
+  kp, vis, mask = (x[:, :12] for x in _inputs(5))
   # Padding and all-hidden frames get scale 1; a frame's scale is its visible points' RMS radius.
   vis = vis.at[0, 3].set(0.0)
   s = frame_scale(kp, vis)
@@ -388,17 +388,17 @@ def test_frame_scale_makes_the_student_scale_equivariant():
   )
   # Each frame's 2D scaled by its own factor: the canonical shapes do not move and every
   # camera-frame output scales with its frame (the lifter sees the same normalised input).
-  c = jnp.linspace(0.5, 3.0, T)[None, :, None, None]
+  c = jnp.linspace(0.5, 3.0, 12)[None, :, None, None]
   base, scaled = model.apply(params, kp, vis, mask), model.apply(params, c * kp, vis, mask)
   chex.assert_trees_all_close(scaled['shape'], base['shape'], atol=1e-4)
-  visible = (jnp.ones((B, T)).at[0, 3].set(0.0) > 0)[..., None, None]  # (0, 3) has no scale of its own
+  visible = (jnp.ones((B, 12)).at[0, 3].set(0.0) > 0)[..., None, None]  # (0, 3) has no scale of its own
   for k in ('points', 'reconstruction'):
     np.testing.assert_allclose(
         jnp.where(visible, scaled[k], 0.0), jnp.where(visible, c * base[k], 0.0), rtol=1e-4, atol=1e-4
     )
   np.testing.assert_allclose(base['scale'], s, rtol=1e-6)
   # Without it the scale output is 1 and the model is not scale-equivariant.
-  plain = Student(_small())
-  out = plain.apply(params, kp, vis, mask)
-  np.testing.assert_array_equal(out['scale'], np.ones((B, T)))
-  assert not np.allclose(plain.apply(params, c * kp, vis, mask)['shape'], out['shape'], atol=1e-3)
+  plain = Student(_small()).apply
+  out = plain(params, kp, vis, mask)
+  np.testing.assert_array_equal(out['scale'], np.ones((B, 12)))
+  assert not np.allclose(plain(params, c * kp, vis, mask)['shape'], out['shape'], atol=1e-3)
