@@ -42,18 +42,19 @@ def _export(args) -> None:
   config.data.val_subjects = args.fold
   config.data.train_subjects = ','.join(s for s in subjects if s != args.fold)
   train, evaluation = data_lib.make_datasets(config)
-  flat = lambda ds, key: getattr(ds, key).reshape(-1, *getattr(ds, key).shape[2:])
-  tm, em = flat(train, 'mask') > 0, flat(evaluation, 'mask') > 0
+  frames = lambda ds, key: data_lib.unwindow(getattr(ds, key), ds.mask)  # real frames, in order
   np.savez(
       args.out,
-      train_keypoints=flat(train, 'keypoints')[tm],
-      train_visibility=flat(train, 'visibility')[tm],
-      eval_keypoints=flat(evaluation, 'keypoints')[em],
-      eval_visibility=flat(evaluation, 'visibility')[em],
-      eval_points3d=flat(evaluation, 'points3d')[em],
+      train_keypoints=frames(train, 'keypoints'),
+      train_visibility=frames(train, 'visibility'),
+      eval_keypoints=frames(evaluation, 'keypoints'),
+      eval_visibility=frames(evaluation, 'visibility'),
+      eval_points3d=frames(evaluation, 'points3d'),
       scale=np.float64(train.scale),
   )
-  counts = f'{int(tm.sum())} training frames, {int(em.sum())} eval frames of {args.fold}'
+  counts = (
+      f'{int((train.mask > 0).sum())} training frames, {int((evaluation.mask > 0).sum())} eval frames of {args.fold}'
+  )
   print(f'{args.out}: {counts}; 2D scale {train.scale:.4g}')
 
 

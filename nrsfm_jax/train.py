@@ -206,12 +206,6 @@ def selection_objective(
   return totals
 
 
-SELECTION_CRITERIA = {
-    'objective': 'selection_objective total (training 2D only)',
-    'hinges': 'hinge_disagreement, then selection_objective total on ties (training 2D only)',
-}
-
-
 def select_restart(entries: list[dict[str, Any]], selection: str = 'objective') -> dict[str, Any]:
   """The restart ``train.restarts`` keeps, of ``entries``.
 
@@ -227,7 +221,7 @@ def select_restart(entries: list[dict[str, Any]], selection: str = 'objective') 
     if any('hinge_disagreement' not in e for e in entries):
       raise configs.ConfigError("config.train.selection='hinges': a restart has no hinge_disagreement score.")
     return min(entries, key=lambda e: (round(float(e['hinge_disagreement']), 3), e['objective']['total']))
-  raise configs.ConfigError(f'config.train.selection must be one of {tuple(SELECTION_CRITERIA)}; got {selection!r}.')
+  raise configs.ConfigError(f'config.train.selection must be one of {configs.SELECTIONS}; got {selection!r}.')
 
 
 def _hinges_for(config: ml_collections.ConfigDict, num_points: int) -> tuple[tuple[int, ...], ...]:
@@ -355,7 +349,7 @@ def _train_restarts(
       summary_path,
       {
           'chosen_seed': best['seed'],
-          'criterion': SELECTION_CRITERIA[selection],
+          'criterion': f'train.selection={selection!r} (train.select_restart; the training 2D only)',
           'restarts': entries,
       },
   )
