@@ -127,6 +127,19 @@ def hinge_minority(pred: Array, hinges) -> Array:
   return jnp.minimum(right, 1.0 - right)
 
 
+def hinge_outliers(pred: Array, hinges) -> Array:
+  """Per frame and hinge, whether it bends against the rest of its frame: ``[..., P, 3] -> [..., H]`` bool.
+
+  A hinge (:func:`losses.hinge_bend`) is an outlier when its bend has the frame's minority sign
+  (:func:`hinge_minority` counts them); on a tie (as many bent each way) every hinge is, since
+  the 2D cannot say which side is right. A whole-frame depth flip changes none of it.
+  """
+  right = losses.hinge_bend(pred, hinges) > 0
+  share = jnp.mean(right.astype(jnp.float32), -1, keepdims=True)
+  tie = share == 0.5
+  return jnp.where(share > 0.5, ~right, right) | tie
+
+
 def pairwise_distances(points: Array) -> Array:
   """``[..., P, 3] -> [..., P, P]`` Euclidean distances (zero diagonal)."""
   diff = points[..., :, None, :] - points[..., None, :, :]

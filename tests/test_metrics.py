@@ -188,3 +188,28 @@ def test_hinge_minority_needs_no_truth_and_ignores_a_whole_mirror():
   np.testing.assert_allclose(jnp.minimum(right, 1 - right), 0.25)
   out = metrics.hinge_minority(jnp.zeros((3, 5, 17, 3)).at[..., 0].set(jnp.arange(17.0)), data.CMU_HINGES)
   assert out.shape == (3, 5) and np.all((np.asarray(out) >= 0) & (np.asarray(out) <= 0.5))
+
+
+def test_hinge_outliers_name_the_limb_mirrored_against_its_frame():
+  from nrsfm_jax import data, losses
+
+  mocap = jnp.asarray(data.load_mocap(subjects='006')['006_01'][::10])
+  body = mocap[np.asarray(losses.hinge_bend(mocap, data.CMU_HINGES)).min(-1) > 0.1]
+  assert body.shape[0] > 5
+  hinges = np.asarray(data.CMU_HINGES)
+
+  def mirror_limb(points, h):  # the limb's knee and foot (elbow and wrist) reflected in depth about its root
+    a, b, c = hinges[h, :3]
+    z = points[..., 2]
+    z = z.at[..., b].set(2 * z[..., a] - z[..., b]).at[..., c].set(2 * z[..., a] - z[..., c])
+    return points.at[..., 2].set(z)
+
+  assert not np.any(metrics.hinge_outliers(body, data.CMU_HINGES))
+  assert not np.any(metrics.hinge_outliers(body * jnp.array([1.0, 1.0, -1.0]), data.CMU_HINGES))
+  one = metrics.hinge_outliers(mirror_limb(body, 2), data.CMU_HINGES)
+  np.testing.assert_array_equal(one, np.broadcast_to([False, False, True, False], one.shape))
+  # The same limb mirrored on a depth-flipped body: still that limb alone.
+  flipped = mirror_limb(body * jnp.array([1.0, 1.0, -1.0]), 2)
+  np.testing.assert_array_equal(metrics.hinge_outliers(flipped, data.CMU_HINGES), one)
+  # Two of four against two: a tie, which the 2D cannot settle, flags all four.
+  assert np.all(metrics.hinge_outliers(mirror_limb(mirror_limb(body, 0), 1), data.CMU_HINGES))

@@ -191,6 +191,26 @@ def test_ablation_with_a_self_mode_teacher_end_to_end(tmp_path):
   resolved = teacher.reconstruction_targets(os.path.join(workdir, 'tcn'), train_ds, log=lines.append)
   assert any("flipped to the mean shape's handedness" in line for line in lines)
   np.testing.assert_allclose(np.abs(resolved), np.abs(made), atol=1e-6)  # Only depth signs change.
+  # teacher.hinge_filter: the per-joint weights reach the denoising loss (ones change nothing).
+  from nrsfm_jax import loop
+
+  batch = loop.window_batches(train_ds, 4, 0, target=made)(0)
+  key = jax.random.PRNGKey(1)
+  schedule = teacher.schedule_of(tcfg)
+  plain, _ = teacher.teacher_loss(params, model.apply, schedule, batch, key)
+  ones, _ = teacher.teacher_loss(
+      params, model.apply, schedule, {**batch, 'target_weight': np.ones(made.shape[1:-1])[None].repeat(4, 0)}, key
+  )
+  legs = np.zeros((4, *made.shape[1:-1]), np.float32)
+  legs[..., :7] = 1.0
+  some, _ = teacher.teacher_loss(params, model.apply, schedule, {**batch, 'target_weight': legs}, key)
+  assert float(ones) == pytest.approx(float(plain), rel=1e-6) and float(some) != pytest.approx(float(plain), rel=1e-3)
+  filtered = _fast(_tiny_teacher('self'))
+  filtered.teacher.student_workdir = os.path.join(workdir, 'tcn')
+  filtered.teacher.hinge_filter = 'limbs'
+  lines = []
+  teacher.train_teacher(filtered, str(tmp_path / 'filtered'), log=lines.append, evaluate=False)
+  assert any("hinge_filter='limbs'" in line and 'target joints kept' in line for line in lines)
 
 
 def test_nrsfm_table_marks_rows_that_beat_bmm():
@@ -199,3 +219,31 @@ def test_nrsfm_table_marks_rows_that_beat_bmm():
   entry = lambda e3d, akhter: {'per_sequence': {'drink': {'e3d': e3d, 'e3d_akhter': akhter}}}
   table = ablation.nrsfm_table({'drink': {'tcn': entry(0.5, 0.6), 'teacher': entry(0.01, 0.02)}})
   assert '0.5000 / 0.6000' in table and '0.0100 / **0.0200**' in table and '0.0266' in table
+
+
+def test_hinge_weights_leave_out_limbs_bent_against_their_frame():
+  mocap = data.load_mocap(subjects='006')['006_01'][::10]
+  from nrsfm_jax import losses
+
+  body = mocap[np.asarray(losses.hinge_bend(mocap, data.CMU_HINGES)).min(-1) > 0.1][:6]
+  a, b, c = data.CMU_HINGES[3][:3]  # left shoulder, elbow, wrist
+  bad = body.copy()
+  bad[1:3, [b, c], 2] = 2 * bad[1:3, [a], 2] - bad[1:3, [b, c], 2]  # frames 1, 2: the left arm mirrored
+  targets = np.stack([body, bad])  # [N=2, L=6, P, 3]
+  mask = np.ones((2, 6), np.float32)
+  mask[0, 5] = 0.0  # a padding frame
+  assert teacher.hinge_weights(targets, mask, data.CMU_HINGES, 'none') is None
+  frames = teacher.hinge_weights(targets, mask, data.CMU_HINGES, 'frames')
+  limbs = teacher.hinge_weights(targets, mask, data.CMU_HINGES, 'limbs')
+  assert frames.shape == limbs.shape == targets.shape[:-1]
+  expect = np.ones_like(frames)
+  expect[0, 5] = 0.0
+  np.testing.assert_array_equal(limbs[0], expect[0])
+  np.testing.assert_array_equal(frames[1, [0, 3, 4, 5]], 1.0)
+  np.testing.assert_array_equal(frames[1, 1:3], 0.0)
+  np.testing.assert_array_equal(limbs[1, 1:3, [b, c]], 0.0)
+  assert np.sum(limbs[1, 1:3] == 0) == 4  # only the elbow and wrist, on the two frames
+  with pytest.raises(configs.ConfigError, match='hinge_filter'):
+    teacher.hinge_weights(targets[..., :8, :], mask, data.CMU_HINGES, 'limbs')
+  with pytest.raises(configs.ConfigError, match='hinge_filter'):
+    teacher.hinge_weights(targets, mask, data.CMU_HINGES, 'joints')

@@ -87,6 +87,9 @@ PSEUDO3D_PROJECTIONS = ('none', 'eval')
 # train.selection: what train.restarts keeps (train.select_restart): the lowest training objective,
 # or the fewest knees and elbows bent against the rest of their frame (both on the training 2D).
 SELECTIONS = ('objective', 'hinges')
+# teacher.hinge_filter (a self-mode teacher's targets): which target joints the denoising loss
+# leaves out where a knee or elbow bends against the rest of its frame (teacher.hinge_weights).
+HINGE_FILTERS = ('none', 'frames', 'limbs')
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -102,6 +105,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
       'train.eval_bone_by': windows.BONE_LENGTH_GROUPS,
       'train.pseudo3d_projection': PSEUDO3D_PROJECTIONS,
       'teacher.target_projection': PSEUDO3D_PROJECTIONS,
+      'teacher.hinge_filter': HINGE_FILTERS,
   }
 
 

@@ -16,6 +16,7 @@ hypotheses × K = 5 steps.
 
 import ml_collections
 
+from nrsfm_jax import data as data_lib
 from nrsfm_jax import models
 from nrsfm_jax.configs import default, nrsfm
 
@@ -46,6 +47,12 @@ def get_config(arg=None):
   # 99.4 mm with it and 88.0 without (README, "The self-mode teacher's targets"). nrsfm sequences
   # (True): there it took e3D-akhter from 0.88-1.03 to 0.52-0.63 on four of five sequences.
   c.teacher.resolve_flips = kind == 'nrsfm'
+  # Self mode: where a target frame's knee or elbow bends against the rest of the frame (a limb
+  # mirrored in depth, metrics.hinge_outliers), the denoising loss leaves out that frame
+  # ('frames') or that limb's two distal joints ('limbs'); 'none' trains on every target. The
+  # hinges are (a, b, c, l, r) joint indices (data.CMU_HINGES); no 3D is read.
+  c.teacher.hinge_filter = 'none'
+  c.teacher.hinges = data_lib.CMU_HINGES
 
   # The denoiser's hyperparameters (DenoiserConfig's defaults: 'frame' tokens, width 256, 2 blocks,
   # 8 heads, MLP ratio 2, root joint 0); the D3DP-like per-joint model is arch='st'.
