@@ -696,6 +696,9 @@ def generate_pseudo3d(
   path = os.path.join(os.path.abspath(teacher_workdir), 'pseudo3d', f'{key}.npz')
   if os.path.exists(path):
     log(f'pseudo-3D: cached at {path}')
+    with np.load(path) as f:
+      if 'spread' in f.files:
+        log(spread_summary(f['spread'], train_ds))
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)
   t0 = time.time()
@@ -718,4 +721,20 @@ def generate_pseudo3d(
       ),
   )
   log(f'pseudo-3D: wrote {path} in {time.time() - t0:.0f} s')
+  log(spread_summary(preds['spread'], train_ds))
   return path
+
+
+def spread_summary(spread: np.ndarray, dataset: data_lib.WindowDataset) -> str:
+  """One line: the median and 95th percentile of the hypotheses' per-joint spread ``[N, L, P]``
+  (normalised units) over ``dataset``'s visible joints of real frames, in data units.
+
+  Near 0 the teacher is a deterministic regressor of its 2D: its H hypotheses add nothing to
+  one (a self-mode teacher whose targets are its student's own function of the same 2D is one).
+  """
+  keep = (np.asarray(dataset.mask)[..., None] > 0) & (np.asarray(dataset.visibility) > 0)
+  values = np.asarray(spread)[keep] * dataset.scale
+  if values.size == 0:
+    return "pseudo-3D: the hypotheses' spread has no visible joint to summarise"
+  median, p95 = np.percentile(values, [50, 95])
+  return f"pseudo-3D: the hypotheses' per-joint spread, median {median:.3g}, 95th percentile {p95:.3g} (data units)"

@@ -60,6 +60,15 @@ def test_supervised_teacher_scores_and_caches_pseudo3d(supervised_run):
   np.testing.assert_allclose(pseudo[..., 0, :], 0.0, atol=1e-6)  # Root-relative.
   _, spread = data.load_pseudo3d(out['pseudo3d'], train_ds, spread=True)
   assert spread.shape == pseudo.shape[:-1] and np.all(spread >= 0) and np.any(spread > 0)
+  # Both the first sampling and the cache hit say how far the hypotheses disagree, in data units,
+  # over the visible joints of real frames only.
+  summary = teacher.spread_summary(spread, train_ds)
+  assert summary in lines and summary in again
+  keep = (train_ds.mask[..., None] > 0) & (train_ds.visibility > 0)
+  median = float(np.median(spread[keep])) * train_ds.scale
+  assert f'median {median:.3g},' in summary
+  padded = np.where(keep, spread, 1e6)  # padding and hidden joints do not count
+  assert teacher.spread_summary(padded, train_ds) == summary
 
 
 @pytest.mark.slow
