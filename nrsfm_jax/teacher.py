@@ -371,6 +371,11 @@ def train_teacher(
         log=log,
     )
   target_weight = None
+  if mode != 'self' and config.teacher.get('hinge_filter', 'none') != 'none':
+    raise configs.ConfigError(
+        f"config.teacher.hinge_filter={config.teacher.hinge_filter!r} filters a self-mode teacher's targets; "
+        f"teacher.mode={mode!r} trains on the ground-truth 3D. Set it to 'none'."
+    )
   if mode == 'self':
     target_weight = hinge_weights(
         targets, train_ds.mask, config.teacher.get('hinges', ()), config.teacher.get('hinge_filter', 'none')

@@ -231,7 +231,7 @@ def test_nrsfm_table_marks_rows_that_beat_bmm():
   assert '0.5000 / 0.6000' in table and '0.0100 / **0.0200**' in table and '0.0266' in table
 
 
-def test_hinge_weights_leave_out_limbs_bent_against_their_frame():
+def test_hinge_weights_leave_out_limbs_bent_against_their_frame(tmp_path):
   mocap = data.load_mocap(subjects='006')['006_01'][::10]
   from nrsfm_jax import losses
 
@@ -257,3 +257,9 @@ def test_hinge_weights_leave_out_limbs_bent_against_their_frame():
     teacher.hinge_weights(targets[..., :8, :], mask, data.CMU_HINGES, 'limbs')
   with pytest.raises(configs.ConfigError, match='hinge_filter'):
     teacher.hinge_weights(targets, mask, data.CMU_HINGES, 'joints')
+  # A supervised teacher trains on the 3D: the filter is refused before any training.
+  config = _tiny_teacher()
+  config.teacher.hinge_filter = 'limbs'
+  with pytest.raises(configs.ConfigError, match="self-mode teacher's targets"):
+    teacher.train_teacher(config, str(tmp_path / 'sup'), log=lambda s: None)
+  assert not os.path.exists(tmp_path / 'sup' / 'checkpoints')
