@@ -154,13 +154,13 @@ def hinge_weights(targets: np.ndarray, mask: np.ndarray, hinges, mode: str) -> n
     raise configs.ConfigError(f'config.teacher.hinge_filter must be one of {configs.HINGE_FILTERS}; got {mode!r}.')
   if mode == 'none':
     return None
-  hinges = tuple(tuple(int(i) for i in h) for h in hinges)
-  num_points = targets.shape[-2]
-  if not hinges or max(max(h) for h in hinges) >= num_points:
-    raise configs.ConfigError(
-        f'config.teacher.hinge_filter={mode!r} needs config.teacher.hinges, (a, b, c, l, r) joint indices '
-        f"below the data's {num_points} points (a human skeleton's); got {hinges!r}. Set it to 'none'."
-    )
+  hinges = configs.hinge_indices(
+      hinges,
+      targets.shape[-2],
+      key='teacher.hinges',
+      user=f'teacher.hinge_filter={mode!r}',
+      fix="teacher.hinge_filter='none'",
+  )
   out = np.asarray(jax.jit(metrics.hinge_outliers, static_argnums=1)(jnp.asarray(targets), hinges))  # [N, L, H]
   weights = np.ones(targets.shape[:-1], np.float32)
   if mode == 'frames':

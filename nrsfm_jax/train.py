@@ -226,14 +226,13 @@ def select_restart(entries: list[dict[str, Any]], selection: str = 'objective') 
 
 def _hinges_for(config: ml_collections.ConfigDict, num_points: int) -> tuple[tuple[int, ...], ...]:
   """``config.loss.terms.hinges.hinges``; a config error unless they index ``num_points`` points."""
-  hinges = tuple(tuple(int(i) for i in h) for h in config.loss.terms.get('hinges', {}).get('hinges', ()))
-  if not hinges or max(max(h) for h in hinges) >= num_points:
-    raise configs.ConfigError(
-        "config.train.selection='hinges' needs config.loss.terms.hinges.hinges, (a, b, c, l, r) joint "
-        f"indices below the data's {num_points} points (a human skeleton's); got {hinges!r}. "
-        "Set config.train.selection='objective'."
-    )
-  return hinges
+  return configs.hinge_indices(
+      config.loss.terms.get('hinges', {}).get('hinges', ()),
+      num_points,
+      key='loss.terms.hinges.hinges',
+      user="train.selection='hinges'",
+      fix="train.selection='objective'",
+  )
 
 
 def _hinges_apply(config: ml_collections.ConfigDict, train_ds: data_lib.WindowDataset) -> bool:

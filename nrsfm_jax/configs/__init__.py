@@ -92,6 +92,21 @@ SELECTIONS = ('objective', 'hinges')
 HINGE_FILTERS = ('none', 'frames', 'limbs')
 
 
+def hinge_indices(hinges, num_points: int, *, key: str, user: str, fix: str) -> tuple[tuple[int, ...], ...]:
+  """``hinges`` as ``(a, b, c, l, r)`` int tuples; a config error unless they index ``num_points`` points.
+
+  For the message: ``key`` names the config entry that holds them, ``user`` the setting that
+  needs them, ``fix`` the setting that does without them.
+  """
+  hinges = tuple(tuple(int(i) for i in h) for h in hinges)
+  if not hinges or max(max(h) for h in hinges) >= num_points:
+    raise ConfigError(
+        f"config.{user} needs config.{key}, (a, b, c, l, r) joint indices below the data's "
+        f"{num_points} points (a human skeleton's); got {hinges!r}. Set config.{fix}."
+    )
+  return hinges
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
   """Keys that take one of a few strings, from the modules that own them (imported on use:
   ``nrsfm_jax.configs`` itself loads no jax)."""
