@@ -177,6 +177,37 @@ def hinge_weights(targets: np.ndarray, mask: np.ndarray, hinges, mode: str) -> n
 # ----------------------------------------------------------------------------
 
 
+def novel_views(
+    batch: dict[str, Array], key: Array, *, prob: float, yaw_deg: float, pitch_deg: float = 0.0
+) -> dict[str, Array]:
+  """Shows a share of a teacher batch's windows from random cameras (teacher.novel_views).
+
+  Each window, with probability ``prob``, has its ``target`` ``[B, L, P, 3]`` (root-relative,
+  camera frame) turned by one rotation ``R = R_x(pitch) R_y(yaw)``, yaw uniform in
+  ``±yaw_deg`` about the camera's vertical (y) axis and pitch in ``±pitch_deg``, and its
+  ``keypoints`` ``[B, L, P, 2]`` replaced by the turned target's x, y, centred on the visible
+  points as the data's 2D is (:func:`data.center_2d`). Visibility, masks and weights are kept.
+  Orthographic projection of a rotated 3D is exact, so each new pair is a consistent example of
+  lifting from another view (of the student's shapes in self mode).
+
+  Returns:
+    The batch with ``target`` and ``keypoints`` replaced (the other windows unchanged).
+  """
+  x0 = batch['target']
+  b = x0.shape[0]
+  k_on, k_yaw, k_pitch = jax.random.split(key, 3)
+  on = jax.random.uniform(k_on, (b,)) < prob
+  yaw = jnp.deg2rad(yaw_deg) * jax.random.uniform(k_yaw, (b,), minval=-1.0, maxval=1.0)
+  pitch = jnp.deg2rad(pitch_deg) * jax.random.uniform(k_pitch, (b,), minval=-1.0, maxval=1.0)
+  zeros = jnp.zeros_like(yaw)
+  rot = geometry.so3_exp(jnp.stack([pitch, zeros, zeros], -1)) @ geometry.so3_exp(jnp.stack([zeros, yaw, zeros], -1))
+  rot = jnp.where(on[:, None, None], rot, jnp.eye(3, dtype=rot.dtype))
+  turned = jnp.einsum('blpj,bij->blpi', x0, rot.astype(x0.dtype))
+  keypoints, _ = data_lib.center_2d(turned[..., :2], batch['visibility'], xp=jnp)
+  keypoints = jnp.where(on[:, None, None, None], keypoints, batch['keypoints'])
+  return {**batch, 'target': turned, 'keypoints': keypoints.astype(batch['keypoints'].dtype)}
+
+
 def teacher_loss(
     params, apply_fn: Callable, schedule: diffusion.Schedule, batch: dict[str, Array], key: Array
 ) -> tuple[Array, dict[str, Array]]:
@@ -196,12 +227,22 @@ def teacher_loss(
   return loss, {'loss': loss}
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=('views',))
 def teacher_step(
-    state: objective.TrainState, batch: dict[str, Array], key: Array, schedule: diffusion.Schedule
+    state: objective.TrainState,
+    batch: dict[str, Array],
+    key: Array,
+    schedule: diffusion.Schedule,
+    views: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> tuple[objective.TrainState, dict[str, Array]]:
-  """One jitted optimisation step (noise from ``fold_in(key, step)``); non-finite steps are skipped."""
+  """One jitted optimisation step (noise from ``fold_in(key, step)``); non-finite steps are skipped.
+
+  ``views``: ``(prob, yaw_deg, pitch_deg)`` of :func:`novel_views` (static; ``prob = 0``: off).
+  """
   step_key = jax.random.fold_in(key, state.step)
+  if views[0] > 0:
+    view_key, step_key = jax.random.split(step_key)
+    batch = novel_views(batch, view_key, prob=views[0], yaw_deg=views[1], pitch_deg=views[2])
   (_, m), grads = jax.value_and_grad(teacher_loss, has_aux=True)(
       state.params, state.apply_fn, schedule, batch, step_key
   )
@@ -399,14 +440,20 @@ def train_teacher(
   schedule = schedule_of(config)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.max_checkpoints)
   state, old_meta = ckpt.restore(state, log=log)
+  views = (
+      float(config.teacher.get('novel_views', 0.0)),
+      float(config.teacher.get('view_yaw', 180.0)),
+      float(config.teacher.get('view_pitch', 0.0)),
+  )
   meta = {
       'seed': int(config.seed),
       'scale': float(train_ds.scale),
       'num_points': int(train_ds.num_points),
       'mode': mode,
+      'views': 'off' if views[0] == 0 else ','.join(f'{v:g}' for v in views),
       'targets': _digest(targets) if target_weight is None else _digest(targets, target_weight),
   }
-  loop.check_resume(ckpt.directory, old_meta, meta, ('scale', 'mode', 'seed'), what='a teacher')
+  loop.check_resume(ckpt.directory, old_meta, meta, ('scale', 'mode', 'seed', 'views'), what='a teacher')
   if old_meta is not None and old_meta.get('targets', meta['targets']) != meta['targets']:
     raise ValueError(
         f'{ckpt.directory} holds a teacher trained on other targets (in self mode: the student '
@@ -421,9 +468,14 @@ def train_teacher(
   )
 
   batch_fn = loop.window_batches(train_ds, batch_size, config.seed, target=targets, target_weight=target_weight)
+  if views[0] > 0:
+    log(
+        f'teacher.novel_views={views[0]:g}: that share of the training windows seen from a random camera '
+        f"(yaw ±{views[1]:g}°, pitch ±{views[2]:g}°), its 2D the turned target's projection"
+    )
   state = loop.run_loop(
       state,
-      lambda s, b: teacher_step(s, b, loop_key, schedule),
+      lambda s, b: teacher_step(s, b, loop_key, schedule, views),
       batch_fn,
       num_steps=num_steps,
       ckpt=ckpt,

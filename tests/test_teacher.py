@@ -264,3 +264,39 @@ def test_hinge_weights_leave_out_limbs_bent_against_their_frame(tmp_path):
   with pytest.raises(configs.ConfigError, match="self-mode teacher's targets"):
     teacher.train_teacher(config, str(tmp_path / 'sup'), log=lambda s: None)
   assert not os.path.exists(tmp_path / 'sup' / 'checkpoints')
+
+
+def test_novel_views_turn_targets_and_project_their_2d():
+  import jax.numpy as jnp
+
+  from nrsfm_jax import geometry
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  x = geometry.root_relative(jax.random.normal(keys[0], (8, 5, 17, 3)))
+  vis = (jax.random.uniform(keys[1], (8, 5, 17)) > 0.2).astype(jnp.float32)
+  kp, _ = data.center_2d(x[..., :2], vis, xp=jnp)
+  batch = {'target': x, 'keypoints': kp, 'visibility': vis, 'mask': jnp.ones((8, 5))}
+  views = jax.jit(lambda b, k: teacher.novel_views(b, k, prob=0.5, yaw_deg=180.0, pitch_deg=20.0))
+  out = views(batch, keys[2])
+  turned = np.asarray(jnp.any(jnp.abs(out['target'] - x) > 1e-5, axis=(1, 2, 3)))
+  assert 0 < turned.sum() < 8  # about half the windows, each turned as a whole
+  # A rigid turn about the root: the root stays at 0, every joint's distance to it is kept.
+  np.testing.assert_allclose(out['target'][..., 0, :], 0.0, atol=1e-6)
+  np.testing.assert_allclose(jnp.linalg.norm(out['target'], axis=-1), jnp.linalg.norm(x, axis=-1), atol=1e-5)
+  # The 2D is the turned target's, centred on the visible points as the data's; invisible ones 0.
+  np.testing.assert_allclose(out['keypoints'], data.center_2d(out['target'][..., :2], vis, xp=jnp)[0], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(out['keypoints'])[np.asarray(vis) == 0], 0.0)
+  np.testing.assert_array_equal(np.asarray(out['keypoints'])[~turned], np.asarray(kp)[~turned])
+  # One rotation per window: the same about every frame (a frame-wise Procrustes fit recovers it).
+  w = int(np.argmax(turned))
+  rots = jax.vmap(geometry.procrustes_rotation)(x[w], out['target'][w])
+  np.testing.assert_allclose(rots, jnp.broadcast_to(rots[0], rots.shape), atol=1e-4)
+  assert np.abs(np.asarray(rots[0]) - np.eye(3)).max() > 1e-3
+  # prob = 0 leaves the batch alone; the config range is checked before any training.
+  off = teacher.novel_views(batch, keys[3], prob=0.0, yaw_deg=180.0)
+  np.testing.assert_array_equal(off['target'], x)
+  np.testing.assert_array_equal(off['keypoints'], kp)
+  config = _tiny_teacher('self')
+  config.teacher.novel_views = 1.5
+  with pytest.raises(configs.ConfigError, match='teacher.novel_views'):
+    configs.validate(config)

@@ -76,6 +76,9 @@ _RANGES = {
     'diffusion.num_timesteps': _at_least(1),
     'diffusion.num_hypotheses': _at_least(1),
     'diffusion.num_steps': _at_least(1),
+    'teacher.novel_views': ((lambda v: 0 <= v <= 1), 'in [0, 1]'),
+    'teacher.view_yaw': ((lambda v: 0 <= v <= 180), 'in [0, 180] (degrees)'),
+    'teacher.view_pitch': ((lambda v: 0 <= v <= 90), 'in [0, 90] (degrees)'),
 }
 
 # train.cpu_dots: XLA CPU's matmul backends for the train step (loop.cpu_compiler_options).
