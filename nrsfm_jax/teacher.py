@@ -9,6 +9,9 @@ Two ways to train it (``config.teacher.mode``, see ``configs/teacher.py``):
   depth-flip-resolved against its mean shape (:func:`geometry.resolve_flip_by_reference`);
   no 3D is used anywhere.
 
+Either mode can show a share of its training windows from random cameras
+(``teacher.novel_views``, :func:`novel_views`: the target turned, the 2D re-projected).
+
 Targets are root-relative camera-frame 3D in *normalised* units (data units
 divided by the training 2D scale), the frame and units of the student's output.
 The teacher's pseudo-3D for the student's training windows is computed once

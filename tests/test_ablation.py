@@ -268,3 +268,34 @@ def test_sweep_table_reads_kept_runs_seeds_and_unfinished_folds(tmp_path):
   # kept 100 and 150 (mean 125, PA 62.5, Stress 31.2); all four seeds 120.0; best per fold (100 + 90) / 2.
   assert lines[3] == '| a | 100.0 | 150.0 | 125.0 | 62.5 | 31.2 | 120.0 (4 runs) | 95.0 | 1/2 |'
   assert lines[4] == '| b | 80.0 | – | 80.0 (1 of 2 folds) | 40.0 | 20.0 | 90.0 (3 runs) | 75.0 | 1/1 |'
+
+
+def test_truth_rotations_recover_the_cameras_of_a_rigid_body_and_the_table_reads_the_study():
+  import jax
+
+  from nrsfm_jax import geometry
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  body = np.asarray(jax.random.normal(keys[0], (12, 3)))
+  cams = np.asarray(geometry.random_rotation(keys[1], (20,)))
+  points = np.einsum('pj,fij->fpi', body, cams) + 5.0  # X_f = S R_fᵀ, off-centre
+  rotations = ablation.truth_rotations(points)
+  assert rotations.shape == (20, 3, 3)
+  np.testing.assert_allclose(np.linalg.det(rotations), 1.0, atol=1e-5)
+  # Up to one global rotation G: R_f = cams_f G for every frame.
+  g = np.einsum('fji,fjk->fik', cams, rotations)  # cams_fᵀ R_f
+  np.testing.assert_allclose(g, np.broadcast_to(g[0], g.shape), atol=1e-4)
+  row = lambda e, r, **x: {'e3d': e, 'e3d_akhter': e, 'shape_rank_ratio': r, **x}
+  study = {
+      'drink': {
+          'num_bases': 2,
+          'chosen': row(0.02, 1.2),
+          'starts': [row(0.05, 1.3, residual=1e-3), row(0.01, 1.1, residual=2e-3), row(0.03, 1.25, residual=5e-4)],
+          'truth_rotations': row(0.005, 1.05),
+      }
+  }
+  table = ablation.rotation_study_table(study)
+  cells = table.splitlines()[-1].split(' | ')
+  assert cells[0] == '| drink (2)' and cells[1] == '0.0200 (1.2000)'
+  assert cells[2] == '0.0300 (1.2500)' and cells[3] == cells[4] == '0.0100 (1.1000)'
+  assert cells[5] == '0.0300' and cells[6] == '0.0050 (1.0500) |'
