@@ -842,16 +842,12 @@ def classic_study(sequence: str, bases: list[int], log: Callable[[str], None] = 
 def truth_rotations(points: np.ndarray, num_iters: int = 5) -> np.ndarray:
   """Cameras from the 3D itself (a reference only): ``R_f`` with ``X_f ≈ M R_fᵀ``, ``M`` the mean shape.
 
-  Generalised Procrustes analysis of the centred ``[F, P, 3]`` camera-frame points: every frame
-  is rotated onto the running mean shape, ``num_iters`` times. Returns ``[F, 3, 3]`` rotations
+  Generalised Procrustes analysis of the ``[F, P, 3]`` camera-frame points
+  (:func:`geometry.procrustes_to_mean`, ``num_iters`` rounds). Returns ``[F, 3, 3]`` rotations
   (``det = +1``), the cameras a classic solver would recover if it read the 3D.
   """
-  x = jnp.asarray(points - points.mean(-2, keepdims=True), jnp.float32)
-  mean = x[0]
-  for _ in range(num_iters):
-    rotations = jax.vmap(lambda xf, m=mean: geometry.procrustes_rotation(m, xf))(x)
-    mean = jnp.mean(jnp.einsum('fpi,fij->fpj', x, rotations), 0)
-  return np.asarray(rotations)
+  to_mean = geometry.procrustes_to_mean(jnp.asarray(points, jnp.float32), iterations=num_iters)
+  return np.asarray(jnp.swapaxes(to_mean, -1, -2))  # X_f ≈ M R_fᵀ  ⇔  X_f R_f ≈ M
 
 
 def rotation_study(

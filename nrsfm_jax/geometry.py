@@ -322,6 +322,22 @@ def procrustes_rotation(
   return rotation_from_covariance(cov, allow_reflection)
 
 
+def procrustes_to_mean(shapes: Array, *, iterations: int = 5) -> Array:
+  """Generalised Procrustes (rotation only): ``[..., N, P, 3] -> [..., N, 3, 3]``.
+
+  Each shape is centred and rotated onto the set's mean shape, ``iterations`` rounds of
+  aligning every shape to the mean of the aligned set (the first to the unaligned mean). No
+  scale, no reflection. Returns ``R_n`` with the aligned shapes ``(x_n − x̄_n) @ R_nᵀ``.
+  """
+  x = shapes - jnp.mean(shapes, -2, keepdims=True)
+  aligned = x
+  for _ in range(iterations):
+    mean = jnp.mean(aligned, -3, keepdims=True)
+    rot = procrustes_rotation(x, jnp.broadcast_to(mean, x.shape))
+    aligned = jnp.einsum('...ij,...pj->...pi', rot, x)
+  return rot
+
+
 def weighted_centroid(points: Array, mask: Array | None = None) -> Array:
   """Mean over visible points: ``[..., P, D] -> [..., 1, D]`` (0 if none visible)."""
   w = _weights(points, mask)[..., None]

@@ -208,11 +208,8 @@ def nonrigidity(shapes: Array, *, iterations: int = 5) -> Array:
   ground truth's to see whether it uses its shape space at all.
   """
   x = _frame_centre(shapes)
-  aligned = x
-  for _ in range(iterations):
-    mean = jnp.mean(aligned, -3, keepdims=True)
-    rot = geometry.procrustes_rotation(x, jnp.broadcast_to(mean, x.shape))
-    aligned = jnp.einsum('...ij,...pj->...pi', rot, x)
+  rot = geometry.procrustes_to_mean(jnp.asarray(shapes), iterations=iterations)  # centres as x is
+  aligned = jnp.einsum('...ij,...pj->...pi', rot, x)
   mean = jnp.mean(aligned, -3, keepdims=True)
   return jnp.mean(jnp.linalg.norm(aligned - mean, axis=-1), (-2, -1))
 
