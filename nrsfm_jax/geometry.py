@@ -322,6 +322,28 @@ def procrustes_rotation(
   return rotation_from_covariance(cov, allow_reflection)
 
 
+def orthographic_camera(shape: Array, keypoints: Array, *, mask: Array | None = None, ridge: float = 1e-4) -> Array:
+  """The camera rotation under which a shape projects best onto its 2D (orthographic, no scale).
+
+  The affine camera ``A [2, 3]`` that best maps the centred shape onto the centred 2D in least
+  squares, ``A = Wᵀ S (Sᵀ S + λ I)⁻¹`` over the points with ``mask > 0`` (``λ`` = ``ridge`` ×
+  the mean eigenvalue of ``Sᵀ S``, so a flat or vanishing shape stays finite), then its nearest
+  rotation: the top two rows are ``A``'s orthonormal polar factor and the third their cross
+  product (:func:`rotation_from_covariance` of ``A`` over a zero third row, so the gradients are
+  the stable polar-factor ones). Exact when the 2D is a rotated shape's projection (up to
+  ``λ``). ``[..., P, 3], [..., P, 2], [..., P] -> [..., 3, 3]``.
+  """
+  w = _weights(shape, mask)
+  shape_c = shape - weighted_centroid(shape, mask)
+  kp_c = keypoints - weighted_centroid(keypoints, mask)
+  gram = jnp.einsum('...p,...pi,...pj->...ij', w, shape_c, shape_c)
+  cross = jnp.einsum('...p,...pi,...pj->...ij', w, kp_c, shape_c)  # [..., 2, 3]
+  lam = ridge * jnp.trace(gram, axis1=-2, axis2=-1) / 3 + 1e-12
+  affine = jnp.linalg.solve(gram + lam[..., None, None] * jnp.eye(3, dtype=gram.dtype), jnp.swapaxes(cross, -1, -2))
+  cov = jnp.concatenate([jnp.swapaxes(affine, -1, -2), jnp.zeros_like(cross[..., :1, :])], -2)
+  return rotation_from_covariance(cov)
+
+
 def procrustes_to_mean(shapes: Array, *, iterations: int = 5) -> Array:
   """Generalised Procrustes (rotation only): ``[..., N, P, 3] -> [..., N, 3, 3]``.
 

@@ -30,7 +30,7 @@ def test_evaluate_default_split_matches_eval_json(run):
   assert result['overall'] == expected['overall']
   assert result['per_sequence'] == expected['per_sequence']
   assert result['frames'] == expected['frames']
-  assert result['output'] == os.path.join(workdir, 'evaluate_cmu17_006.json')
+  assert result['output'] == os.path.join(workdir, 'evaluate_cmu17_006_01_006_09.json')
   with open(result['output']) as f:
     assert json.load(f)['overall'] == expected['overall']
   with np.load(result['predictions']) as f:
@@ -77,13 +77,13 @@ def test_a_second_evaluation_compiles_nothing(run):
 
 
 def test_subjects_split_uses_training_scale(run, loaded):
-  # The eval subject named explicitly gives the eval split's windows exactly (so its metrics),
-  # normalised with the training scale, not with a scale recomputed from subject 006.
+  # The eval trials named explicitly give the eval split's windows exactly (so its metrics),
+  # normalised with the training scale, not with a scale recomputed from those trials.
   workdir, _ = run
   config, _, _, meta = loaded
   default, protocol, name = evaluation.build_eval_dataset(config, meta)
-  subject, sub_protocol, sub_name = evaluation.build_eval_dataset(config, meta, subjects='006')
-  assert (protocol, name, sub_protocol, sub_name) == ('cmu17', 'cmu17_006', 'cmu17', 'cmu17_006')
+  subject, sub_protocol, sub_name = evaluation.build_eval_dataset(config, meta, subjects='006_01,006_09')
+  assert (protocol, name, sub_protocol, sub_name) == ('cmu17', 'cmu17_006_01_006_09', 'cmu17', 'cmu17_006_01_006_09')
   assert subject.scale == default.scale == meta['scale']
   np.testing.assert_array_equal(subject.keypoints, default.keypoints)
   np.testing.assert_array_equal(subject.points3d, default.points3d)
@@ -97,7 +97,7 @@ def test_subjects_split_uses_training_scale(run, loaded):
   longer = config.copy_and_resolve_references()
   longer.data.eval_window = 3 * config.data.window
   own, _, _ = evaluation.build_eval_dataset(longer, meta)
-  named, _, _ = evaluation.build_eval_dataset(longer, meta, subjects='006')
+  named, _, _ = evaluation.build_eval_dataset(longer, meta, subjects='006_01,006_09')
   assert own.window_length == named.window_length == 3 * config.data.window
   np.testing.assert_array_equal(named.keypoints, own.keypoints)
   with pytest.raises(ValueError, match=r"unknown subject.*'999'"):
@@ -251,7 +251,7 @@ def test_bone_projection_study_scores_every_setting(run, tmp_path):
   out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
   table = (tmp_path / 'bone_projection.md').read_text().splitlines()
   rows = {line.split(' | ')[0].strip('| '): line for line in table[2:] if '| kept run' in line}
-  assert set(rows) == {'none', 'clip:1'} and 'MPJPE dev 006 (mm)' in table[0]
+  assert set(rows) == {'none', 'clip:1'} and 'MPJPE dev 006_01,006_09 (mm)' in table[0]
   # The 'none' row is the run's plain evaluation; the projected one differs.
   plain = evaluation.evaluate_run(workdir, bone_projection='none', output=str(tmp_path / 'p.json'), log=lambda s: None)
   assert f'| {plain["overall"]["mpjpe"]:.1f} |' in rows['none'] and rows['none'] != rows['clip:1'].replace(

@@ -171,6 +171,19 @@ def test_rotation_6d_lifter_starts_at_identity():
     Student(_small(rotation='euler')).init(jax.random.PRNGKey(0), kp, vis, mask)
 
 
+def test_procrustes_camera_is_fitted_to_the_lifters_shape():
+  model = Student(_small(rotation='procrustes'))
+  kp, vis, mask = _inputs()
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  assert 'omega' not in params['params']['lifter'] and 'rot6d' not in params['params']['lifter']
+  out = model.apply(params, kp, vis, mask)
+  np.testing.assert_allclose(out['rotation'], geometry.orthographic_camera(out['shape_init'], kp, mask=vis), atol=1e-5)
+  # z-augmentation changes the lifter's input, not the frame the camera is fitted in.
+  z = jnp.full((kp.shape[0],), 0.3)
+  aug = model.apply(params, kp, vis, mask, z_aug=z)
+  np.testing.assert_allclose(aug['rotation'], geometry.orthographic_camera(aug['shape_init'], kp, mask=vis), atol=1e-5)
+
+
 @pytest.mark.parametrize('arch', ['frame', 'st'])
 def test_denoiser_shapes_root_and_padding(arch):
   from nrsfm_jax.models import Denoiser, DenoiserConfig

@@ -142,7 +142,8 @@ class Lifter(nn.Module):
     Returns:
       ``alpha [..., K]`` and the rotation parameters: ``omega [..., 3]`` (rotation
       vectors, ``R = so3_exp(ω)``) or, with ``rotation='6d'``, ``[..., 6]``
-      (``R = rotation_6d(·)``, identity at initialisation).
+      (``R = rotation_6d(·)``, identity at initialisation), or with ``rotation='procrustes'``
+      an empty ``[..., 0]`` (the camera is not predicted; :class:`Student` fits it).
     """
     h = MLPTrunk(self.width, self.num_blocks, self.norm, self.dtype)(
         lifter_input(keypoints, visibility), train=train, axis_name=axis_name, mask=mask
@@ -156,8 +157,10 @@ class Lifter(nn.Module):
     elif self.rotation == '6d':
       identity = lambda *_: jnp.asarray([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
       omega = nn.Dense(6, name='rot6d', kernel_init=init, bias_init=identity)(h)
+    elif self.rotation == 'procrustes':
+      omega = jnp.zeros((*h.shape[:-1], 0), h.dtype)  # No camera head: the Student solves for it.
     else:
-      raise ValueError(f"Unknown rotation parametrisation {self.rotation!r}; expected 'so3' or '6d'.")
+      raise ValueError(f"Unknown rotation parametrisation {self.rotation!r}; expected 'so3', '6d' or 'procrustes'.")
     return alpha, omega
 
 
