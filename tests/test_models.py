@@ -22,17 +22,8 @@ def _inputs(seed=0):
 
 
 def _small(**kw):
-  return StudentConfig(
-      num_points=P,
-      num_bases=4,
-      lifter_width=32,
-      lifter_blocks=1,
-      canon_width=32,
-      canon_blocks=1,
-      tcn_channels=16,
-      mlp_width=32,
-      **kw,
-  )
+  sizes = dict(lifter_width=32, lifter_blocks=1, canon_width=32, canon_blocks=1, tcn_channels=16, mlp_width=32)
+  return StudentConfig(num_points=P, num_bases=4, **{**sizes, **kw})
 
 
 @pytest.mark.parametrize(
@@ -169,6 +160,30 @@ def test_rotation_6d_lifter_starts_at_identity():
   assert angle.max() < 15.0
   with pytest.raises(ValueError, match='rotation parametrisation'):
     Student(_small(rotation='euler')).init(jax.random.PRNGKey(0), kp, vis, mask)
+
+
+@pytest.mark.parametrize('norm', ['layer', 'batch'])
+def test_trunk_init_c3dpo_uses_small_kernels_and_uniform_norm_scales(norm):
+  kp, vis, mask = _inputs()
+  trunks = {}
+  for init in ('flax', 'c3dpo'):
+    model = Student(_small(lifter_width=256, canon_width=256, norm=norm, trunk_init=init))
+    params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)['params']
+    trunks[init] = params['lifter']['MLPTrunk_0'], params['canonicalizer']['MLPTrunk_0']
+  for lifter_trunk, canon_trunk in [trunks['c3dpo']]:
+    for trunk in (lifter_trunk, canon_trunk):
+      kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(trunk) if 'kernel' in str(path[-1])]
+      scales = [x for path, x in jax.tree_util.tree_leaves_with_path(trunk) if 'scale' in str(path[-1])]
+      assert kernels and scales
+      assert all(abs(float(jnp.std(k)) - 0.01) < 0.002 for k in kernels if k.size > 1000)
+      assert all(float(jnp.min(v)) >= 0.0 and float(jnp.max(v)) < 1.0 and float(jnp.std(v)) > 0.1 for v in scales)
+  # flax's default: LeCun-normal kernels (std 1/√fan_in: 1/16 for the 256-wide block input), scales 1.
+  block = trunks['flax'][0]['ResidualBottleneck_0']
+  assert abs(float(jnp.std(block['Dense_0']['kernel'])) - 1 / 16) < 0.01
+  norms = [x for path, x in jax.tree_util.tree_leaves_with_path(block) if 'scale' in str(path[-1])]
+  assert all(np.array_equal(v, np.ones_like(v)) for v in norms)
+  with pytest.raises(ValueError, match='trunk init'):
+    Student(_small(trunk_init='kaiming')).init(jax.random.PRNGKey(0), kp, vis, mask)
 
 
 def test_procrustes_camera_is_fitted_to_the_lifters_shape():

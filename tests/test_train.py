@@ -154,6 +154,41 @@ def test_check_resume_names_every_differing_key(tmp_path):
     loop.check_resume(str(tmp_path), {'seed': 1, 'scale': 2.0}, new, ('seed', 'scale'))
 
 
+def test_c3dpo_lifter_config_is_the_recipe_the_readme_ran():
+  """configs/c3dpo.py:lifter is the lifter row with the overrides of README's "C3DPO's recipe in JAX" run."""
+  ran = configs.get('default', 'lifter')
+  overrides = {
+      'model.lifter_width': 1024,
+      'model.lifter_blocks': 6,
+      'model.canon_width': 1024,
+      'model.canon_blocks': 6,
+      'loss.z_aug_deg': 22.5,
+      'loss.z_equivariance_deg': 22.5,
+      'model.norm': 'batch',
+      'optim.name': 'sgd',
+      'optim.schedule': 'constant',
+      'optim.weight_decay': 5e-4,
+      'optim.grad_clip': 0.0,
+      'optim.warmup_steps': 0,
+      'loss.terms.bones.weight': 0.0,
+      'loss.terms.reproj.scale': 0.01,
+      'loss.terms.canon.scale': 0.01,
+      'train.cpu_dots': 'eigen',
+      'train.restarts': 1,
+      'model.trunk_init': 'c3dpo',
+  }
+  for key, value in overrides.items():
+    *path, last = key.split('.')
+    section = ran
+    for p in path:
+      section = section[p]
+    section[last] = value
+  assert configs.get('c3dpo', 'lifter').to_dict() == ran.to_dict()
+  # The other variants only take C3DPO's size.
+  tcn = configs.get('c3dpo', 'tcn')
+  assert tcn.model.lifter_width == 1024 and tcn.model.norm == 'layer' and tcn.optim.name == 'adam'
+
+
 def test_save_config_reports_changed_keys(tmp_path):
   config = configs.get('tiny')
   logs = []

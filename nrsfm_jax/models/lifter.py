@@ -11,15 +11,41 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+TRUNK_INITS = ('flax', 'c3dpo')
+
+
+def _kernel_init(init: str):
+  """The trunk's dense kernels: flax's default (LeCun normal) or C3DPO's (normal, std 0.01)."""
+  if init == 'flax':
+    return nn.linear.default_kernel_init
+  if init == 'c3dpo':
+    return nn.initializers.normal(0.01)
+  raise ValueError(f'Unknown trunk init {init!r}; expected one of {TRUNK_INITS}.')
+
+
 def _norm(
-    kind: str, train: bool, axis_name: str | None, mask: Array | None, dtype: str = 'float32'
+    kind: str,
+    train: bool,
+    axis_name: str | None,
+    mask: Array | None,
+    dtype: str = 'float32',
+    init: str = 'flax',
 ) -> Callable[[Array], Array]:
-  """LayerNorm, or BatchNorm over every leading axis (synced over ``axis_name``); computing in ``dtype``."""
+  """LayerNorm, or BatchNorm over every leading axis (synced over ``axis_name``); computing in ``dtype``.
+
+  ``init='c3dpo'``: the scales start uniform in [0, 1) (C3DPO's BatchNorm init), not at 1.
+  """
+  scale_init = nn.initializers.uniform(1.0) if init == 'c3dpo' else nn.initializers.ones
   if kind == 'layer':
-    return nn.LayerNorm(dtype=jnp.dtype(dtype))
+    return nn.LayerNorm(dtype=jnp.dtype(dtype), scale_init=scale_init)
   if kind == 'batch':
     bn = nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=jnp.dtype(dtype)
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        axis_name=axis_name,
+        dtype=jnp.dtype(dtype),
+        scale_init=scale_init,
     )
     return lambda x: bn(x, mask=None if mask is None else jnp.broadcast_to(mask[..., None] > 0, x.shape))
   raise ValueError(f"Unknown norm {kind!r}; expected 'layer' or 'batch'.")
@@ -37,6 +63,7 @@ class ResidualBottleneck(nn.Module):
   ratio: int = 4
   norm: str = 'layer'
   dtype: str = 'float32'  # compute dtype; parameters stay float32
+  init: str = 'flax'  # 'flax' (LeCun normal kernels, unit norm scales) or 'c3dpo' (see MLPTrunk)
 
   @nn.compact
   def __call__(
@@ -44,8 +71,8 @@ class ResidualBottleneck(nn.Module):
   ) -> Array:
     width = x.shape[-1]
     inner = max(width // self.ratio, 1)
-    norm = lambda: _norm(self.norm, train, axis_name, mask, self.dtype)
-    dense = lambda n: nn.Dense(n, dtype=jnp.dtype(self.dtype))
+    norm = lambda: _norm(self.norm, train, axis_name, mask, self.dtype, self.init)
+    dense = lambda n: nn.Dense(n, dtype=jnp.dtype(self.dtype), kernel_init=_kernel_init(self.init))
     h = nn.relu(norm()(dense(inner)(x)))
     h = nn.relu(norm()(dense(inner)(h)))
     h = norm()(dense(width)(h))
@@ -61,23 +88,30 @@ class MLPTrunk(nn.Module):
   ``mask``: optional ``[...]`` weights of the leading axes; BatchNorm's
   statistics use only the examples where it is positive (padding excluded).
   ``dtype``: compute dtype (``'bfloat16'``: mixed precision); the output is float32.
+  ``init``: ``'flax'`` (LeCun-normal kernels, norm scales at 1) or ``'c3dpo'`` (the official
+  code's: every kernel normal with std 0.01, norm scales uniform in [0, 1)). Under a following
+  normalisation a kernel's scale does not change the output, only how far a step moves it:
+  C3DPO's small kernels take relatively larger steps.
   """
 
   width: int = 256
   num_blocks: int = 3
   norm: str = 'layer'
   dtype: str = 'float32'
+  init: str = 'flax'
 
   @nn.compact
   def __call__(
       self, x: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
   ) -> Array:
-    x = nn.Dense(self.width, dtype=jnp.dtype(self.dtype))(x)
+    x = nn.Dense(self.width, dtype=jnp.dtype(self.dtype), kernel_init=_kernel_init(self.init))(x)
     if self.norm == 'batch':
-      x = _norm(self.norm, train, axis_name, mask, self.dtype)(x)
+      x = _norm(self.norm, train, axis_name, mask, self.dtype, self.init)(x)
     x = nn.relu(x)
     for _ in range(self.num_blocks):
-      x = ResidualBottleneck(norm=self.norm, dtype=self.dtype)(x, train=train, axis_name=axis_name, mask=mask)
+      x = ResidualBottleneck(norm=self.norm, dtype=self.dtype, init=self.init)(
+          x, train=train, axis_name=axis_name, mask=mask
+      )
     return x.astype(jnp.float32)  # The heads (coefficients, rotations) stay float32.
 
 
@@ -120,6 +154,7 @@ class Lifter(nn.Module):
   rotation: str = 'so3'
   norm: str = 'layer'
   dtype: str = 'float32'
+  trunk_init: str = 'flax'
 
   @nn.compact
   def __call__(
@@ -145,7 +180,7 @@ class Lifter(nn.Module):
       (``R = rotation_6d(·)``, identity at initialisation), or with ``rotation='procrustes'``
       an empty ``[..., 0]`` (the camera is not predicted; :class:`Student` fits it).
     """
-    h = MLPTrunk(self.width, self.num_blocks, self.norm, self.dtype)(
+    h = MLPTrunk(self.width, self.num_blocks, self.norm, self.dtype, self.trunk_init)(
         lifter_input(keypoints, visibility), train=train, axis_name=axis_name, mask=mask
     )
     # Small heads (C3DPO: std 0.01): shapes start near 0 and rotations near I,
@@ -173,12 +208,13 @@ class Canonicalizer(nn.Module):
   init_std: float = 0.01
   norm: str = 'layer'
   dtype: str = 'float32'
+  trunk_init: str = 'flax'
 
   @nn.compact
   def __call__(
       self, shape: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
   ) -> Array:
-    h = MLPTrunk(self.width, self.num_blocks, self.norm, self.dtype)(
+    h = MLPTrunk(self.width, self.num_blocks, self.norm, self.dtype, self.trunk_init)(
         shape.reshape(*shape.shape[:-2], -1), train=train, axis_name=axis_name, mask=mask
     )
     return nn.Dense(self.num_bases, name='alpha', kernel_init=nn.initializers.normal(self.init_std))(h)

@@ -50,6 +50,9 @@ class StudentConfig:
       statistics with equal weight, so a data-parallel step equals the
       single-device one when every device holds as many real frames (always
       so for frame batches, ``data.window = 1``).
+    trunk_init: the lifter's and Ψ's trunk initialisation, ``'flax'`` (LeCun-normal kernels,
+      norm scales 1) or ``'c3dpo'`` (the official C3DPO code's: kernels normal with std 0.01,
+      norm scales uniform in [0, 1); :class:`MLPTrunk`).
     dtype: compute dtype of the lifter's and Ψ's trunks and of the TCN, ``'float32'`` or
       ``'bfloat16'`` (mixed precision: parameters, optimiser state, the heads, the geometry
       and the losses stay float32; bf16 keeps float32's exponent range, so no loss scaling).
@@ -88,6 +91,7 @@ class StudentConfig:
   frame_scale: bool = flax.struct.field(pytree_node=False, default=False)
   observed_xy: bool = flax.struct.field(pytree_node=False, default=True)
   dtype: str = flax.struct.field(pytree_node=False, default='float32')
+  trunk_init: str = flax.struct.field(pytree_node=False, default='flax')
 
   @property
   def receptive_field(self) -> int:
@@ -138,10 +142,17 @@ class Student(nn.Module):
         rotation=c.rotation,
         norm=c.norm,
         dtype=c.dtype,
+        trunk_init=c.trunk_init,
     )
     self.basis = ShapeBasis(c.num_points, c.num_bases, init_std=c.basis_init_std)
     self.canonicalizer = Canonicalizer(
-        c.canon_width, c.canon_blocks, c.num_bases, init_std=c.head_init_std, norm=c.norm, dtype=c.dtype
+        c.canon_width,
+        c.canon_blocks,
+        c.num_bases,
+        init_std=c.head_init_std,
+        norm=c.norm,
+        dtype=c.dtype,
+        trunk_init=c.trunk_init,
     )
     if c.refine_space not in ('points', 'coefficients'):
       raise ValueError(f"model.refine_space={c.refine_space!r}; expected 'points' or 'coefficients'.")
