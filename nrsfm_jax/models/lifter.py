@@ -63,7 +63,7 @@ class ResidualBottleneck(nn.Module):
   ratio: int = 4
   norm: str = 'layer'
   dtype: str = 'float32'  # compute dtype; parameters stay float32
-  init: str = 'flax'  # 'flax' (LeCun normal kernels, unit norm scales) or 'c3dpo' (see MLPTrunk)
+  trunk_init: str = 'flax'  # 'flax' (LeCun normal kernels, unit norm scales) or 'c3dpo' (see MLPTrunk)
 
   @nn.compact
   def __call__(
@@ -71,8 +71,8 @@ class ResidualBottleneck(nn.Module):
   ) -> Array:
     width = x.shape[-1]
     inner = max(width // self.ratio, 1)
-    norm = lambda: _norm(self.norm, train, axis_name, mask, self.dtype, self.init)
-    dense = lambda n: nn.Dense(n, dtype=jnp.dtype(self.dtype), kernel_init=_kernel_init(self.init))
+    norm = lambda: _norm(self.norm, train, axis_name, mask, self.dtype, self.trunk_init)
+    dense = lambda n: nn.Dense(n, dtype=jnp.dtype(self.dtype), kernel_init=_kernel_init(self.trunk_init))
     h = nn.relu(norm()(dense(inner)(x)))
     h = nn.relu(norm()(dense(inner)(h)))
     h = norm()(dense(width)(h))
@@ -88,7 +88,7 @@ class MLPTrunk(nn.Module):
   ``mask``: optional ``[...]`` weights of the leading axes; BatchNorm's
   statistics use only the examples where it is positive (padding excluded).
   ``dtype``: compute dtype (``'bfloat16'``: mixed precision); the output is float32.
-  ``init``: ``'flax'`` (LeCun-normal kernels, norm scales at 1) or ``'c3dpo'`` (the official
+  ``trunk_init``: ``'flax'`` (LeCun-normal kernels, norm scales at 1) or ``'c3dpo'`` (the official
   code's: every kernel normal with std 0.01, norm scales uniform in [0, 1)). Under a following
   normalisation a kernel's scale does not change the output, only how far a step moves it:
   C3DPO's small kernels take relatively larger steps.
@@ -98,18 +98,18 @@ class MLPTrunk(nn.Module):
   num_blocks: int = 3
   norm: str = 'layer'
   dtype: str = 'float32'
-  init: str = 'flax'
+  trunk_init: str = 'flax'
 
   @nn.compact
   def __call__(
       self, x: Array, *, train: bool = False, axis_name: str | None = None, mask: Array | None = None
   ) -> Array:
-    x = nn.Dense(self.width, dtype=jnp.dtype(self.dtype), kernel_init=_kernel_init(self.init))(x)
+    x = nn.Dense(self.width, dtype=jnp.dtype(self.dtype), kernel_init=_kernel_init(self.trunk_init))(x)
     if self.norm == 'batch':
-      x = _norm(self.norm, train, axis_name, mask, self.dtype, self.init)(x)
+      x = _norm(self.norm, train, axis_name, mask, self.dtype, self.trunk_init)(x)
     x = nn.relu(x)
     for _ in range(self.num_blocks):
-      x = ResidualBottleneck(norm=self.norm, dtype=self.dtype, init=self.init)(
+      x = ResidualBottleneck(norm=self.norm, dtype=self.dtype, trunk_init=self.trunk_init)(
           x, train=train, axis_name=axis_name, mask=mask
       )
     return x.astype(jnp.float32)  # The heads (coefficients, rotations) stay float32.
