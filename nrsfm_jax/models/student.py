@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -139,26 +141,11 @@ class Student(nn.Module):
 
   def setup(self):
     c = self.config
-    self.lifter = Lifter(
-        c.lifter_width,
-        c.lifter_blocks,
-        c.num_bases,
-        init_std=c.head_init_std,
-        rotation=c.rotation,
-        norm=c.norm,
-        dtype=c.dtype,
-        trunk_init=c.trunk_init,
-    )
+    # What the lifter's and Ψ's trunks and heads share.
+    shared: dict[str, Any] = dict(init_std=c.head_init_std, norm=c.norm, dtype=c.dtype, trunk_init=c.trunk_init)
+    self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation, **shared)
     self.basis = ShapeBasis(c.num_points, c.num_bases, init_std=c.basis_init_std)
-    self.canonicalizer = Canonicalizer(
-        c.canon_width,
-        c.canon_blocks,
-        c.num_bases,
-        init_std=c.head_init_std,
-        norm=c.norm,
-        dtype=c.dtype,
-        trunk_init=c.trunk_init,
-    )
+    self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, **shared)
     if c.refine_space not in ('points', 'coefficients'):
       raise ValueError(f"model.refine_space={c.refine_space!r}; expected 'points' or 'coefficients'.")
     if c.use_refiner:
