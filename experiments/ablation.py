@@ -59,6 +59,15 @@ flags.DEFINE_float(
     'where the temporal terms do not pull it away. 1.0 chosen on the cross-subject mean (README, '
     '"Anchored stage 2": the windows control 148.2 mm unanchored, 109.3 anchored; the lifter 111.1).',
 )
+flags.DEFINE_enum(
+    'stack_anchor_row',
+    'lifter',
+    list(ablation.PER_FRAME_ROWS),
+    'cmu17 with --stack_anchor > 0: the per-frame row whose reconstructions the stacked rows fit. '
+    "c3dpo_lifter (add it to --rows): C3DPO's recipe lifter (1024 x 6; about 20 CPU-minutes per fold), "
+    'so the small temporal student learns from the larger per-frame lifter (README, "A temporal student '
+    'of C3DPO\'s lifter"); the stacked rows still start from the lifter row.',
+)
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
 flags.DEFINE_list(
     'classic',
@@ -87,6 +96,14 @@ flags.DEFINE_list(
     'parallel processes (experiments/parallel_folds.sh).',
 )
 flags.DEFINE_bool('dev_split', True, 'cmu17: run the development split (train 002, 003, 005; test 006).')
+flags.DEFINE_enum(
+    'student_config',
+    'default',
+    ['default', 'c3dpo', 'paper'],
+    'cmu17: the config file of the student rows (nrsfm_jax/configs/<name>.py:<row>). c3dpo: its lifter row '
+    "is C3DPO's whole recipe (1024 wide, 6 blocks, BatchNorm, SGD; one run of about 20 CPU-minutes; README, "
+    '"C3DPO\'s recipe in JAX"); its other rows only take its size.',
+)
 flags.DEFINE_multi_string(
     'override',
     [],
@@ -162,10 +179,10 @@ def _apply_overrides(cfg, parsed, flag: str):
   return cfg
 
 
-def student_config_fn(overrides):
-  """``row -> configs.get('default', row)`` with ``a.b=value`` overrides applied (errors name the key)."""
+def student_config_fn(overrides, name: str = 'default'):
+  """``row -> ablation.row_config(name, row)`` with ``a.b=value`` overrides applied (errors name the key)."""
   parsed = _parse_overrides(overrides, 'override')
-  return lambda row: _apply_overrides(configs.get('default', row), parsed, 'override')
+  return lambda row: _apply_overrides(ablation.row_config(name, row), parsed, 'override')
 
 
 def teacher_config_fn(overrides, mode: str):
@@ -190,6 +207,8 @@ def main(argv):
   bad = set(FLAGS.benchmarks) - {'cmu17', 'nrsfm'}
   if bad:
     raise app.UsageError(f'Unknown benchmarks {sorted(bad)}; expected cmu17 and/or nrsfm.')
+  if 'nrsfm' in FLAGS.benchmarks and 'c3dpo_lifter' in FLAGS.rows:
+    raise app.UsageError('--rows: c3dpo_lifter is a cmu17 row; run it with --benchmarks=cmu17.')
   workdir = FLAGS.workdir
   results_path = os.path.join(workdir, 'results.json')
   previous = {}
@@ -200,7 +219,7 @@ def main(argv):
   nrsfm = previous.get('nrsfm') or {}
   diagnostics = previous.get('diagnostics') or {}
   cross = previous.get('cmu17_cross_subject')
-  student_config = student_config_fn(FLAGS.override)
+  student_config = student_config_fn(FLAGS.override, FLAGS.student_config)
   teacher_config = teacher_config_fn(FLAGS.teacher_override, FLAGS.teacher_mode)
   teacher_config()  # Unknown keys fail now, not after the student rows.
   stack = FLAGS.stack
@@ -229,6 +248,7 @@ def main(argv):
         stack=stack,
         folds=FLAGS.folds,
         anchor=FLAGS.stack_anchor if stack else 0.0,
+        anchor_row=FLAGS.stack_anchor_row,
     )
     print(ablation.cross_subject_table(cross))
   if 'cmu17' in FLAGS.benchmarks and FLAGS.dev_split:
@@ -241,6 +261,7 @@ def main(argv):
         teacher_config=teacher_config,
         stack=stack,
         anchor=FLAGS.stack_anchor if stack else 0.0,
+        anchor_row=FLAGS.stack_anchor_row,
     )
     print(ablation.cmu17_table(cmu17, c3dpo=dev))
     diagnostics['cmu17'] = {

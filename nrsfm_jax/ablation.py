@@ -1,7 +1,9 @@
 """The paper's Table II ablation on both benchmarks (docs/benchmarks.md A and B), as library functions.
 
 Rows: ``lifter`` (C3DPO baseline), ``smooth`` (+ smoothness), ``tcn``
-(+ smoothness + TCN) and ``teacher`` (+ smoothness + TCN + diffusion teacher).
+(+ smoothness + TCN) and ``teacher`` (+ smoothness + TCN + diffusion teacher); on request
+``windows`` (a control) and ``c3dpo_lifter`` (C3DPO's whole recipe at its size,
+``configs/c3dpo.py:lifter``), which can anchor the stacked rows (``anchor_row``).
 
 * cmu17: every row trains on the development split's training subjects and is
   scored on the validation subject; the teacher row first trains the teacher
@@ -35,13 +37,18 @@ from nrsfm_jax import train as train_lib
 
 ROWS = ('lifter', 'smooth', 'tcn', 'teacher')
 # Rows that may be asked for; 'windows' (the lifter trained on windows, no smoothness) is the
-# control that separates a temporal term's effect from more training on windows under `stack`.
-ALL_ROWS = ('lifter', 'windows', 'smooth', 'tcn', 'teacher')
+# control that separates a temporal term's effect from more training on windows under `stack`;
+# 'c3dpo_lifter' is C3DPO's own recipe at its size (configs/c3dpo.py:lifter, whatever the student
+# config file), a per-frame lifter like 'lifter' that the stacked rows can be anchored to.
+ALL_ROWS = ('lifter', 'c3dpo_lifter', 'windows', 'smooth', 'tcn', 'teacher')
+# Rows trained from scratch on single frames (never stacked on the lifter row).
+PER_FRAME_ROWS = ('lifter', 'c3dpo_lifter')
 # Reference rows scored on the same frames: predicting depth 0; the teacher alone, as it samples
 # and as the student is scored (teacher.score_as_student).
 REFERENCE_ROWS = ('depth0', 'teacher_alone', 'teacher_as_student')
 TITLES = {
     'lifter': 'lifter only (C3DPO baseline)',
+    'c3dpo_lifter': "C3DPO's recipe lifter (1024 × 6, BatchNorm, SGD; configs/c3dpo.py:lifter)",
     'windows': 'lifter + window training (no smoothness)',
     'smooth': '+ smoothness',
     'tcn': '+ smoothness + TCN',
@@ -53,6 +60,12 @@ PND = {'drink': 0.0048, 'pickup': 0.0195, 'yoga': 0.0171, 'stretch': 0.0224, 'da
 NRSFM_SEQUENCES = tuple(BMM)
 
 ConfigFn = Callable[[str], ml_collections.ConfigDict]
+
+
+def row_config(name: str, row: str) -> ml_collections.ConfigDict:
+  """The config of ``row`` from the config file ``name``: ``configs.get(name, row)``, except that
+  ``c3dpo_lifter`` is always ``configs.get('c3dpo', 'lifter')``."""
+  return configs.get('c3dpo', 'lifter') if row == 'c3dpo_lifter' else configs.get(name, row)
 
 
 def _check_rows(rows, self_teacher: bool = True):
@@ -140,17 +153,22 @@ def _run_rows(
     log: Callable[[str], None],
     stack: bool | dict[str, Any] = False,
     anchor: float = 0.0,
+    anchor_row: str = 'lifter',
 ) -> dict[str, Any]:
   results = {}
   rows = _check_rows(rows, 'teacher' in rows and teacher_config().teacher.mode == 'self')
   if stack and 'lifter' not in rows:
     raise ValueError('stack=True builds every row on the lifter row: include lifter in the rows.')
+  if anchor_row not in PER_FRAME_ROWS:
+    raise ValueError(f'anchor_row={anchor_row!r}: the stacked rows are anchored to one of {PER_FRAME_ROWS}.')
+  if stack and anchor and anchor_row not in rows and any(r in ANCHORED_ROWS for r in rows):
+    raise ValueError(f'the stacked rows are anchored to the {anchor_row} row: include {anchor_row} in the rows.')
   for row in rows:
     cfg = student_config(row)
-    if stack and row != 'lifter':
+    if stack and row not in PER_FRAME_ROWS:
       cfg = stacked(cfg, os.path.join(workdir, 'lifter'), _stack_overrides_for(stack, row))
       if anchor and row in ANCHORED_ROWS:
-        cfg.train.pseudo3d = os.path.abspath(os.path.join(workdir, 'lifter'))
+        cfg.train.pseudo3d = os.path.abspath(os.path.join(workdir, anchor_row))
         cfg.loss.terms.teacher.weight = anchor
     row_dir = os.path.join(workdir, row)
     t0 = time.time()
@@ -191,6 +209,7 @@ def run_cmu17(
     log: Callable[[str], None] = print,
     stack: bool | dict[str, Any] = False,
     anchor: float = 0.0,
+    anchor_row: str = 'lifter',
 ) -> dict[str, Any]:
   """Trains and scores the rows on the cmu17 development split; ``{row: score()}``.
 
@@ -200,11 +219,15 @@ def run_cmu17(
   ``anchor > 0`` (with ``stack``): the :data:`ANCHORED_ROWS` also fit the lifter row's own
   reconstructions of their training windows through the teacher term, at this weight
   (``train.pseudo3d`` = the lifter's workdir), so the second stage cannot drift from the first
-  where the temporal terms do not ask it to.
+  where the temporal terms do not ask it to. ``anchor_row='c3dpo_lifter'``: they fit that row's
+  reconstructions instead (C3DPO's recipe lifter; they still start from the lifter row), so the
+  small temporal student learns from the larger per-frame lifter.
   """
-  student_config = student_config or (lambda row: configs.get('default', row))
+  student_config = student_config or (lambda row: row_config('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
-  return _run_rows(student_config, teacher_config, workdir, rows, log, stack=stack, anchor=anchor)
+  return _run_rows(
+      student_config, teacher_config, workdir, rows, log, stack=stack, anchor=anchor, anchor_row=anchor_row
+  )
 
 
 def cross_subject_folds(subjects) -> list[tuple[str, list[str]]]:
@@ -227,6 +250,7 @@ def run_cmu17_cross_subject(
     stack: bool | dict[str, Any] = False,
     folds: list[str] | None = None,
     anchor: float = 0.0,
+    anchor_row: str = 'lifter',
 ) -> dict[str, Any]:
   """Every row on every leave-one-subject-out fold of cmu17 (docs/benchmarks.md A, "cross-subject mean").
 
@@ -240,7 +264,7 @@ def run_cmu17_cross_subject(
     workdir: the ablation's cmu17 cross-subject directory.
     rows: rows to run.
     subjects: the subjects to fold over (default: every subject in the data).
-    teacher_mode, student_config, teacher_config, log, stack, anchor: as :func:`run_cmu17`.
+    teacher_mode, student_config, teacher_config, log, stack, anchor, anchor_row: as :func:`run_cmu17`.
     folds: held-out subjects to run now (default: all). The other folds are
       read from their ``fold_results.json`` where one exists (not retrained or
       re-scored), and left out otherwise; ``[]`` only collects.
@@ -254,7 +278,7 @@ def run_cmu17_cross_subject(
     ``teacher_as_student`` the same samples scored as the student is
     (:func:`teacher.score_as_student`).
   """
-  student_config = student_config or (lambda row: configs.get('default', row))
+  student_config = student_config or (lambda row: row_config('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))
   if subjects is None:
     base = student_config(ROWS[0]).data
@@ -282,7 +306,9 @@ def run_cmu17_cross_subject(
       return cfg
 
     log(f'=== cross-subject fold: test {held_out}, train {",".join(train_subjects)} ===')
-    result = _run_rows(fold_config, teacher_config, fold_dir, rows, log, stack=stack, anchor=anchor)
+    result = _run_rows(
+        fold_config, teacher_config, fold_dir, rows, log, stack=stack, anchor=anchor, anchor_row=anchor_row
+    )
     loop.write_json_atomic(saved, result)
     results[held_out] = result
   return {'folds': results, 'mean': fold_means(results)}

@@ -89,6 +89,14 @@ def test_override_flag_changes_every_row_and_names_bad_keys():
     script.student_config_fn(['model.nope=1'])('lifter')
   with pytest.raises(app.UsageError, match='a.b=value'):
     script.student_config_fn(['model.norm'])
+  # --student_config picks the config file; the overrides still apply on top of it.
+  recipe = script.student_config_fn(['train.num_steps=7'], 'c3dpo')
+  assert (recipe('lifter').optim.name, recipe('lifter').model.lifter_width, recipe('lifter').train.num_steps) == (
+      'sgd',
+      1024,
+      7,
+  )
+  assert recipe('tcn').optim.name == 'adam'
 
 
 def test_stack_overrides_apply_to_every_row_or_to_the_named_one():
@@ -230,6 +238,19 @@ def test_stack_anchor_points_the_stage2_rows_at_the_lifter_run(tmp_path, monkeyp
   for row in ('windows', 'smooth'):
     assert trained[row].train.pseudo3d == str(tmp_path / 'lifter') and trained[row].loss.terms.teacher.weight == 0.5
     assert trained[row].train.init_from == str(tmp_path / 'lifter')
+  # Anchored to C3DPO's recipe lifter instead: its own config file, per frame, never stacked.
+  trained.clear()
+  rows = ['lifter', 'c3dpo_lifter', 'windows', 'tcn']
+  ablation.run_cmu17(str(tmp_path), rows, stack=True, anchor=1.0, anchor_row='c3dpo_lifter', log=print)
+  assert list(trained) == rows
+  assert trained['c3dpo_lifter'].to_dict() == configs.get('c3dpo', 'lifter').to_dict()
+  for row in ('windows', 'tcn'):
+    assert trained[row].train.pseudo3d == str(tmp_path / 'c3dpo_lifter')
+    assert trained[row].train.init_from == str(tmp_path / 'lifter')
+  with pytest.raises(ValueError, match='include c3dpo_lifter'):
+    ablation.run_cmu17(str(tmp_path), ['lifter', 'tcn'], stack=True, anchor=1.0, anchor_row='c3dpo_lifter')
+  with pytest.raises(ValueError, match='anchored to one of'):
+    ablation.run_cmu17(str(tmp_path), ['lifter', 'tcn'], stack=True, anchor=1.0, anchor_row='tcn')
   assert trained['lifter'].train.pseudo3d == '' and trained['lifter'].loss.terms.teacher.weight == 0
 
 

@@ -1,5 +1,9 @@
 """The paper's protocol: 243-frame windows, batch 32, SGD (momentum 0.9, weight decay
-5e-4, lr 1e-3, ×0.1 at epochs 60 and 80), 120 epochs, C3DPO-sized lifter."""
+5e-4, lr 1e-3, ×0.1 at epochs 60 and 80), 120 epochs, C3DPO-sized lifter.
+
+``paper.py:lifter`` builds on ``c3dpo.py:lifter``, C3DPO's whole recipe (BatchNorm, its trunk
+init, z-augmentation and z-equivariance, pseudo-Huber 0.01, one run), as the paper's lifter row
+is C3DPO; the other rows take only C3DPO's size, as in ``c3dpo.py``."""
 
 from nrsfm_jax.configs import c3dpo
 
