@@ -96,14 +96,6 @@ flags.DEFINE_list(
     'parallel processes (experiments/parallel_folds.sh).',
 )
 flags.DEFINE_bool('dev_split', True, 'cmu17: run the development split (train 002, 003, 005; test 006).')
-flags.DEFINE_enum(
-    'student_config',
-    'default',
-    ['default', 'c3dpo', 'paper'],
-    'cmu17: the config file of the student rows (nrsfm_jax/configs/<name>.py:<row>). c3dpo: its lifter row '
-    "is C3DPO's whole recipe (1024 wide, 6 blocks, BatchNorm, SGD; one run of about 20 CPU-minutes; README, "
-    '"C3DPO\'s recipe in JAX"); its other rows only take its size.',
-)
 flags.DEFINE_multi_string(
     'override',
     [],
@@ -179,10 +171,10 @@ def _apply_overrides(cfg, parsed, flag: str):
   return cfg
 
 
-def student_config_fn(overrides, name: str = 'default'):
-  """``row -> ablation.row_config(name, row)`` with ``a.b=value`` overrides applied (errors name the key)."""
+def student_config_fn(overrides):
+  """``row -> ablation.row_config('default', row)`` with ``a.b=value`` overrides applied (errors name the key)."""
   parsed = _parse_overrides(overrides, 'override')
-  return lambda row: _apply_overrides(ablation.row_config(name, row), parsed, 'override')
+  return lambda row: _apply_overrides(ablation.row_config('default', row), parsed, 'override')
 
 
 def teacher_config_fn(overrides, mode: str):
@@ -219,7 +211,7 @@ def main(argv):
   nrsfm = previous.get('nrsfm') or {}
   diagnostics = previous.get('diagnostics') or {}
   cross = previous.get('cmu17_cross_subject')
-  student_config = student_config_fn(FLAGS.override, FLAGS.student_config)
+  student_config = student_config_fn(FLAGS.override)
   teacher_config = teacher_config_fn(FLAGS.teacher_override, FLAGS.teacher_mode)
   teacher_config()  # Unknown keys fail now, not after the student rows.
   stack = FLAGS.stack
