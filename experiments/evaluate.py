@@ -6,6 +6,7 @@ r"""Evaluates a trained run on its own eval split or on other data.
   python -m experiments.evaluate --workdir=runs/cmu17 --tracks=clip.npz   # 2D only: predictions
   python -m experiments.evaluate --workdir=runs/cmu17 --diagnostics       # + how it errs (depth, rigidity)
   python -m experiments.evaluate --workdir=runs/cmu17 --bone_projection=clip  # bones bounded by their 2D lengths
+  python -m experiments.evaluate --workdir=runs/cmu17 --eval_context=none     # bare windows, as before session 26
 
 Inputs are normalised with the run's training 2D scale (stored in its checkpoint).
 Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predictions.npz.
@@ -13,7 +14,7 @@ Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predi
 
 from absl import app, flags, logging
 
-from nrsfm_jax import ablation, data, evaluation, geometry, loop, runs
+from nrsfm_jax import ablation, configs, data, evaluation, geometry, loop, runs
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by experiments/train.py.', required=True)
 _SUBJECTS = flags.DEFINE_string('subjects', None, "cmu17 subjects, e.g. '006,007' (cmu17 protocol).")
@@ -39,6 +40,14 @@ _BONE_BY = flags.DEFINE_enum(
 )
 _BONE_GAIN = flags.DEFINE_float(
     'bone_gain', None, 'With --bone_projection=clip: the gain on the depth differences before clipping (> 1 stretches).'
+)
+_EVAL_CONTEXT = flags.DEFINE_enum(
+    'eval_context',
+    None,
+    list(configs.EVAL_CONTEXTS),
+    "How the TCN sees each eval window's surroundings instead of the run's train.eval_context: "
+    "'receptive_field' widens every window by the frames of its sequence that the TCN reads, "
+    "'none' scores bare windows (runs made before the key existed read 'none').",
 )
 _DIAGNOSTICS = flags.DEFINE_bool(
     'diagnostics',
@@ -69,6 +78,7 @@ def main(argv):
       bone_projection=_BONE_PROJECTION.value,
       bone_by=_BONE_BY.value,
       bone_gain=_BONE_GAIN.value,
+      eval_context=_EVAL_CONTEXT.value,
   )
   if _DIAGNOSTICS.value:
     config = runs.load_run(_WORKDIR.value)[0]

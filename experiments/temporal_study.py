@@ -21,6 +21,14 @@ mean shape (what ``teacher.resolve_flips`` does), and counts, against the traini
 whose whole-body handedness is the truth's and how often it changes between consecutive frames:
 
   python -m experiments.temporal_study --workdir=runs/tp --rows=tcn --targets
+
+``--jitter`` asks where a row's frame-to-frame jitter comes from: each row's test-time 3D scored
+(MPJPE, PA-MPJPE, Stress, acceleration error) as the model outputs it (``raw``), after the run's
+test-time bone projection (``projected``: what the run is scored as), with its depth filtered
+over time by a Gaussian of the widest ``sigma`` before the projection (``filtered, projected``)
+and after it (``projected, filtered``). x, y stay the observed 2D; no 3D is read to filter:
+
+  python -m experiments.temporal_study --workdir=runs/anchor_c3dpo --rows=windows,smooth,tcn --jitter --sigmas=5
 """
 
 import os
@@ -35,6 +43,12 @@ from nrsfm_jax import evaluation, loop, metrics, runs, scoring
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A --cross_subject ablation directory.', required=True)
 _ROWS = flags.DEFINE_list('rows', ['lifter', 'tcn'], 'Rows to study (those present in each fold).')
 _SIGMAS = flags.DEFINE_list('sigmas', ['0', '1', '2', '3', '5'], 'Gaussian widths, frames (0: as predicted).')
+_JITTER = flags.DEFINE_bool(
+    'jitter',
+    False,
+    'Score each row raw, after its bone projection, and with its depth filtered over time before or '
+    'after the projection (the widest --sigmas).',
+)
 _TARGETS = flags.DEFINE_bool(
     'targets', False, "Study the rows' reconstructions of their training windows as self-mode teacher targets."
 )
@@ -45,11 +59,42 @@ def _vote_sigma(sigmas) -> float:
   return max(max(sigmas), 1.0)
 
 
+JITTER_VARIANTS = ('raw', 'projected', 'filtered, projected', 'projected, filtered')
+JITTER_METRICS = ('mpjpe', 'pa_mpjpe', 'stress', 'accel_error')
+
+
+def jitter_row(workdir: str, sigma: float) -> dict[str, dict[str, float]]:
+  """``{variant: {metric: value}}`` over :data:`JITTER_VARIANTS` for one fold's row (see ``--jitter``)."""
+  config, model, params, meta = runs.load_run(workdir)
+  dataset = data_lib.make_dataset(config.data, 'eval', scale=meta['scale'], seed=config.seed)
+  raw = scoring.predict(model.apply, params, dataset, batch_size=64, context=scoring.eval_context(config))
+  projection = scoring.projection_options(config)
+  project = (lambda p: scoring.project_bones(p, dataset, **projection)) if projection else (lambda p: p)
+
+  def depth_filtered(p):
+    seqs = data_lib.reassemble(dataset, p)
+    seqs = {
+        k: np.concatenate([v[..., :2], gaussian_filter1d(v[..., 2:], sigma, axis=0, mode='nearest')], -1)
+        for k, v in seqs.items()
+    }
+    return data_lib.rewindow(dataset, seqs)
+
+  variants = dict(zip(JITTER_VARIANTS, (raw, project(raw), project(depth_filtered(raw)), depth_filtered(project(raw)))))
+  return {
+      name: {
+          k: float(v) for k, v in scoring.score(p * dataset.scale, dataset)['overall'].items() if k in JITTER_METRICS
+      }
+      for name, p in variants.items()
+  }
+
+
 def study_row(workdir: str, sigmas) -> dict:
   """``{'mpjpe': {sigma: mm}, 'flipped': fraction, 'flip_changes': per 100 frames}`` for one fold's row."""
   config, model, params, meta = runs.load_run(workdir)
   dataset = data_lib.make_dataset(config.data, 'eval', scale=meta['scale'], seed=config.seed)
-  pred = scoring.predict(model.apply, params, dataset, batch_size=64) * dataset.scale
+  pred = (
+      scoring.predict(model.apply, params, dataset, batch_size=64, context=scoring.eval_context(config)) * dataset.scale
+  )
   seqs, truths = data_lib.reassemble(dataset, pred), data_lib.reassemble(dataset, dataset.points3d)
   errors = {s: [] for s in sigmas}
   voted, signs = [], []
@@ -97,6 +142,24 @@ def main(argv):
   if not os.path.isdir(root):
     raise app.UsageError(f'{root} does not exist: --workdir must be a --cross_subject ablation directory.')
   folds = sorted(d for d in os.listdir(root) if d.startswith('fold_'))
+  if _JITTER.value:
+    sigma = _vote_sigma(sigmas)
+    print(f'fold      row     | variant (depth filter sigma = {sigma:g}) | MPJPE | PA-MPJPE | Stress | accel')
+    jitter: dict[tuple[str, str], list[dict]] = {}
+    for fold in folds:
+      for row in _ROWS.value:
+        path = os.path.join(root, fold, row)
+        if not os.path.isdir(path):
+          continue
+        for name, m in jitter_row(path, sigma).items():
+          jitter.setdefault((row, name), []).append(m)
+          print(f'{fold:<9} {row:<7} | {name:<19} | ' + ' | '.join(f'{m[k]:.2f}' for k in JITTER_METRICS))
+    for (row, name), ms in jitter.items():
+      print(
+          f'{"mean":<9} {row:<7} | {name:<19} | '
+          + ' | '.join(f'{np.mean([m[k] for m in ms]):.2f}' for k in JITTER_METRICS)
+      )
+    return
   if _TARGETS.value:
     print('fold      row     | truth handedness, as made | changes/100 | resolved to the mean shape | changes/100')
     for fold in folds:

@@ -722,10 +722,11 @@ def shape_variation(row_dir: str, eval_ds: data_lib.WindowDataset, max_frames: i
   the body does; near 0: it has collapsed to one rigid shape and only its camera
   follows the 2D.
   """
-  _, model, params, _ = runs_lib.load_run(row_dir)
-  shapes = scoring.predict(model.apply, params, eval_ds, key='shape') * eval_ds.scale
+  config, model, params, _ = runs_lib.load_run(row_dir)
+  context = scoring.eval_context(config)
+  shapes = scoring.predict(model.apply, params, eval_ds, key='shape', context=context) * eval_ds.scale
   if getattr(model.config, 'frame_scale', False):  # per-frame units (model.frame_scale) -> the data's
-    shapes = shapes * scoring.predict(model.apply, params, eval_ds, key='scale')[..., None, None]
+    shapes = shapes * scoring.predict(model.apply, params, eval_ds, key='scale', context=context)[..., None, None]
   real = eval_ds.mask > 0
   frames = np.flatnonzero(real.reshape(-1))
   frames = frames[np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(int)]

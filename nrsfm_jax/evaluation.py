@@ -156,6 +156,7 @@ def evaluate_run(
     bone_projection: str | None = None,
     bone_by: str | None = None,
     bone_gain: float | None = None,
+    eval_context: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
   """Evaluates a trained run on its own eval split or on other data.
@@ -179,6 +180,8 @@ def evaluate_run(
       ``train.eval_bone_projection`` (:func:`scoring.predict`); None keeps the run's.
     bone_by: ``'view'`` or ``'sequence'`` instead of the run's ``train.eval_bone_by``.
     bone_gain: ``'clip'``'s gain instead of the run's ``train.eval_bone_gain``.
+    eval_context: ``'receptive_field'`` or ``'none'`` instead of the run's
+      ``train.eval_context`` (:func:`scoring.eval_context`).
     log: where the console table goes.
 
   Returns:
@@ -187,6 +190,9 @@ def evaluate_run(
     ``protocol``, ``scale``, ``output`` and ``predictions`` (paths).
   """
   config, model, params, meta = load_run(workdir, step)
+  if eval_context is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.train.eval_context = eval_context
   dataset, protocol, name = build_eval_dataset(
       config, meta, data=data, sequence=sequence, subjects=subjects, tracks=tracks, protocol=protocol
   )
@@ -202,6 +208,7 @@ def evaluate_run(
       protocol=protocol,
       predictions_path=pred_path,
       projection=projection,
+      context=scoring.eval_context(config),
   )
   info = {
       'workdir': os.path.abspath(workdir),
@@ -212,6 +219,7 @@ def evaluate_run(
       'bone_projection': projection.get('mode', 'none'),
       'bone_by': projection.get('by'),
       'bone_gain': projection.get('gain'),
+      'eval_context': list(scoring.eval_context(config)),
       'output': os.path.abspath(output),
       'predictions': os.path.abspath(pred_path),
   }
@@ -552,7 +560,7 @@ def targets_handedness(workdir: str) -> dict:
   :func:`geometry.resolve_flip_by_reference` to its mean shape (what ``teacher.resolve_flips`` does)."""
   config, model, params, meta = load_run(workdir)
   dataset = data_lib.make_dataset(config.data, 'train', scale=meta['scale'], seed=config.seed)
-  points = scoring.predict(model.apply, params, dataset, batch_size=64)
+  points = scoring.predict(model.apply, params, dataset, batch_size=64, context=scoring.eval_context(config))
   reference = model.apply(params, method=Student.mean_shape)
   resolved = np.asarray(geometry.resolve_flip_by_reference(points, reference, mask=dataset.visibility))
   truth = dataset.points3d / dataset.scale

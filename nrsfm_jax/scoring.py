@@ -12,8 +12,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from nrsfm_jax import configs, geometry, metrics
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import geometry, metrics
 
 Array = jax.Array
 
@@ -35,6 +35,7 @@ def predict(
     batch_size: int = 64,
     key: str = 'reconstruction',
     projection: dict[str, Any] | None = None,
+    context: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
   """Model output ``key`` for every window: ``[N, L, P, 3]`` in normalised units.
 
@@ -45,15 +46,41 @@ def predict(
   ``projection`` (:func:`project_bones`'s keywords, e.g. :func:`projection_options` of a
   run's config; None or ``{}``: off) then bounds every bone's depth extent by its length
   as estimated from its sequence's own 2D: sequence-level post-processing that reads no 3D.
+
+  ``context`` ``(before, after)`` (:func:`eval_context` of a run's config): the model runs on
+  every window widened by that many frames of its own sequence on each side
+  (:func:`data.with_context`), and only the window's own frames are kept, so a temporal
+  refiner sees real frames, not padding, at the window's edges. ``(0, 0)``: the windows alone.
   """
   fn = functools.partial(forward, apply_fn=apply_fn, key=key)
+  before, after = context
+  widened = data_lib.with_context(dataset, before, after)
+  length = dataset.window_length
   outs = []
-  for count, b in padded_batches(dataset, batch_size):
-    outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:count])
+  for count, b in padded_batches(widened, batch_size):
+    outs.append(np.asarray(fn(params, b['keypoints'], b['visibility'], b['mask']))[:count, before : before + length])
   pred = np.concatenate(outs, 0)
   if projection:
     pred = project_bones(pred, dataset, **projection)
   return pred
+
+
+def eval_context(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """:func:`predict`'s ``context`` for a run: ``(past, future)`` frames its refiner sees.
+
+  ``train.eval_context='receptive_field'`` with a TCN refiner: the TCN's receptive field
+  (causal: ``(R − 1, 0)``; centred: about ``R / 2`` each side; ``models.context_frames``).
+  ``'none'`` (what runs made before it existed read), or no refiner: ``(0, 0)``.
+  """
+  from nrsfm_jax.models import tcn  # pylint: disable=g-import-not-at-top
+
+  mode = config.train.get('eval_context', 'none')
+  if mode not in configs.EVAL_CONTEXTS:
+    raise ValueError(f'config.train.eval_context must be one of {configs.EVAL_CONTEXTS}, got {mode!r}.')
+  m = config.model
+  if mode == 'none' or 'tcn_kernel' not in m or not m.get('use_refiner', True):
+    return (0, 0)
+  return tcn.context_frames(int(m.tcn_kernel), tuple(int(d) for d in m.tcn_dilations), bool(m.tcn_causal))
 
 
 def observed_xy(pred: np.ndarray, dataset: data_lib.WindowDataset) -> np.ndarray:
@@ -257,17 +284,19 @@ def predict_and_score(
     protocol: str | None,
     predictions_path: str,
     projection: dict[str, Any] | None = None,
+    context: tuple[int, int] = (0, 0),
 ) -> tuple[dict[str, Any] | None, int]:
   """Predicts every window, writes per-sequence 3D (data units) and scores it if 3D exists.
 
-  ``projection``: :func:`predict`'s (:func:`projection_options`).
+  ``projection``, ``context``: :func:`predict`'s (:func:`projection_options`, :func:`eval_context`).
 
   ``predictions_path`` gets keys ``'<sequence>/view<v>'`` → ``[F, P, 3]``.
 
   Returns:
     ``(score(...) or None without ground truth / protocol, number of frames)``.
   """
-  pred = predict(apply_fn, params, dataset, batch_size=batch_size, projection=projection) * dataset.scale
+  pred = predict(apply_fn, params, dataset, batch_size=batch_size, projection=projection, context=context)
+  pred = pred * dataset.scale
   seqs = data_lib.reassemble(dataset, pred)
   np.savez(predictions_path, **{f'{name}/view{view}': v for (name, view), v in seqs.items()})
   frames = int(sum(len(v) for v in seqs.values()))
@@ -311,6 +340,7 @@ def evaluate_and_save(
       protocol=protocol,
       predictions_path=pred_path,
       projection=projection_options(config),
+      context=eval_context(config),
   )
   if result is None:
     log(f'no ground-truth 3D: reconstructions written to {pred_path}')

@@ -109,7 +109,7 @@ def reconstruction_targets(
         f'{student_workdir} was trained at 2D scale {meta["scale"]:.6g}, these windows have '
         f"{dataset.scale:.6g}: the teacher must use the student's data config."
     )
-  points = scoring.predict(model.apply, params, dataset)
+  points = scoring.predict(model.apply, params, dataset, context=scoring.eval_context(student_config))
   if as_evaluated:
     points = scoring.as_evaluated(student_config, points, dataset)
     projection = scoring.projection_options(student_config)

@@ -461,6 +461,7 @@ def train_and_evaluate(
           eval_ds,
           batch_size=config.train.eval_batch_size,
           projection=scoring.projection_options(config),
+          context=scoring.eval_context(config),
       )
       return scoring.score(pred * eval_ds.scale, eval_ds, protocol=protocol)['overall']
 

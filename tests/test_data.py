@@ -423,6 +423,37 @@ def test_windows_cover_every_frame_once(num_frames):
     data.make_windows(array[:0], length)
 
 
+def test_with_context_widens_windows_from_their_own_sequence():
+  rng = np.random.default_rng(1)
+  sequences = {}
+  for name, frames, views in (('a', 23, 2), ('b', 4, 1)):
+    points = rng.normal(size=(views, frames, 3, 3)).astype(np.float32) + 5
+    sequences[name] = (points, points[..., :2], np.ones((views, frames, 3), np.float32))
+  dataset = data.build_dataset(sequences, length=10)
+  assert data.with_context(dataset, 0, 0) is dataset
+  wide = data.with_context(dataset, 4, 2)
+  assert wide.keypoints.shape == (dataset.num_windows, 16, 3, 2) and wide.points3d.shape == (
+      dataset.num_windows,
+      16,
+      3,
+      3,
+  )
+  np.testing.assert_array_equal(wide.starts, dataset.starts - 4)
+  # The window's own frames are unchanged, frame for frame.
+  for field in ('keypoints', 'visibility', 'mask', 'points3d', 'centroids'):
+    np.testing.assert_array_equal(getattr(wide, field)[:, 4:14], getattr(dataset, field))
+  full = data.reassemble(dataset, dataset.points3d)
+  for i, (seq, view, start) in enumerate(zip(dataset.sequence_ids, dataset.view_ids, dataset.starts)):
+    truth = full[(dataset.names[seq], int(view))]
+    for j, frame in enumerate(range(int(start) - 4, int(start) + 12)):
+      inside = 0 <= frame < len(truth)
+      assert wide.mask[i, j] == float(inside), (i, j)
+      np.testing.assert_array_equal(wide.points3d[i, j], truth[frame] if inside else 0)
+      assert inside or np.all(wide.visibility[i, j] == 0)
+  with pytest.raises(ValueError, match='>= 0'):
+    data.with_context(dataset, -1)
+
+
 def test_center_2d_and_scale():
   keypoints = np.array([[[0, 0], [2, 0], [100, 100], [1, 3]], [[5, 5], [5, 5], [5, 5], [5, 5]]], np.float32)
   visibility = np.array([[1, 1, 0, 1], [0, 0, 0, 0]], np.float32)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nrsfm_jax import checkpoint, data, evaluation, geometry
+from nrsfm_jax import checkpoint, data, evaluation, geometry, models
 from nrsfm_jax.models import Student
 
 
@@ -35,6 +35,24 @@ def test_evaluate_default_split_matches_eval_json(run):
     assert json.load(f)['overall'] == expected['overall']
   with np.load(result['predictions']) as f:
     assert f['006_01/view0'].shape[1:] == (17, 3)
+
+
+def test_evaluate_eval_context_overrides_the_runs(run, tmp_path):
+  workdir, _ = run
+  config = evaluation.load_run(workdir)[0]
+  widened = evaluation.evaluate_run(workdir, output=str(tmp_path / 'rf.json'), log=lambda s: None)
+  bare = evaluation.evaluate_run(workdir, eval_context='none', output=str(tmp_path / 'bare.json'), log=lambda s: None)
+  m = config.model
+  assert tuple(widened['eval_context']) == models.context_frames(m.tcn_kernel, m.tcn_dilations, m.tcn_causal) != (0, 0)
+  assert bare['eval_context'] == [0, 0]
+  with np.load(widened['predictions']) as a, np.load(bare['predictions']) as b:
+    # The first window of every sequence starts at its first frame either way.
+    window = data.window_length(config.data, 'eval')
+    for k in a.files:
+      np.testing.assert_allclose(a[k][:1], b[k][:1], atol=1e-5)
+      assert a[k].shape == b[k].shape and (len(a[k]) <= window or not np.allclose(a[k], b[k], atol=1e-6))
+  with pytest.raises(ValueError, match='eval_context'):
+    evaluation.evaluate_run(workdir, eval_context='nope', output=str(tmp_path / 'x.json'), log=lambda s: None)
 
 
 def test_bone_projection_bounds_every_bone_by_its_2d_length(run, tmp_path):
@@ -301,3 +319,18 @@ def test_targets_handedness_counts_mirrored_frames_and_switches(run):
   workdir, _ = run
   t = evaluation.targets_handedness(workdir)
   assert all(0 <= t[k][0] <= 1 and 0 <= t[k][1] <= 100 for k in ('raw', 'resolved'))
+
+
+def test_temporal_study_jitter_scores_each_variant(run):
+  from experiments import temporal_study
+
+  workdir, _ = run
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    scored = json.load(f)['overall']
+  got = temporal_study.jitter_row(workdir, 3.0)
+  assert tuple(got) == temporal_study.JITTER_VARIANTS
+  # 'projected' is the run's own test-time 3D: what eval.json scored.
+  for k in temporal_study.JITTER_METRICS:
+    np.testing.assert_allclose(got['projected'][k], scored[k], rtol=1e-5)
+  # Filtering the depth over time lowers the acceleration error of what it filters last.
+  assert got['projected, filtered']['accel_error'] < got['projected']['accel_error']

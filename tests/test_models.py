@@ -373,6 +373,25 @@ def test_z_equivariance_takes_the_shape_from_the_rotated_input():
   assert not np.allclose(eq['alpha'], base['alpha'], atol=1e-4)
 
 
+def test_camera_refinement_adds_a_camera_frame_correction():
+  import dataclasses
+
+  model = Student(dataclasses.replace(_small(), refine_space='camera'))
+  kp, vis, mask = _inputs()
+  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
+  out = model.apply(params, kp, vis, mask)
+  np.testing.assert_allclose(out['shape'], out['shape_init'], atol=1e-6)  # ΔP = 0 at init.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
+  )
+  out = model.apply(params, kp, vis, mask)
+  # R_t S_t = R_t X_t + ΔP_t, with ΔP_t the refiner's output on the camera-frame R_t X_t.
+  cam = geometry.rotate(out['shape_init'], out['rotation'])
+  delta = model.apply(params, cam, kp, vis, mask, method=lambda m, *a: m.refiner(*a))
+  assert float(jnp.max(jnp.abs(delta))) > 1e-3
+  np.testing.assert_allclose(geometry.rotate(out['shape'], out['rotation']), cam + delta, atol=1e-5)
+
+
 def test_coefficient_refinement_stays_in_the_shape_space():
   import dataclasses
 

@@ -1,9 +1,11 @@
 """Tests for nrsfm_jax.scoring. docs/benchmarks.md A end to end: bundled data + cameras + windows + metrics reproduce
 the published reference."""
 
+import jax
 import numpy as np
+import pytest
 
-from nrsfm_jax import configs, data, scoring
+from nrsfm_jax import configs, data, models, scoring
 
 
 def test_depth_zero_baseline_matches_benchmarks():
@@ -49,3 +51,35 @@ def test_padded_batches_cover_every_window_once_and_shrink_for_small_sets():
     assert [b['keypoints'].shape[0] for _, b in got] == sizes
     index = np.concatenate([b['index'][:count] for count, b in got])
     np.testing.assert_array_equal(index, np.arange(dataset.num_windows))
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_predict_with_context_matches_the_whole_sequence(causal):
+  # A TCN run on windows widened by its receptive field gives every frame what it gives when the
+  # whole sequence is one window; without the context the frames at window edges differ.
+  kp = np.random.default_rng(0).normal(size=(1, 50, 17, 2)).astype(np.float32)
+  track = {'s': (None, kp, np.ones(kp.shape[:-1], np.float32))}
+  windows, whole = data.build_dataset(track, 12), data.build_dataset(track, 50)
+  sizes = dict(lifter_width=16, lifter_blocks=1, canon_width=16, canon_blocks=1, tcn_channels=8, mlp_width=16)
+  config = models.StudentConfig(num_points=17, num_bases=4, tcn_dilations=(1, 2), tcn_causal=causal, **sizes)
+  model = models.Student(config)
+  params = model.init(jax.random.PRNGKey(0), whole.keypoints, whole.visibility, whole.mask, method=model.init_all)
+  # A nonzero refiner output (its last layer starts at zero).
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
+  )
+  run = configs.get('default')
+  run.model.tcn_dilations, run.model.tcn_causal = (1, 2), causal
+  run.train.eval_context = 'receptive_field'
+  context = scoring.eval_context(run)
+  assert context == ((6, 0) if causal else (3, 3))
+  reference = scoring.predict(model.apply, params, whole)[0]
+  got = data.unwindow(scoring.predict(model.apply, params, windows, context=context), windows.mask)
+  np.testing.assert_allclose(got, reference, atol=1e-5)
+  bare = data.unwindow(scoring.predict(model.apply, params, windows), windows.mask)
+  assert not np.allclose(bare, reference, atol=1e-3)
+  run.train.eval_context = 'none'
+  assert scoring.eval_context(run) == (0, 0)
+  run.train.eval_context = 'receptive_field'
+  run.model.use_refiner = False
+  assert scoring.eval_context(run) == (0, 0)

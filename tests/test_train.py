@@ -491,7 +491,10 @@ def test_pseudo3d_from_a_run_is_that_runs_own_reconstructions(run, loaded):
   train_ds, _ = data.make_datasets(config)
   lcfg = objective.loss_config(config)
   targets, weights = train._teacher_targets(config, lcfg, train_ds, log=lambda s: None)
-  expected = geometry.root_relative(scoring.predict(model.apply, params, train_ds))
+  # As the run is evaluated: its TCN sees its receptive field around every window.
+  context = scoring.eval_context(loaded[0])
+  assert context != (0, 0)
+  expected = geometry.root_relative(scoring.predict(model.apply, params, train_ds, context=context))
   np.testing.assert_allclose(targets, expected, atol=1e-6)
   assert weights is None
   # train.pseudo3d_sigma smooths them over time within each window, padding excluded.
@@ -558,7 +561,7 @@ def test_self_teacher_targets_as_the_student_is_evaluated(run, loaded):
   lines = []
   plain = teacher.reconstruction_targets(workdir, train_ds, resolve_flips=False, log=lines.append)
   treated = teacher.reconstruction_targets(workdir, train_ds, resolve_flips=False, as_evaluated=True, log=lines.append)
-  raw = scoring.predict(model.apply, params, train_ds)
+  raw = scoring.predict(model.apply, params, train_ds, context=scoring.eval_context(run_config))
   np.testing.assert_allclose(plain, geometry.root_relative(raw), atol=1e-6)
   np.testing.assert_allclose(
       treated, geometry.root_relative(scoring.as_evaluated(run_config, raw, train_ds)), atol=1e-6

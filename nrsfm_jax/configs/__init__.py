@@ -90,6 +90,8 @@ PSEUDO3D_PROJECTIONS = ('none', 'eval')
 # train.selection: what train.restarts keeps (train.select_restart): the lowest training objective,
 # or the fewest knees and elbows bent against the rest of their frame (both on the training 2D).
 SELECTIONS = ('objective', 'hinges')
+# train.eval_context: how a TCN sees the frames around each eval window (scoring.eval_context).
+EVAL_CONTEXTS = ('none', 'receptive_field')
 # teacher.hinge_filter (a self-mode teacher's targets): which target joints the denoising loss
 # leaves out where a knee or elbow bends against the rest of its frame (teacher.hinge_weights).
 HINGE_FILTERS = ('none', 'frames', 'limbs')
@@ -115,11 +117,14 @@ def _choices() -> dict[str, tuple[str, ...]]:
   ``nrsfm_jax.configs`` itself loads no jax)."""
   from nrsfm_jax import geometry  # pylint: disable=g-import-not-at-top
   from nrsfm_jax.data import windows  # pylint: disable=g-import-not-at-top
+  from nrsfm_jax.models import student  # pylint: disable=g-import-not-at-top
 
   return {
       'train.cpu_dots': CPU_DOTS,
       'train.selection': SELECTIONS,
       'train.eval_bone_projection': geometry.BONE_PROJECTIONS,
+      'train.eval_context': EVAL_CONTEXTS,
+      'model.refine_space': student.REFINE_SPACES,
       'train.eval_bone_by': windows.BONE_LENGTH_GROUPS,
       'train.pseudo3d_projection': PSEUDO3D_PROJECTIONS,
       'teacher.target_projection': PSEUDO3D_PROJECTIONS,

@@ -61,6 +61,7 @@ from nrsfm_jax.data.windows import (
     unwindow,
     views_dataset,
     window_starts,
+    with_context,
 )
 
 __all__ = [
@@ -103,6 +104,7 @@ __all__ = [
     'steps_per_epoch',
     'summarize_bundled',
     'tracks_dataset',
+    'with_context',
     'unwindow',
     'window_starts',
     'views_dataset',

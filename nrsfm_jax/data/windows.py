@@ -480,6 +480,49 @@ def reassemble(dataset: WindowDataset, per_window: np.ndarray) -> dict[tuple[str
   return result
 
 
+def with_context(dataset: WindowDataset, before: int, after: int = 0) -> WindowDataset:
+  """``dataset``'s windows widened by ``before`` frames in front and ``after`` behind, from their own sequence.
+
+  The extra frames are the neighbouring frames of the same sequence and view (the previous and
+  next windows' 2D), so a temporal model sees real context at every window's edges instead of
+  zero padding; beyond the sequence's ends they stay padding (mask 0), as in ``dataset``. Predict
+  on the result, then keep frames ``[before : before + L]`` of every window: they line up with
+  ``dataset``'s windows frame for frame.
+
+  Args:
+    dataset: windows of length L.
+    before, after: context frames (≥ 0).
+
+  Returns:
+    A ``WindowDataset`` of ``[N, before + L + after, ...]`` windows, in ``dataset``'s order, with
+    its ``scale``, ids and names; ``starts`` are ``dataset.starts − before`` (negative at a
+    sequence's start).
+  """
+  before, after = int(before), int(after)
+  if before < 0 or after < 0:
+    raise ValueError(f'context frames must be >= 0, got before={before}, after={after}')
+  if before == 0 and after == 0:
+    return dataset
+  fields = ['keypoints', 'visibility', 'mask'] + [
+      f for f in ('points3d', 'centroids') if getattr(dataset, f) is not None
+  ]
+  full = {f: reassemble(dataset, getattr(dataset, f)) for f in fields}
+  n, length = dataset.mask.shape
+  total = before + length + after
+  out: dict[str, Any] = {
+      f: np.zeros((n, total, *getattr(dataset, f).shape[2:]), getattr(dataset, f).dtype) for f in fields
+  }
+  for i, (seq, view, start) in enumerate(zip(dataset.sequence_ids, dataset.view_ids, dataset.starts)):
+    key = (dataset.names[seq], int(view))
+    frames = len(full['mask'][key])
+    first = int(start) - before
+    lo, hi = max(first, 0), min(first + total, frames)
+    for f in fields:
+      out[f][i, lo - first : hi - first] = full[f][key][lo:hi]
+  out['starts'] = (dataset.starts - before).astype(np.int32)
+  return dataclasses.replace(dataset, **out)
+
+
 def rewindow(dataset: WindowDataset, sequences: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
   """The inverse of :func:`reassemble`: full sequences cut into ``dataset``'s windows.
 

@@ -8,7 +8,7 @@ from nrsfm_jax import configs as _configs
 from nrsfm_jax.models.denoiser import Denoiser, DenoiserConfig
 from nrsfm_jax.models.lifter import Canonicalizer, Lifter, MLPTrunk, ResidualBottleneck, ShapeBasis
 from nrsfm_jax.models.student import Student, StudentConfig, center_on_visible
-from nrsfm_jax.models.tcn import TemporalRefiner, causal_shift, receptive_field
+from nrsfm_jax.models.tcn import TemporalRefiner, causal_shift, context_frames, receptive_field
 
 MODELS = {'student': (Student, StudentConfig), 'denoiser': (Denoiser, DenoiserConfig)}
 
@@ -58,5 +58,6 @@ __all__ = [
     'TemporalRefiner',
     'causal_shift',
     'center_on_visible',
+    'context_frames',
     'receptive_field',
 ]

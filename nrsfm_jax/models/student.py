@@ -15,6 +15,9 @@ from nrsfm_jax.models.tcn import TemporalRefiner, receptive_field
 
 Array = jax.Array
 
+# StudentConfig.refine_space: where the TCN's correction is added (see StudentConfig).
+REFINE_SPACES = ('points', 'coefficients', 'camera')
+
 
 @flax.struct.dataclass(frozen=True)
 class StudentConfig:
@@ -40,9 +43,13 @@ class StudentConfig:
       ties + smoothness (109.1 mm against 109.2) but the teacher row on 006
       loses 3.6 mm (55.6 against 52.0; README, "Anchored stage 2").
     refine_space: where the refiner acts: ``'points'`` (the paper's eq. 10,
-      a free per-point ``ΔS``) or ``'coefficients'`` (a ``Δα`` added to the
+      a free per-point ``ΔS``), ``'coefficients'`` (a ``Δα`` added to the
       lifter's shape coefficients, ``S_t = B(α_t + Δα_t)``, so the refined
-      shape stays in the learned low-rank shape space).
+      shape stays in the learned low-rank shape space) or ``'camera'`` (the TCN
+      reads the per-frame 3D in the camera frame, ``R_t X_t``, and adds a
+      camera-frame ``ΔP_t``: ``R_t S_t = R_t X_t + ΔP_t``, i.e.
+      ``S_t = X_t + R_tᵀ ΔP_t``; the depth that is scored, with the per-frame
+      camera's jitter in it, is then what the TCN sees and edits).
     basis_init_std / head_init_std: the std of the shape basis' initial columns, and of the
       lifter's and Ψ's output heads (coefficients, rotation) at initialisation (C3DPO: 0.01 both).
     norm: the lifter's and Ψ's normalisation, ``'layer'`` or C3DPO's
@@ -146,8 +153,8 @@ class Student(nn.Module):
     self.lifter = Lifter(c.lifter_width, c.lifter_blocks, c.num_bases, rotation=c.rotation, **shared)
     self.basis = ShapeBasis(c.num_points, c.num_bases, init_std=c.basis_init_std)
     self.canonicalizer = Canonicalizer(c.canon_width, c.canon_blocks, c.num_bases, **shared)
-    if c.refine_space not in ('points', 'coefficients'):
-      raise ValueError(f"model.refine_space={c.refine_space!r}; expected 'points' or 'coefficients'.")
+    if c.refine_space not in REFINE_SPACES:
+      raise ValueError(f'model.refine_space={c.refine_space!r}; expected one of {REFINE_SPACES}.')
     if c.use_refiner:
       self.refiner = TemporalRefiner(
           c.tcn_channels,
@@ -225,6 +232,9 @@ class Student(nn.Module):
         rotation = jnp.swapaxes(r_aug, -1, -2) @ rotation
     if self.config.use_refiner and self.config.refine_space == 'coefficients':
       shape = self.basis(alpha + self.refiner(shape_init, keypoints_in, visibility, mask))
+    elif self.config.use_refiner and self.config.refine_space == 'camera':
+      delta = self.refiner(geometry.rotate(shape_init, rotation), keypoints_in, visibility, mask)
+      shape = shape_init + geometry.rotate(delta, jnp.swapaxes(rotation, -1, -2))
     elif self.config.use_refiner:
       shape = shape_init + self.refiner(shape_init, keypoints_in, visibility, mask)
     else:

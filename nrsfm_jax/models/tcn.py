@@ -21,6 +21,12 @@ def causal_shift(kernel_size: int, dilations: Sequence[int], causal: bool) -> in
   return 0 if causal else (receptive_field(kernel_size, dilations) - 1) // 2
 
 
+def context_frames(kernel_size: int, dilations: Sequence[int], causal: bool) -> tuple[int, int]:
+  """(past, future) frames one output sees: ``(receptive field − 1, 0)`` causal, about half each centred."""
+  pads = [conv_padding(kernel_size, d, causal) for d in dilations]
+  return sum(p[0] for p in pads), sum(p[1] for p in pads)
+
+
 def conv_padding(kernel_size: int, dilation: int, causal: bool) -> tuple[int, int]:
   """Left/right zero padding keeping length T: all on the left when causal."""
   total = (kernel_size - 1) * dilation
