@@ -373,17 +373,24 @@ def test_z_equivariance_takes_the_shape_from_the_rotated_input():
   assert not np.allclose(eq['alpha'], base['alpha'], atol=1e-4)
 
 
-def test_camera_refinement_adds_a_camera_frame_correction():
+def _refined(refine_space):
+  """A small student refining in ``refine_space``: (model, inputs, params with a nonzero
+  refiner output), after checking that its refiner leaves the shape alone at initialisation."""
   import dataclasses
 
-  model = Student(dataclasses.replace(_small(), refine_space='camera'))
+  model = Student(dataclasses.replace(_small(), refine_space=refine_space))
   kp, vis, mask = _inputs()
   params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
   out = model.apply(params, kp, vis, mask)
-  np.testing.assert_allclose(out['shape'], out['shape_init'], atol=1e-6)  # ΔP = 0 at init.
+  np.testing.assert_allclose(out['shape'], out['shape_init'], atol=1e-6)  # Zero correction at init.
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
   )
+  return model, (kp, vis, mask), params
+
+
+def test_camera_refinement_adds_a_camera_frame_correction():
+  model, (kp, vis, mask), params = _refined('camera')
   out = model.apply(params, kp, vis, mask)
   # R_t S_t = R_t X_t + ΔP_t, with ΔP_t the refiner's output on the camera-frame R_t X_t.
   cam = geometry.rotate(out['shape_init'], out['rotation'])
@@ -395,15 +402,8 @@ def test_camera_refinement_adds_a_camera_frame_correction():
 def test_coefficient_refinement_stays_in_the_shape_space():
   import dataclasses
 
-  model = Student(dataclasses.replace(_small(), refine_space='coefficients'))
-  kp, vis, mask = _inputs()
-  params = model.init(jax.random.PRNGKey(0), kp, vis, mask, method=Student.init_all)
-  out = model.apply(params, kp, vis, mask)
-  np.testing.assert_allclose(out['shape'], out['shape_init'], atol=1e-6)  # Δα = 0 at init.
   # Any Δα: the refined shape is B(α + Δα), a point of the basis' span.
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.1 if 'mlp_out' in jax.tree_util.keystr(path) else x, params
-  )
+  model, (kp, vis, mask), params = _refined('coefficients')
   out = model.apply(params, kp, vis, mask)
   assert float(jnp.max(jnp.abs(out['shape'] - out['shape_init']))) > 1e-3
   mean = model.apply(params, method=Student.mean_shape)
