@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from nrsfm_jax import geometry
-from nrsfm_jax.models import Lifter, Student, StudentConfig, TemporalRefiner, causal_shift, receptive_field
+from nrsfm_jax.models import (
+    Lifter,
+    Student,
+    StudentConfig,
+    TemporalRefiner,
+    causal_shift,
+    context_frames,
+    receptive_field,
+)
 from nrsfm_jax.models.tcn import conv_padding
 
 B, T, P = 2, 40, 17
@@ -33,6 +41,7 @@ def test_receptive_field(kernel, dilations, expected):
   assert receptive_field(kernel, dilations) == expected
   assert causal_shift(kernel, dilations, causal=True) == 0
   assert causal_shift(kernel, dilations, causal=False) == (expected - 1) // 2
+  assert context_frames(kernel, dilations, causal=True) == (expected - 1, 0)
   for d in dilations:
     left, right = conv_padding(kernel, d, causal=True)
     assert (left, right) == ((kernel - 1) * d, 0)

@@ -17,8 +17,9 @@ def receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
 
 
 def causal_shift(kernel_size: int, dilations: Sequence[int], causal: bool) -> int:
-  """Future frames one output sees: 0 when causal, half the receptive field when centred."""
-  return 0 if causal else (receptive_field(kernel_size, dilations) - 1) // 2
+  """Future frames one output sees: 0 when causal, about half the receptive field when centred
+  (:func:`context_frames`' second entry: the blocks' right-hand padding)."""
+  return context_frames(kernel_size, dilations, causal)[1]
 
 
 def context_frames(kernel_size: int, dilations: Sequence[int], causal: bool) -> tuple[int, int]:
