@@ -119,12 +119,22 @@ def reprojection_loss(
   return _zero_masked(robust(sq, kind=kind, scale=scale), mask)
 
 
+SMOOTH_COMPONENTS = ('xyz', 'depth')
+
+
 def smoothness_loss(
-    points: Array, *, mask: Array | None = None, beta: float = 1.0, kind: str = 'huber', scale: float = 1.0
+    points: Array,
+    *,
+    mask: Array | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    kind: str = 'huber',
+    scale: float = 1.0,
+    components: str = 'xyz',
 ) -> tuple[Array, Array]:
   """First- and second-order temporal smoothness (eq. 13).
 
-  ``value_t = ρ(‖S_t − S_{t−1}‖²) + β ρ(‖S_t − 2S_{t−1} + S_{t−2}‖²)`` per point,
+  ``value_t = α ρ(‖S_t − S_{t−1}‖²) + β ρ(‖S_t − 2S_{t−1} + S_{t−2}‖²)`` per point,
   where each difference counts only if all frames it spans are present. The
   values are aligned at the later frame ``t``; the weights are those of the
   first differences, so ``masked_mean`` averages over present frame pairs.
@@ -132,13 +142,20 @@ def smoothness_loss(
   Args:
     points: ``[..., T, P, 3]`` reconstructions over time.
     mask: ``[..., T]`` frame mask or ``[..., T, P]`` per-point mask.
+    alpha: weight of the first-order term (the paper's: 1).
     beta: weight of the second-order term.
     kind: robust penalty.
     scale: its scale.
+    components: ``'xyz'`` (the paper's) or ``'depth'``: only the last coordinate's differences
+      (of camera-frame points, the depth; the image coordinates are pinned by the 2D already).
 
   Returns:
     ``(values [..., T, P], weights [..., T, P])`` (frame 0 has weight 0).
   """
+  if components not in SMOOTH_COMPONENTS:
+    raise ValueError(f'smoothness_loss: components must be one of {SMOOTH_COMPONENTS}; got {components!r}.')
+  if components == 'depth':
+    points = points[..., 2:]
   shape = points.shape[:-1]
   if mask is None:
     mask = jnp.ones(shape, points.dtype)
@@ -157,7 +174,7 @@ def smoothness_loss(
   prev2_m = jnp.concatenate([zeros_m, prev_m[..., :-1, :]], -2)
   m2 = m1 * prev2_m
   sq2, _ = _sq_dist(points - prev, prev - prev2, m2)
-  values = jnp.where(m1 > 0, robust(sq1, kind=kind, scale=scale), 0.0) + beta * jnp.where(
+  values = alpha * jnp.where(m1 > 0, robust(sq1, kind=kind, scale=scale), 0.0) + beta * jnp.where(
       m2 > 0, robust(sq2, kind=kind, scale=scale), 0.0
   )
   return values * (m1 > 0), m1

@@ -208,19 +208,29 @@ def initial_reprojection_term(out, batch, ctx, term):
 
 @register_term('smooth')
 def smoothness_term(out, batch, ctx, term):
-  """Eq. 16: first and ``beta``-weighted second differences of the root-relative ``out[term.on]``.
+  """Eq. 16: ``alpha``-weighted first and ``beta``-weighted second differences of the root-relative ``out[term.on]``.
 
   ``on``: ``'points'`` (the camera-frame ``R_t S_t``, the paper's) or
   ``'shape'`` (the canonical ``S_t``: the pose's changes only, not the camera's).
+  ``components``: ``'xyz'`` (the paper's) or ``'depth'`` (the camera-frame depth only; needs
+  ``on='points'``).
   """
   del ctx
+  on, components = term.get('on', 'points'), term.get('components', 'xyz')
+  if components == 'depth' and on != 'points':
+    raise ValueError(
+        f"config.loss.terms.smooth: components='depth' smooths the camera-frame depth and needs "
+        f"on='points'; got on={on!r}."
+    )
   return Term(
       *losses.smoothness_loss(
-          geometry.root_relative(out[term.get('on', 'points')]),
+          geometry.root_relative(out[on]),
           mask=batch['mask'],
+          alpha=term.get('alpha', 1.0),
           beta=term.get('beta', 1.0),
           kind=term.kind,
           scale=term.scale,
+          components=components,
       )
   )
 

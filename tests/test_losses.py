@@ -90,6 +90,24 @@ def test_smoothness_closed_form():
   np.testing.assert_allclose(values[:, 0], [0.0, 1.0, 2.0, 3.0], rtol=1e-6)
 
 
+def test_smoothness_alpha_and_depth_only():
+  # x moves 0, 1, 3, 6 and z moves 0, 2, 2, 2: with components='depth' only z counts.
+  x = jnp.array([0.0, 1.0, 3.0, 6.0])
+  z = jnp.array([0.0, 2.0, 2.0, 2.0])
+  pts = jnp.stack([x, jnp.zeros(4), z], -1)[:, None, :]
+  values, weights = losses.smoothness_loss(pts, alpha=0.0, beta=1.0, kind='squared', components='depth')
+  # z's second differences at t = 2, 3: -2, 0.
+  np.testing.assert_allclose(values[:, 0], [0.0, 0.0, 4.0, 0.0])
+  np.testing.assert_array_equal(weights[:, 0], [0.0, 1.0, 1.0, 1.0])
+  values, _ = losses.smoothness_loss(pts, alpha=2.0, beta=0.0, kind='squared', components='depth')
+  np.testing.assert_allclose(values[:, 0], [0.0, 8.0, 0.0, 0.0])
+  # All three coordinates, α = 2: first diffs² 1 + 4, 4, 9.
+  values, _ = losses.smoothness_loss(pts, alpha=2.0, beta=0.0, kind='squared')
+  np.testing.assert_allclose(values[:, 0], [0.0, 10.0, 8.0, 18.0])
+  with pytest.raises(ValueError, match='components'):
+    losses.smoothness_loss(pts, components='z')
+
+
 def test_smoothness_only_across_present_frames():
   pts = _random(3, (2, 6, 4, 3))
   frame_mask = jnp.ones((2, 6)).at[0, 3].set(0.0)

@@ -381,6 +381,11 @@ def test_validate_names_the_config_key_at_fault():
       ),
       (
           'default',
+          lambda c: setattr(c.loss.terms.smooth, 'components', 'z'),
+          r"config\.loss\.terms\.smooth\.components must be one of \('xyz', 'depth'\); got 'z'",
+      ),
+      (
+          'default',
           lambda c: setattr(c.loss.terms.bones, 'length_quantile', 1.5),
           r'config\.loss\.terms\.bones\.length_quantile must be in \(0, 1\]',
       ),

@@ -115,7 +115,7 @@ def hinge_indices(hinges, num_points: int, *, key: str, user: str, fix: str) -> 
 def _choices() -> dict[str, tuple[str, ...]]:
   """Keys that take one of a few strings, from the modules that own them (imported on use:
   ``nrsfm_jax.configs`` itself loads no jax)."""
-  from nrsfm_jax import geometry  # pylint: disable=g-import-not-at-top
+  from nrsfm_jax import geometry, losses  # pylint: disable=g-import-not-at-top
   from nrsfm_jax.data import windows  # pylint: disable=g-import-not-at-top
   from nrsfm_jax.models import student  # pylint: disable=g-import-not-at-top
 
@@ -125,6 +125,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
       'train.eval_bone_projection': geometry.BONE_PROJECTIONS,
       'train.eval_context': EVAL_CONTEXTS,
       'model.refine_space': student.REFINE_SPACES,
+      'loss.terms.smooth.components': losses.SMOOTH_COMPONENTS,
       'train.eval_bone_by': windows.BONE_LENGTH_GROUPS,
       'train.pseudo3d_projection': PSEUDO3D_PROJECTIONS,
       'teacher.target_projection': PSEUDO3D_PROJECTIONS,

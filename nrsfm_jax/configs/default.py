@@ -73,10 +73,14 @@ def get_config(arg=None):
   c.loss.terms.reproj = dict(weight=1.0, kind='pseudo_huber', scale=0.03)
   # Reprojection of the lifter's own output R_t X_t (before the refiner).
   c.loss.terms.reproj_init = dict(weight=1.0, kind='pseudo_huber', scale=0.03)
-  # λ_s; beta weighs the second differences; on: 'points' (camera frame, the paper's) or 'shape' (canonical).
+  # λ_s; alpha and beta weigh the first and second differences; on: 'points' (camera frame, the
+  # paper's) or 'shape' (canonical); components: 'xyz' (the paper's) or 'depth' (the camera-frame
+  # depth only, with on='points').
   # λ_s = 0.1, chosen on the cmu17 cross-subject mean with stacked rows (README): 108.6 mm for the
   # smooth row against 122.4 at the paper's 1.0 (TCN row 116.4 against 121.9).
-  c.loss.terms.smooth = dict(weight=0.1, kind='pseudo_huber', scale=0.03, beta=1.0, on='points')
+  c.loss.terms.smooth = dict(
+      weight=0.1, kind='pseudo_huber', scale=0.03, alpha=1.0, beta=1.0, on='points', components='xyz'
+  )
   # λ_t (needs train.pseudo3d); confidence_scale > 0 weighs each joint by the teacher hypotheses'
   # agreement (1 / (1 + (spread / τ)²), τ = confidence_scale × the median spread; 0 = off).
   c.loss.terms.teacher = dict(weight=0.0, kind='l2', scale=0.03, confidence_scale=0.0)
