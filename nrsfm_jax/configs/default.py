@@ -13,9 +13,11 @@ the paper's causal TCN acting on the canonical shape (``model.refine_space='poin
 TCN is scored with its receptive field of context around every eval window
 (``train.eval_context``: its acceleration error 4.81 -> 4.66, MPJPE unchanged). Measured and not
 chosen: λ_s = 1 (+ smoothness 86.9 mm against the control's 86.8; the TCN 86.7, accel 4.53
-against + smoothness's 4.46), a centred TCN at λ_s = 1 (87.0, accel 4.49), and a camera-frame TCN
-(``refine_space='camera'``, 006 only: 75.7 against 75.0). Neither temporal part yet improves
-MPJPE, Stress and acceleration together over the row before.
+against + smoothness's 4.46), a centred TCN at λ_s = 1 (87.0, accel 4.49), a camera-frame TCN
+(``refine_space='camera'``, 006 only: 75.7 against 75.0), and smoothness of the depth's second
+differences alone (``loss.terms.smooth`` with ``components='depth'``, ``alpha=0``, λ_s = 10:
++ smoothness 87.0 mm, accel 4.38; the TCN 87.3; README "Smoothness on the depth alone").
+Neither temporal part yet improves MPJPE, Stress and acceleration together over the row before.
 """
 
 import ml_collections
