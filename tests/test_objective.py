@@ -244,6 +244,21 @@ def test_teacher_term_weighs_joints_by_pseudo3d_weight():
   np.testing.assert_allclose(plain, 1.0 / 17, rtol=1e-5)
 
 
+def test_depth_smoothness_term_ignores_image_motion_and_needs_camera_points():
+  fn, _ = objective.TERMS['smooth']
+  options = (('alpha', 0.0), ('beta', 1.0), ('on', 'points'), ('components', 'depth'))
+  term = objective.TermConfig(name='smooth', weight=1.0, kind='squared', options=options)
+  t = jnp.arange(6.0)[None, :, None, None]
+  # Every joint but the root accelerates in x (image motion): no depth term. Then in z: a term.
+  xy = jnp.zeros((1, 6, 4, 3)).at[:, :, 1:, 0].set(jnp.broadcast_to(t[..., 0] ** 2, (1, 6, 3)))
+  batch = {'mask': jnp.ones((1, 6))}
+  assert float(losses.masked_mean(*fn({'points': xy}, batch, None, term))) == 0.0
+  z = xy[..., [2, 1, 0]]
+  assert float(losses.masked_mean(*fn({'points': z}, batch, None, term))) > 0.0
+  with pytest.raises(ValueError, match="needs on='points'"):
+    fn({'shape': z}, batch, None, term.replace(options=(*options[:2], ('on', 'shape'), options[3])))
+
+
 def test_bone_term_reads_the_skeleton_from_its_config_and_names_a_bad_one():
   lcfg = objective.loss_config(configs.get('default'))
   term = lcfg.term('bones').replace(weight=1.0)
