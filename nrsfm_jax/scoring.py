@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -54,7 +55,10 @@ def predict(
   """
   fn = functools.partial(forward, apply_fn=apply_fn, key=key)
   before, after = context
-  widened = data_lib.with_context(dataset, before, after)
+  # Only the 2D is read: neither the widened copy (rebuilt at every training-time eval) nor the
+  # batches carry the 3D.
+  inputs = dataclasses.replace(dataset, points3d=None, centroids=None)
+  widened = data_lib.with_context(inputs, before, after)
   length = dataset.window_length
   outs = []
   for count, b in padded_batches(widened, batch_size):
