@@ -522,6 +522,7 @@ CLASSIC_PSEUDO3D = 'pseudo3d.npz'
 CLASSIC_TITLES = {
     'classic_prior_free': 'classic: prior-free low rank (Dai et al. style)',
     'classic_trajectory': 'classic: DCT trajectories (Akhter et al. style)',
+    'classic_procrustean': 'classic: Procrustean normal distribution (EM-PND style)',
 }
 
 

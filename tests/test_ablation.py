@@ -174,16 +174,19 @@ def test_classic_rows_score_a_sequence_and_reread_it(tmp_path):
   path = str(tmp_path / 'toy.npz')
   np.savez(path, points3d=points)
   config_fn = lambda seq: configs.get('nrsfm', seq)
-  kwargs = dict(shape_bases=(2,), trajectory_bases=(4,))
+  # (40 EM iterations: the compiled program of tests/test_classic.py's procrustean tests.)
+  kwargs = dict(shape_bases=(2,), trajectory_bases=(4,), procrustean_iters=40)
   logs = []
   out = ablation.run_classic(str(tmp_path / 'runs'), [path], config_fn=config_fn, log=logs.append, **kwargs)
   rows = out[path]
-  assert set(rows) == {'classic_prior_free', 'classic_trajectory'}
-  # A two-basis object under random cameras: the prior-free row recovers it.
+  assert set(rows) == {'classic_prior_free', 'classic_trajectory', 'classic_procrustean'}
+  # A two-basis object under random cameras: the prior-free row recovers it, and the PND keeps it.
   assert rows['classic_prior_free']['overall']['e3d_akhter'] < 2e-2
+  assert rows['classic_procrustean']['overall']['e3d_akhter'] < 2e-2
+  assert rows['classic_procrustean']['choice']["('toy', 0)"]['procrustean_iters'] == 40
   assert rows['classic_trajectory']['choice']["('toy', 0)"]['trajectory_bases'] == 4
   again = ablation.run_classic(str(tmp_path / 'runs'), [path], config_fn=config_fn, log=logs.append, **kwargs)
-  assert again == out and sum('read from' in line for line in logs) == 2
+  assert again == out and sum('read from' in line for line in logs) == 3
   # The solution, cut into the student's training windows, is a valid teacher-term target.
   train_ds = data_lib.make_datasets(config_fn(path))[0]
   target = os.path.join(ablation.sequence_dir(str(tmp_path / 'runs'), path), 'classic_prior_free', 'pseudo3d.npz')

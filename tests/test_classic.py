@@ -166,3 +166,71 @@ def test_basis_sizes_above_the_tracks_rank_are_skipped_or_refused():
     classic.fit('prior_free', small, shape_bases=(3, 4))
   with pytest.raises(ValueError, match=r'num_bases=3 needs rank 3K = 9.*= 7'):
     classic.prior_free(small, num_bases=3)
+
+
+# classic.procrustean's EM iterations in these tests.
+PND_ITERS = 40
+
+
+def test_translation_free_basis_is_orthonormal_and_drops_translation():
+  u = classic.translation_free_basis(6)
+  np.testing.assert_allclose(u.T @ u, np.eye(5), atol=1e-6)
+  np.testing.assert_allclose(u.T @ np.ones(6), 0.0, atol=1e-6)
+  x = np.random.default_rng(0).normal(size=(6, 3))
+  np.testing.assert_allclose(u @ (u.T @ (x + 5.0)), x - x.mean(0), atol=1e-5)
+  with pytest.raises(ValueError, match='at least 2 points'):
+    classic.translation_free_basis(1)
+
+
+def test_pnd_alignment_undoes_a_similarity_and_leaves_the_deformation_orthogonal_to_the_mean():
+  rng = np.random.default_rng(0)
+  mean = rng.normal(size=(7, 3)).astype(np.float32)
+  mean /= np.linalg.norm(mean)
+  r = np.asarray(geometry.random_rotation(jax.random.PRNGKey(0), ()))
+  shape = jnp.asarray(0.3 * mean @ r.T)
+  s, rot = classic.pnd_alignment(shape, jnp.asarray(mean))
+  np.testing.assert_allclose(s * shape @ rot, mean, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.det(np.asarray(rot)), 1.0, atol=1e-5)
+  # A deformed shape: the aligned shape's part along the mean is the mean itself.
+  deformed = jnp.asarray((mean + 0.05 * rng.normal(size=(7, 3))) @ r.T * 2.0, jnp.float32)
+  s, rot = classic.pnd_alignment(deformed, jnp.asarray(mean))
+  np.testing.assert_allclose(jnp.sum((s * deformed @ rot) * mean), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_procrustean_improves_a_rough_start_and_ignores_hidden_points():
+  tracks, points, _ = _synthetic(seed=5)
+  truth = jnp.asarray(points - points.mean(1, keepdims=True))
+  # A rough start: the true depth, flattened and jittered (x, y of visible points are not read).
+  rng = np.random.default_rng(5)
+  rough = truth * jnp.asarray([1.0, 1.0, 0.6]) + jnp.asarray(0.05 * rng.normal(size=truth.shape), jnp.float32)
+  vis = (rng.random((F, P)) > 0.15).astype(np.float32)
+  garbage = np.where(vis[..., None] > 0, tracks, 1e3).astype(np.float32)
+  a = classic.procrustean(jnp.asarray(tracks), jnp.asarray(vis), rough, num_iters=PND_ITERS)
+  b = classic.procrustean(jnp.asarray(garbage), jnp.asarray(vis), rough, num_iters=PND_ITERS)
+  chex.assert_shape((a.points, a.shapes, a.rotations, a.translation), ((F, P, 3), (F, P, 3), (F, 3, 3), (F, 2)))
+  np.testing.assert_allclose(a.points, b.points, atol=1e-4)
+  before = float(metrics.e3d_akhter(rough, truth))
+  after = float(metrics.e3d_akhter(a.points, truth))
+  assert after < 0.5 * before, (before, after)
+  # The shapes and cameras are one factorisation of the points; x, y reproject the visible 2D.
+  np.testing.assert_allclose(geometry.rotate(a.shapes, a.rotations), a.points, atol=1e-4)
+  placed = a.points[..., :2] + a.translation[:, None]
+  assert float(jnp.max(jnp.abs((placed - tracks) * vis[..., None]))) < 2e-2
+
+
+@pytest.mark.slow
+def test_procrustean_jits_and_vmaps_over_sequences_and_fit_runs_it_from_the_prior_free_solution():
+  seqs = [_synthetic(seed=s) for s in (0, 3)]
+  tracks = jnp.asarray(np.stack([t for t, _, _ in seqs]))
+  inits = jnp.asarray(np.stack([p - p.mean(1, keepdims=True) for _, p, _ in seqs]))
+  # (Every call with a visibility array and PND_ITERS: one compiled program for the single calls
+  # here, in the test above and in fit.)
+  solve = functools.partial(classic.procrustean, num_iters=PND_ITERS)
+  ones = jnp.ones((F, P))
+  batched = jax.vmap(lambda t, i: solve(t, ones, i).points)(tracks, inits)
+  for i in range(2):
+    np.testing.assert_allclose(batched[i], solve(tracks[i], ones, inits[i]).points, atol=2e-3)
+  rec, info = classic.fit('procrustean', tracks[0], shape_bases=(2,), procrustean_iters=PND_ITERS)
+  assert info['num_bases'] == 2 and info['procrustean_iters'] == PND_ITERS
+  assert float(metrics.e3d_akhter(rec.points, jnp.asarray(seqs[0][1]))) < 2e-2
