@@ -560,7 +560,7 @@ def procrustean(
     visibility: Array | None,
     init: Array,
     *,
-    num_iters: int = 200,
+    num_iters: int = 100,
     initial_noise: float = 1e-4,
     jitter: float = 1e-4,
     batch_size: int = 64,
@@ -596,7 +596,7 @@ def procrustean(
     visibility: ``[F, P]`` or None (all visible).
     init: ``[F, P, 3]`` camera-frame reconstruction to start from (its ``x, y`` are not read
       where the 2D is visible).
-    num_iters: EM iterations.
+    num_iters: EM iterations (:func:`fit` uses :data:`PROCRUSTEAN_ITERS`, the same 100).
     initial_noise: the first noise variance, relative to the tracks' mean squared norm per frame.
     jitter: added to the second moment's diagonal (relative to its mean diagonal) before it is
       inverted.
