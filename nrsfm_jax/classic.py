@@ -544,7 +544,7 @@ def _pnd_null(mean: Array) -> Array:
 
 
 def _pnd_precision(mean: Array, moment: Array, jitter: Array) -> Array:
-  """The PND's shape precision ``N(N ᵀ H N)⁻¹Nᵀ`` on the deformation subspace, from the aligned
+  """The PND's shape precision ``N (Nᵀ H N)⁻¹ Nᵀ`` on the deformation subspace, from the aligned
   shapes' second moment ``moment [3Q, 3Q]`` (``N`` the complement of :func:`_pnd_null`; written
   as ``H⁻¹ − H⁻¹ Z (Zᵀ H⁻¹ Z)⁻¹ Zᵀ H⁻¹`` with ``Z`` the null directions, so no basis is built)."""
   n = moment.shape[0]
