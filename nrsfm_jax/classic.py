@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nrsfm_jax import geometry
+
 Array = jax.Array
 
 
@@ -526,10 +528,8 @@ def pnd_alignment(shape: Array, mean: Array) -> tuple[Array, Array]:
   component along the mean exactly the mean, ``⟨scale · shape R, mean⟩ = ‖mean‖² = 1`` for a
   unit mean, so the rest (the deformation) is orthogonal to it.
   """
-  u, sv, vt = jnp.linalg.svd(shape.T @ mean)
-  d = jnp.where(jnp.linalg.det(u @ vt) < 0, -1.0, 1.0).astype(shape.dtype)
-  rotation = (u * jnp.stack([jnp.ones_like(d), jnp.ones_like(d), d])) @ vt
-  return 1.0 / jnp.maximum(sv[0] + sv[1] + d * sv[2], 1e-12), rotation
+  rotation = geometry.rotation_from_covariance(shape.T @ mean)
+  return 1.0 / jnp.maximum(jnp.sum((shape @ rotation) * mean), 1e-12), rotation
 
 
 def _pnd_null(mean: Array) -> Array:
@@ -550,8 +550,9 @@ def _pnd_precision(mean: Array, moment: Array, jitter: Array) -> Array:
   n = moment.shape[0]
   h = moment + jitter * jnp.eye(n, dtype=moment.dtype)
   hinv = jnp.linalg.inv(0.5 * (h + h.T))
-  hz = hinv @ _pnd_null(mean)
-  return hinv - hz @ jnp.linalg.solve(_pnd_null(mean).T @ hz, hz.T)
+  null = _pnd_null(mean)
+  hz = hinv @ null
+  return hinv - hz @ jnp.linalg.solve(null.T @ hz, hz.T)
 
 
 @functools.partial(jax.jit, static_argnames=('num_iters', 'batch_size', 'update_mean'))
