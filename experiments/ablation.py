@@ -62,11 +62,13 @@ flags.DEFINE_float(
 flags.DEFINE_enum(
     'stack_anchor_row',
     'lifter',
-    list(ablation.PER_FRAME_ROWS),
+    list(ablation.ANCHORS),
     'cmu17 with --stack_anchor > 0: the per-frame row whose reconstructions the stacked rows fit. '
     "c3dpo_lifter (add it to --rows): C3DPO's recipe lifter (1024 x 6; about 20 CPU-minutes per fold), "
     'so the small temporal student learns from the larger per-frame lifter (README, "A temporal student '
-    'of C3DPO\'s lifter"); the stacked rows still start from the lifter row.',
+    'of C3DPO\'s lifter"); the stacked rows still start from the lifter row. classic_<solver>: that classic '
+    "solver's reconstruction of each training sequence where its knees and elbows agree on a body "
+    "(nrsfm_jax.teacher.classic_targets), the lifter row's elsewhere; no 3D read.",
 )
 flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequences (bundled names).')
 flags.DEFINE_list(

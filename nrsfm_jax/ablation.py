@@ -91,6 +91,44 @@ ROW_STACK_OVERRIDES: dict[str, dict[str, Any]] = {'teacher': {'model.tcn_causal'
 
 # Stacked rows that `anchor` keeps near the lifter row (the teacher row has its teacher instead).
 ANCHORED_ROWS = ('windows', 'smooth', 'tcn')
+# What they may be anchored to: a per-frame row's reconstructions, or a classic solver's
+# reconstruction of each training sequence where it looks like a body, the lifter row's elsewhere
+# (:func:`classic_anchor`).
+ANCHORS = PER_FRAME_ROWS + tuple(f'classic_{s}' for s in classic.SOLVERS)
+# Where a cross-subject run keeps the classic solutions its folds share (beside the fold dirs).
+CLASSIC_CACHE = 'classic_cache'
+
+
+def classic_anchor(
+    cfg: ml_collections.ConfigDict, workdir: str, solver: str, log: Callable[[str], None] = print
+) -> str:
+  """The anchor file of a stacked row fitting a classic solver: ``<workdir>/anchor_classic_<solver>.npz``.
+
+  Every training sequence and view is solved by ``classic.fit(solver)`` from its 2D
+  (:func:`teacher.classic_targets`); where the solution's knees and elbows agree on the body's
+  depth sign (:data:`teacher.CLASSIC_AGREEMENT`) its windows fit it, elsewhere the lifter row's
+  own reconstructions (``<workdir>/lifter``), as ``stack_anchor`` does. No 3D is read. Made once per
+  workdir (reused while it matches the training windows); the solutions are cached in
+  ``<workdir>/../classic_cache/<solver>``, shared by the folds of a cross-subject run. Beside it,
+  ``anchor_classic_<solver>.json`` lists every sequence's hinge agreement and whether it passed.
+  """
+  path = os.path.abspath(os.path.join(workdir, f'anchor_classic_{solver}.npz'))
+  train_ds = data_lib.make_dataset(cfg.data, 'train', seed=cfg.seed)
+  if os.path.exists(path):
+    try:
+      data_lib.load_pseudo3d(path, train_ds)
+      log(f'anchor: {path} (made before)')
+      return path
+    except ValueError as e:
+      log(f'anchor: {e}; making it again')
+  cache = os.path.join(os.path.dirname(os.path.abspath(workdir)), CLASSIC_CACHE, solver)
+  hinges = cfg.loss.terms.hinges.hinges
+  targets, passed, info = teacher.classic_targets(train_ds, solver, hinges, cache_dir=cache, log=log)
+  lifter = teacher.reconstruction_targets(os.path.join(workdir, 'lifter'), train_ds, resolve_flips=False, log=log)
+  os.makedirs(workdir, exist_ok=True)
+  data_lib.save_pseudo3d(path, np.where(passed[:, None, None, None], targets, lifter), train_ds)
+  loop.write_json_atomic(path[: -len('.npz')] + '.json', info)
+  return path
 
 
 def stacked(
@@ -159,16 +197,21 @@ def _run_rows(
   rows = _check_rows(rows, 'teacher' in rows and teacher_config().teacher.mode == 'self')
   if stack and 'lifter' not in rows:
     raise ValueError('stack=True builds every row on the lifter row: include lifter in the rows.')
-  if anchor_row not in PER_FRAME_ROWS:
-    raise ValueError(f'anchor_row={anchor_row!r}: the stacked rows are anchored to one of {PER_FRAME_ROWS}.')
-  if stack and anchor and anchor_row not in rows and any(r in ANCHORED_ROWS for r in rows):
+  if anchor_row not in ANCHORS:
+    raise ValueError(f'anchor_row={anchor_row!r}: the stacked rows are anchored to one of {ANCHORS}.')
+  per_frame = anchor_row in PER_FRAME_ROWS
+  if stack and anchor and per_frame and anchor_row not in rows and any(r in ANCHORED_ROWS for r in rows):
     raise ValueError(f'the stacked rows are anchored to the {anchor_row} row: include {anchor_row} in the rows.')
   for row in rows:
     cfg = student_config(row)
     if stack and row not in PER_FRAME_ROWS:
       cfg = stacked(cfg, os.path.join(workdir, 'lifter'), _stack_overrides_for(stack, row))
       if anchor and row in ANCHORED_ROWS:
-        cfg.train.pseudo3d = os.path.abspath(os.path.join(workdir, anchor_row))
+        cfg.train.pseudo3d = (
+            os.path.abspath(os.path.join(workdir, anchor_row))
+            if per_frame
+            else classic_anchor(cfg, workdir, anchor_row[len('classic_') :], log)
+        )
         cfg.loss.terms.teacher.weight = anchor
     row_dir = os.path.join(workdir, row)
     t0 = time.time()
@@ -222,6 +265,9 @@ def run_cmu17(
   where the temporal terms do not ask it to. ``anchor_row='c3dpo_lifter'``: they fit that row's
   reconstructions instead (C3DPO's recipe lifter; they still start from the lifter row), so the
   small temporal student learns from the larger per-frame lifter.
+  ``anchor_row='classic_<solver>'``: they fit a classic solver's reconstruction of each
+  training sequence where its knees and elbows agree on a body, the lifter row's elsewhere
+  (:func:`classic_anchor`).
   """
   student_config = student_config or (lambda row: row_config('default', row))
   teacher_config = teacher_config or (lambda: configs.get('teacher', teacher_mode))

@@ -642,10 +642,10 @@ def procrustean(
     # of 17 points at batch 64 never returned; 85 at batch 85 took 1.6 s).
     size = min(batch_size, num_frames)
     pad = -num_frames % size
-    args = (s, r, obs_prec, lin)
+    args = [s, r, obs_prec, lin]
     if pad:
-      args = tuple(jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)], 0) for a in args)
-    mu, cov = jax.lax.map(one, args, batch_size=size)
+      args = [jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)], 0) for a in args]
+    mu, cov = jax.lax.map(one, tuple(args), batch_size=size)
     return mu[:num_frames], cov[:num_frames]
 
   def align_all(means, mean):

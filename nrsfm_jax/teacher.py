@@ -38,6 +38,7 @@ import optax
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import (
+    classic,
     configs,
     diffusion,
     geometry,
@@ -173,6 +174,109 @@ def hinge_weights(targets: np.ndarray, mask: np.ndarray, hinges, mode: str) -> n
       weights[..., b] *= ~out[..., h]
       weights[..., c] *= ~out[..., h]
   return weights * (np.asarray(mask)[..., None] > 0)
+
+
+# A classic reconstruction of a training sequence counts as a body (:func:`classic_targets`) when
+# this share of its (frame, hinge) pairs bend the anatomical way, after its depth sign is chosen
+# by the same vote. Fixed a priori (knees and elbows bend one way; a solution that has them bend
+# both ways in more than a tenth of the pairs has not found the body's depth), not tuned on 3D.
+CLASSIC_AGREEMENT = 0.9
+
+
+def hinge_agreement(points: np.ndarray, visibility: np.ndarray, hinges) -> float:
+  """Share of the (frame, hinge) pairs of ``points [F, P, 3]`` that bend the anatomical way.
+
+  Only pairs whose five joints are all visible (``visibility [F, P]``) count; NaN if none does.
+  A depth flip turns the share ``a`` into ``1 − a`` (:func:`losses.hinge_bend` changes sign).
+  """
+  idx = np.asarray(hinges, np.int64)
+  bend = np.asarray(losses.hinge_bend(jnp.asarray(points, jnp.float32), tuple(map(tuple, idx))))  # [F, H]
+  seen = np.all(np.asarray(visibility)[:, idx] > 0, -1)  # [F, H]
+  return float(np.mean(bend[seen] > 0)) if seen.any() else float('nan')
+
+
+def classic_targets(
+    dataset: data_lib.WindowDataset,
+    solver: str,
+    hinges,
+    *,
+    agreement: float = CLASSIC_AGREEMENT,
+    cache_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
+  """A classic NRSfM solver's reconstruction of every training sequence, and which look like a body.
+
+  Each (sequence, view) of ``dataset`` is put back together whole (:func:`data.reassemble`) and
+  solved from its 2D alone by :func:`classic.fit` (``solver``). Its depth sign is the one under
+  which most of its knees and elbows bend the anatomical way (:func:`hinge_agreement`), and it
+  *passes* when that share reaches ``agreement``. On sequences where the body barely turns
+  before the fixed camera the classic solvers cannot recover the depth, and their hinges then
+  bend both ways; no 3D is read.
+
+  Args:
+    dataset: training windows (normalised 2D).
+    solver: one of :data:`classic.SOLVERS`.
+    hinges: ``(a, b, c, l, r)`` joint indices (``data.CMU_HINGES``).
+    agreement: the share a sequence needs to pass.
+    cache_dir: where each (sequence, view) solution is kept in the data's units with the 2D it
+      was fitted to (``<name>_v<view>.npz``), reused when the 2D is the same (folds of a
+      cross-subject run share them); None: no cache.
+    log: progress sink.
+
+  Returns:
+    ``(targets [N, L, P, 3], passed [N], info)``: root-relative targets in normalised units,
+    whether each window's sequence passed, and per ``'<name>/<view>'`` its share, sign and
+    frame count.
+  """
+  if solver not in classic.SOLVERS:
+    raise ValueError(f'unknown classic solver {solver!r}; expected one of {classic.SOLVERS}.')
+  if not 0.5 <= agreement <= 1.0:
+    raise ValueError(f'agreement must be in [0.5, 1], got {agreement}.')
+  hinges = tuple(tuple(int(i) for i in h) for h in hinges)
+  if not hinges or max(max(h) for h in hinges) >= dataset.num_points:
+    raise ValueError(
+        f"classic targets choose each sequence's depth sign by its knees and elbows: the hinges must be "
+        f"(a, b, c, l, r) joint indices below the data's {dataset.num_points} points; got {hinges!r}."
+    )
+  tracks = data_lib.reassemble(dataset, dataset.keypoints * dataset.scale)
+  visibility = data_lib.reassemble(dataset, dataset.visibility)
+  solutions, info = {}, {}
+  t0 = time.time()
+  for i, ((name, view), kp) in enumerate(sorted(tracks.items())):
+    vis = visibility[(name, view)]
+    path = os.path.join(cache_dir, f'{name}_v{view}.npz') if cache_dir else None
+    points = None
+    if path and os.path.exists(path):
+      with np.load(path) as f:
+        if f['tracks'].shape == kp.shape and np.array_equal(f['tracks'], kp) and np.array_equal(f['visibility'], vis):
+          points = f['points']
+    if points is None:
+      points = np.asarray(classic.fit(solver, jnp.asarray(kp), jnp.asarray(vis))[0].points, np.float32)
+      if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        np.savez(path + '.tmp.npz', tracks=kp, visibility=vis, points=points)
+        os.replace(path + '.tmp.npz', path)
+    share = hinge_agreement(points, vis, hinges)
+    flipped = bool(share < 0.5)
+    if flipped:
+      points = points * np.asarray([1.0, 1.0, -1.0], np.float32)
+      share = 1.0 - share
+    passed = bool(share >= agreement)
+    solutions[(name, view)] = points / dataset.scale
+    info[f'{name}/{view}'] = dict(agreement=round(share, 4), passed=passed, flipped=flipped, frames=len(kp))
+    if (i + 1) % 20 == 0 or i + 1 == len(tracks):
+      log(f'classic {solver}: {i + 1}/{len(tracks)} sequences and views ({time.time() - t0:.0f} s)')
+  targets = data_lib.rewindow(dataset, solutions)
+  passed = np.asarray(
+      [info[f'{dataset.names[s]}/{int(v)}']['passed'] for s, v in zip(dataset.sequence_ids, dataset.view_ids)]
+  )
+  frames = sum(d['frames'] for d in info.values())
+  kept = sum(d['frames'] for d in info.values() if d['passed'])
+  log(
+      f'classic {solver} targets: {sum(d["passed"] for d in info.values())} of {len(info)} sequences and views '
+      f'pass (hinge agreement >= {agreement:g}): {kept} of {frames} frames'
+  )
+  return np.asarray(geometry.root_relative(targets), np.float32), passed, info
 
 
 # ----------------------------------------------------------------------------

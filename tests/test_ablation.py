@@ -252,6 +252,35 @@ def test_stack_anchor_points_the_stage2_rows_at_the_lifter_run(tmp_path, monkeyp
   assert trained['lifter'].train.pseudo3d == '' and trained['lifter'].loss.terms.teacher.weight == 0
 
 
+def test_stack_anchor_to_a_classic_solver_mixes_its_bodies_with_the_lifter_run(tmp_path, monkeypatch):
+  trained, calls = {}, []
+
+  def fake_train(cfg, workdir, log=print):
+    trained[os.path.basename(workdir)] = cfg
+    return {'overall': {}}
+
+  def fake_classic(ds, solver, hinges, *, cache_dir, log):
+    calls.append((solver, cache_dir))
+    passed = np.arange(ds.num_windows) % 2 == 0
+    return np.ones(ds.keypoints.shape[:-1] + (3,), np.float32), passed, {'a/0': {'passed': True}}
+
+  lifter = lambda workdir, ds, **kw: np.full(ds.keypoints.shape[:-1] + (3,), 2.0, np.float32)
+  monkeypatch.setattr(ablation.train_lib, 'train_and_evaluate', fake_train)
+  monkeypatch.setattr(ablation.teacher, 'classic_targets', fake_classic)
+  monkeypatch.setattr(ablation.teacher, 'reconstruction_targets', lifter)
+  workdir = tmp_path / 'fold_006'
+  rows = ['lifter', 'windows', 'tcn']
+  ablation.run_cmu17(str(workdir), rows, stack=True, anchor=1.0, anchor_row='classic_procrustean', log=print)
+  path = str(workdir / 'anchor_classic_procrustean.npz')
+  for row in ('windows', 'tcn'):
+    assert trained[row].train.pseudo3d == path and trained[row].train.init_from == str(workdir / 'lifter')
+  assert calls == [('procrustean', str(tmp_path / ablation.CLASSIC_CACHE / 'procrustean'))]  # Made once.
+  with np.load(path) as f:
+    np.testing.assert_array_equal(f['pseudo3d'][0::2], 1.0)  # Windows whose sequence passed: the classic solution.
+    np.testing.assert_array_equal(f['pseudo3d'][1::2], 2.0)  # The others: the lifter run's reconstructions.
+  assert json.load(open(path.replace('.npz', '.json'))) == {'a/0': {'passed': True}}
+
+
 def test_results_without_deep_rows_have_no_empty_diagnostics_table(tmp_path):
   from nrsfm_jax import ablation
 

@@ -302,3 +302,51 @@ def test_novel_views_turn_targets_and_project_their_2d():
   config.teacher.novel_views = 1.5
   with pytest.raises(configs.ConfigError, match='teacher.novel_views'):
     configs.validate(config)
+
+
+def _turning_body(frames: int = 120):
+  """A bundled trial's true 3D turned half a circle about the vertical over its frames (a body that
+  turns before the camera, so a classic solver can recover its depth), in the camera frame."""
+  points = data.load_mocap(subjects='006')['006_10'][:frames].astype(np.float64)
+  yaw = np.linspace(0.0, np.pi, frames)
+  c, s = np.cos(yaw), np.sin(yaw)
+  turn = np.stack(
+      [np.stack([c, 0 * c, s], -1), np.stack([0 * c, 1 + 0 * c, 0 * c], -1), np.stack([-s, 0 * c, c], -1)], 1
+  )
+  centred = points - points.mean(1, keepdims=True)
+  return np.einsum('fij,fpj->fpi', turn, centred).astype(np.float32)
+
+
+def test_hinge_agreement_is_high_on_a_body_and_flips_with_the_depth():
+  body = _turning_body()
+  vis = np.ones(body.shape[:2], np.float32)
+  share = teacher.hinge_agreement(body, vis, data.CMU_HINGES)
+  mirrored = teacher.hinge_agreement(body * np.asarray([1.0, 1.0, -1.0], np.float32), vis, data.CMU_HINGES)
+  assert share > 0.9 and abs(share + mirrored - 1.0) < 1e-6
+  assert np.isnan(teacher.hinge_agreement(body, np.zeros_like(vis), data.CMU_HINGES))
+
+
+def test_classic_targets_recover_a_turning_body_with_its_depth_sign_and_cache_it(tmp_path, monkeypatch):
+  body = _turning_body()
+  sequences = {'turn': (body[None], body[None, ..., :2], np.ones((1,) + body.shape[:2], np.float32))}
+  ds = data.build_dataset(sequences, length=50)
+  logs = []
+  targets, passed, info = teacher.classic_targets(
+      ds, 'prior_free', data.CMU_HINGES, cache_dir=str(tmp_path), log=logs.append
+  )
+  assert targets.shape == ds.keypoints.shape[:-1] + (3,) and passed.all() and info['turn/0']['passed']
+  truth = np.asarray(teacher.supervised_targets(ds))
+  real = ds.mask > 0
+  rel = lambda x: np.linalg.norm(x - truth, axis=-1)[real].mean() / np.linalg.norm(truth, axis=-1)[real].mean()
+  err, mirrored = rel(targets), rel(targets * np.asarray([1.0, 1.0, -1.0], np.float32))
+  assert err < 0.15 and err < 0.5 * mirrored, (err, mirrored)  # Near the body, with its depth sign.
+  assert os.path.exists(tmp_path / 'turn_v0.npz') and 'pass' in logs[-1]
+
+  def refit(*args, **kwargs):
+    raise AssertionError('the cached solution should have been reused')
+
+  monkeypatch.setattr(teacher.classic, 'fit', refit)
+  again, _, _ = teacher.classic_targets(ds, 'prior_free', data.CMU_HINGES, cache_dir=str(tmp_path), log=logs.append)
+  np.testing.assert_array_equal(again, targets)
+  with pytest.raises(ValueError, match='below the data'):
+    teacher.classic_targets(ds, 'prior_free', ((0, 1, 2, 3, 40),))
