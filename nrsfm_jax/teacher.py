@@ -241,7 +241,7 @@ def classic_targets(
   tracks = data_lib.reassemble(dataset, dataset.keypoints * dataset.scale)
   visibility = data_lib.reassemble(dataset, dataset.visibility)
   solutions, info = {}, {}
-  t0 = time.time()
+  t0, last_length = time.time(), -1
   for i, ((name, view), kp) in enumerate(sorted(tracks.items())):
     vis = visibility[(name, view)]
     path = os.path.join(cache_dir, f'{name}_v{view}.npz') if cache_dir else None
@@ -251,6 +251,12 @@ def classic_targets(
         if f['tracks'].shape == kp.shape and np.array_equal(f['tracks'], kp) and np.array_equal(f['visibility'], vis):
           points = f['points']
     if points is None:
+      if len(kp) != last_length:
+        # Each new length compiles every candidate afresh; over a few hundred sequences the kept
+        # executables exhausted the process's memory maps ("LLVM compilation error: Cannot
+        # allocate memory" after 120 of 144 sequences of the bundled cmu17), so they are dropped.
+        jax.clear_caches()
+        last_length = len(kp)
       points = np.asarray(classic.fit(solver, jnp.asarray(kp), jnp.asarray(vis))[0].points, np.float32)
       if path:
         os.makedirs(cache_dir, exist_ok=True)
