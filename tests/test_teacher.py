@@ -1,5 +1,6 @@
 """The diffusion teacher end to end on tiny settings: supervised and self modes, cache, student use."""
 
+import dataclasses
 import json
 import os
 
@@ -348,5 +349,9 @@ def test_classic_targets_recover_a_turning_body_with_its_depth_sign_and_cache_it
   monkeypatch.setattr(teacher.classic, 'fit', refit)
   again, _, _ = teacher.classic_targets(ds, 'prior_free', data.CMU_HINGES, cache_dir=str(tmp_path), log=logs.append)
   np.testing.assert_array_equal(again, targets)
+  # Another fold's 2D scale: the same 2D a few ulps apart still reads the cache.
+  rescaled = dataclasses.replace(ds, keypoints=ds.keypoints / np.float32(1.1), scale=ds.scale * 1.1)
+  other, _, _ = teacher.classic_targets(rescaled, 'prior_free', data.CMU_HINGES, cache_dir=str(tmp_path))
+  np.testing.assert_allclose(other * 1.1, targets, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match='below the data'):
     teacher.classic_targets(ds, 'prior_free', ((0, 1, 2, 3, 40),))
