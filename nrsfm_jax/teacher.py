@@ -232,12 +232,13 @@ def classic_targets(
     raise ValueError(f'unknown classic solver {solver!r}; expected one of {classic.SOLVERS}.')
   if not 0.5 <= agreement <= 1.0:
     raise ValueError(f'agreement must be in [0.5, 1], got {agreement}.')
-  hinges = tuple(tuple(int(i) for i in h) for h in hinges)
-  if not hinges or max(max(h) for h in hinges) >= dataset.num_points:
-    raise ValueError(
-        f"classic targets choose each sequence's depth sign by its knees and elbows: the hinges must be "
-        f"(a, b, c, l, r) joint indices below the data's {dataset.num_points} points; got {hinges!r}."
-    )
+  hinges = configs.hinge_indices(
+      hinges,
+      dataset.num_points,
+      key='loss.terms.hinges.hinges',
+      user="classic anchor's depth sign",
+      fix='loss.terms.hinges.hinges for this skeleton, or keep the lifter row as the anchor',
+  )
   tracks = data_lib.reassemble(dataset, dataset.keypoints * dataset.scale)
   visibility = data_lib.reassemble(dataset, dataset.visibility)
   solutions, info = {}, {}
@@ -268,7 +269,7 @@ def classic_targets(
     share = hinge_agreement(points, vis, hinges)
     flipped = bool(share < 0.5)
     if flipped:
-      points = points * np.asarray([1.0, 1.0, -1.0], np.float32)
+      points = np.asarray(geometry.flip_depth(points), np.float32)
       share = 1.0 - share
     passed = bool(share >= agreement)
     solutions[(name, view)] = points / dataset.scale
