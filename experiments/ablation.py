@@ -74,8 +74,8 @@ flags.DEFINE_list('sequences', list(ablation.NRSFM_SEQUENCES), 'nrsfm-mocap sequ
 flags.DEFINE_list(
     'classic',
     list(classic.SOLVERS),
-    'nrsfm: classic solvers scored beside the deep rows (nrsfm_jax.classic.fit; sizes chosen by 2D '
-    'cross-validation, no 3D read); --classic= runs none.',
+    'nrsfm: classic solvers scored beside the deep rows (nrsfm_jax.classic.fit_many; sizes chosen from '
+    'the 2D alone, no 3D read; the solvers share one prior-free fit); --classic= runs none.',
 )
 flags.DEFINE_enum(
     'teacher_mode',

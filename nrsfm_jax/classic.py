@@ -36,6 +36,7 @@ lowest rank (:func:`shape_rank_ratio`), the DCT size by agreement with that solu
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -710,15 +711,35 @@ def fit(
     tracks: Array,
     visibility: Array | None = None,
     key: Array | None = None,
+    **kwargs,
+) -> tuple[Reconstruction, dict[str, object]]:
+  """A classic solver with its sizes chosen from the 2D alone, no 3D read.
+
+  ``fit(solver, ...)`` is ``fit_many((solver,), ...)[solver]``: see :func:`fit_many` for the
+  solvers, their size choices and the arguments.
+
+  Returns:
+    ``(reconstruction, info)``; ``info`` holds the chosen sizes and every candidate's criterion.
+  """
+  return fit_many((solver,), tracks, visibility, key, **kwargs)[solver]
+
+
+def fit_many(
+    solvers: tuple[str, ...] | list[str],
+    tracks: Array,
+    visibility: Array | None = None,
+    key: Array | None = None,
     *,
     shape_bases: tuple[int, ...] = SHAPE_BASES,
     trajectory_bases: tuple[int, ...] = TRAJECTORY_BASES,
     fraction: float = 0.1,
     criterion: str = 'low_rank',
     procrustean_iters: int = PROCRUSTEAN_ITERS,
-) -> tuple[Reconstruction, dict[str, object]]:
-  """A classic solver with its sizes chosen from the 2D alone, no 3D read.
+) -> dict[str, tuple[Reconstruction, dict[str, object]]]:
+  """Several classic solvers on one sequence, sharing their prior-free stage; no 3D read.
 
+  Every solver starts from the prior-free solution, so asking for several at once fits the
+  prior-free candidates once (``fit`` asks for one).
   ``prior_free``: ``K`` (the rank ``3K`` of the camera recovery, :func:`cameras`) from
   ``shape_bases``. Every candidate's nuclear-norm shapes reproject the 2D about equally well,
   so ``criterion='low_rank'`` (default) keeps the candidate whose shapes are of lowest rank
@@ -733,7 +754,7 @@ def fit(
   candidate compiles once per sequence shape.
 
   Args:
-    solver: one of :data:`SOLVERS`.
+    solvers: names from :data:`SOLVERS` (at least one).
     tracks: ``[F, P, 2]``.
     visibility: ``[F, P]`` (default all visible).
     key: PRNG key (default ``PRNGKey(0)``).
@@ -745,10 +766,15 @@ def fit(
     procrustean_iters: :func:`procrustean`'s EM iterations (``solver='procrustean'``).
 
   Returns:
-    ``(reconstruction, info)``; ``info`` holds the chosen sizes and every candidate's criterion.
+    ``{solver: (reconstruction, info)}``; each ``info`` holds the chosen sizes, every candidate's
+    criterion and ``seconds`` (wall time of the shared prior-free stage plus the solver's own).
   """
-  if solver not in SOLVERS:
-    raise ValueError(f'unknown classic solver {solver!r}; expected one of {SOLVERS}.')
+  solvers = tuple(solvers)
+  if not solvers:
+    raise ValueError(f'no classic solver asked for; expected some of {SOLVERS}.')
+  for solver in solvers:
+    if solver not in SOLVERS:
+      raise ValueError(f'unknown classic solver {solver!r}; expected one of {SOLVERS}.')
   if criterion not in CRITERIA:
     raise ValueError(f'unknown criterion {criterion!r}; expected one of {CRITERIA}.')
   key = jax.random.PRNGKey(0) if key is None else key
@@ -763,6 +789,7 @@ def fit(
         f'no shape basis size fits {tracks.shape[0]} frames of {tracks.shape[1]} points: K needs '
         f'3K <= min(2F, P) = {limit}.'
     )
+  t0 = time.perf_counter()
   info: dict[str, object] = {}
   solved, solutions, scores = {}, {}, {}
   for k in shape_bases:
@@ -777,16 +804,38 @@ def fit(
   info.update(num_bases=k, criterion=criterion, **{name: {str(c): e for c, e in scores.items()}})
   centred, solve = solved[k]
   prior = solutions[k] if k in solutions else solve(centred, vis)
-  if solver == 'prior_free':
-    return prior, info
-  if solver == 'procrustean':
-    info.update(procrustean_iters=procrustean_iters)
-    return procrustean(tracks, vis, prior.points, num_iters=procrustean_iters), info
+  jax.block_until_ready(prior.points)
+  shared = time.perf_counter() - t0
+  out: dict[str, tuple[Reconstruction, dict[str, object]]] = {}
+  for solver in solvers:
+    t1 = time.perf_counter()
+    extra: dict[str, object] = {}
+    if solver == 'prior_free':
+      rec = prior
+    elif solver == 'procrustean':
+      rec = procrustean(tracks, vis, prior.points, num_iters=procrustean_iters)
+      extra = {'procrustean_iters': procrustean_iters}
+    else:
+      rec, extra = _trajectory_from(prior, centred, vis, cv_key, trajectory_bases, fraction)
+    jax.block_until_ready(rec.points)
+    out[solver] = rec, {**info, **extra, 'seconds': round(shared + time.perf_counter() - t1, 2)}
+  return out
+
+
+def _trajectory_from(
+    prior: Reconstruction,
+    centred: Array,
+    vis: Array,
+    cv_key: Array,
+    trajectory_bases: tuple[int, ...],
+    fraction: float,
+) -> tuple[Reconstruction, dict[str, object]]:
+  """:func:`fit_many`'s ``trajectory``: DCT shapes on the prior-free cameras, size by agreement."""
   # The DCT size: the one whose reconstruction agrees best with the prior-free one. The 2D
   # cross-validation error falls with every added trajectory (on pickup, 30 bases fit the held-out
   # 2D best while the depth goes wild), so it cannot choose here; it is reported.
   rotations, t, reference = prior.rotations, prior.translation, prior.points
-  num_frames = tracks.shape[0]
+  num_frames = centred.shape[0]
   traj_errors, agreement, candidates = {}, {}, {}
   for b in sorted({min(b, num_frames) for b in trajectory_bases}):
     fit_b = lambda c, v, b=b: reconstruction(trajectory_shapes(c, v, rotations, num_bases=b), rotations, t)
@@ -794,12 +843,11 @@ def fit(
     candidates[b] = fit_b(centred, vis)
     agreement[b] = float(relative_distance(candidates[b].points, reference))
   b = min(agreement, key=lambda c: agreement[c])
-  info.update(
-      trajectory_bases=b,
-      trajectory_agreement={str(c): e for c, e in agreement.items()},
-      trajectory_heldout_error={str(c): e for c, e in traj_errors.items()},
-  )
-  return candidates[b], info
+  return candidates[b], {
+      'trajectory_bases': b,
+      'trajectory_agreement': {str(c): e for c, e in agreement.items()},
+      'trajectory_heldout_error': {str(c): e for c, e in traj_errors.items()},
+  }
 
 
 def relative_distance(points: Array, reference: Array) -> Array:

@@ -147,6 +147,23 @@ def test_fit_chooses_the_lowest_rank_candidate_and_recovers_the_object():
     classic.fit('prior_free', jnp.asarray(tracks), criterion='nope')
 
 
+def test_fit_many_shares_the_prior_free_stage_and_matches_each_fit():
+  tracks, _, _ = _synthetic(seed=3)
+  kw = dict(shape_bases=(2, 3), trajectory_bases=(3, 5), procrustean_iters=5)
+  many = classic.fit_many(('procrustean', 'prior_free', 'trajectory'), jnp.asarray(tracks), **kw)
+  assert list(many) == ['procrustean', 'prior_free', 'trajectory']
+  for solver, (rec, info) in many.items():
+    one, one_info = classic.fit(solver, jnp.asarray(tracks), **kw)
+    np.testing.assert_allclose(rec.points, one.points, rtol=1e-5, atol=1e-5)
+    assert info['num_bases'] == one_info['num_bases'] and float(info['seconds']) > 0
+  assert many['procrustean'][1]['procrustean_iters'] == 5 and 'trajectory_bases' in many['trajectory'][1]
+  assert 'trajectory_bases' not in many['prior_free'][1]
+  with pytest.raises(ValueError, match='no classic solver'):
+    classic.fit_many((), jnp.asarray(tracks))
+  with pytest.raises(ValueError, match="unknown classic solver 'pnd'"):
+    classic.fit_many(('prior_free', 'pnd'), jnp.asarray(tracks))
+
+
 def test_classic_study_scores_every_candidate_and_names_each_criterions_pick(tmp_path):
   from nrsfm_jax import ablation
 
