@@ -713,7 +713,12 @@ def teacher_table(teacher_eval: dict[str, Any], metric: str = 'mpjpe') -> str:
 
 
 def nrsfm_table(results: dict[str, Any]) -> str:
-  """Markdown: e3D / e3D-akhter per sequence and row, next to BMM and EM-PND's e3D-akhter."""
+  """Markdown: e3D / e3D-akhter per sequence and row, next to BMM and EM-PND's e3D-akhter.
+
+  An e3D-akhter in bold beats BMM's; one marked ‡ also beats EM-PND's. Where classic rows are
+  present, a second table gives their fit times (``eval.json``'s ``seconds``: the whole
+  ``classic.fit`` of that solver on the sequence, candidate sizes and compilation included).
+  """
   titles = dict(TITLES, **CLASSIC_TITLES)
   rows = [r for r in titles if any(r in v for v in results.values())]
   lines = [
@@ -726,13 +731,24 @@ def nrsfm_table(results: dict[str, Any]) -> str:
       if r in res:
         s = next(iter(res[r]['per_sequence'].values()))
         best = s['e3d_akhter'] < BMM.get(seq, -1)
-        cells.append(f'{s["e3d"]:.4f} / {"**" if best else ""}{s["e3d_akhter"]:.4f}{"**" if best else ""}')
+        mark = ' ‡' if s['e3d_akhter'] < PND.get(seq, -1) else ''
+        cells.append(f'{s["e3d"]:.4f} / {"**" if best else ""}{s["e3d_akhter"]:.4f}{"**" if best else ""}{mark}')
       else:
         cells.append('')
     lines.append(
         f'| {seq} | ' + ' | '.join(cells) + f' | {BMM.get(seq, float("nan")):.4f} | '
         f'{PND.get(seq, float("nan")):.4f} |'
     )
+  timed = [r for r in rows if r in CLASSIC_TITLES]
+  if timed:
+    lines += [
+        '',
+        '| sequence (fit seconds, this machine) | ' + ' | '.join(titles[r] for r in timed) + ' |',
+        '|---|' + '---|' * len(timed),
+    ]
+    for seq, res in results.items():
+      cells = [f'{res[r]["seconds"]:.0f}' if r in res and 'seconds' in res[r] else '' for r in timed]
+      lines.append(f'| {seq} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 

@@ -231,6 +231,11 @@ def test_nrsfm_table_marks_rows_that_beat_bmm():
   entry = lambda e3d, akhter: {'per_sequence': {'drink': {'e3d': e3d, 'e3d_akhter': akhter}}}
   table = ablation.nrsfm_table({'drink': {'tcn': entry(0.5, 0.6), 'teacher': entry(0.01, 0.02)}})
   assert '0.5000 / 0.6000' in table and '0.0100 / **0.0200**' in table and '0.0266' in table
+  assert '‡' not in table and 'fit seconds' not in table  # No classic row, no time table.
+  # Below EM-PND's 0.0047 too: marked; a classic row's fit time gets its own table.
+  pnd = dict(entry(0.002, 0.004), seconds=12.4)
+  table = ablation.nrsfm_table({'drink': {'tcn': entry(0.5, 0.6), 'classic_procrustean': pnd}})
+  assert '0.0020 / **0.0040** ‡' in table and '| drink | 12 |' in table.splitlines()[-1]
 
 
 def test_hinge_weights_leave_out_limbs_bent_against_their_frame(tmp_path):
