@@ -205,16 +205,19 @@ def _run_rows(
   per_frame = anchor_row in PER_FRAME_ROWS
   if stack and anchor and per_frame and anchor_row not in rows and any(r in ANCHORED_ROWS for r in rows):
     raise ValueError(f'the stacked rows are anchored to the {anchor_row} row: include {anchor_row} in the rows.')
+  classic_files: dict[str, str] = {}  # One classic anchor file per data setting, not per row.
   for row in rows:
     cfg = student_config(row)
     if stack and row not in PER_FRAME_ROWS:
       cfg = stacked(cfg, os.path.join(workdir, 'lifter'), _stack_overrides_for(stack, row))
       if anchor and row in ANCHORED_ROWS:
-        cfg.train.pseudo3d = (
-            os.path.abspath(os.path.join(workdir, anchor_row))
-            if per_frame
-            else classic_anchor(cfg, workdir, anchor_row[len('classic_') :], log)
-        )
+        if per_frame:
+          cfg.train.pseudo3d = os.path.abspath(os.path.join(workdir, anchor_row))
+        else:
+          key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str)
+          if key not in classic_files:
+            classic_files[key] = classic_anchor(cfg, workdir, anchor_row[len('classic_') :], log)
+          cfg.train.pseudo3d = classic_files[key]
         cfg.loss.terms.teacher.weight = anchor
     row_dir = os.path.join(workdir, row)
     t0 = time.time()
