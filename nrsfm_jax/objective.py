@@ -235,6 +235,10 @@ def smoothness_term(out, batch, ctx, term):
   )
 
 
+# What the teacher term may hold to its targets (TermConfig option `on`).
+TEACHER_ON = ('points', 'points_init')
+
+
 @register_term('teacher', needs=('pseudo3d',))
 def teacher_term(out, batch, ctx, term):
   """λ_t: distance to the teacher's pseudo-3D ``batch['pseudo3d']``.
@@ -242,12 +246,24 @@ def teacher_term(out, batch, ctx, term):
   With ``confidence_scale > 0`` the trainer adds ``batch['pseudo3d_weight']``
   (``[B, T, P]``, :func:`losses.spread_confidence` of the hypotheses' spread)
   and each joint counts by how much the teacher's hypotheses agree on it.
+
+  ``on``: the camera-frame output(s) held to the targets: ``'points'`` (the refined
+  ``R_t S_t``, the paper's), ``'points_init'`` (the lifter's own ``R_t X_t``, before the
+  TCN: the targets then hold the per-frame lifter and leave the refiner to the other
+  terms), or ``'points+points_init'`` (the mean of both).
   """
   del ctx
+  on = term.get('on', 'points')
+  keys = tuple(on.split('+'))
+  if any(k not in TEACHER_ON for k in keys):
+    raise ValueError(
+        f"config.loss.terms.teacher.on={on!r}: expected {' or '.join(map(repr, TEACHER_ON))}, or both joined by '+'."
+    )
   mask = batch['mask'][..., None]
   if 'pseudo3d_weight' in batch:
     mask = mask * batch['pseudo3d_weight']
-  return Term(*losses.teacher_loss(out['points'], batch['pseudo3d'], mask=mask, kind=term.kind, scale=term.scale))
+  parts = [losses.teacher_loss(out[k], batch['pseudo3d'], mask=mask, kind=term.kind, scale=term.scale) for k in keys]
+  return Term(sum(v for v, _ in parts) / len(parts), parts[0][1])
 
 
 @register_term('bones')

@@ -244,6 +244,34 @@ def test_teacher_term_weighs_joints_by_pseudo3d_weight():
   np.testing.assert_allclose(plain, 1.0 / 17, rtol=1e-5)
 
 
+def test_teacher_term_on_the_lifters_own_points_leaves_the_refiner_to_the_other_terms(setup):
+  _, _, state, batch, _ = setup
+  fn, _ = objective.TERMS['teacher']
+  term = objective.TermConfig(name='teacher', weight=1.0, kind='l2')
+  out = {'points': batch['pseudo3d'] * 1.5, 'points_init': batch['pseudo3d']}
+  b = {'pseudo3d': batch['pseudo3d'] + jnp.arange(17.0)[:, None] * 0.1, 'mask': batch['mask']}
+
+  def value(on, outputs=out):
+    return float(losses.masked_mean(*fn(outputs, b, None, term.replace(options=(('on', on),)))))
+
+  on_points, on_init = value('points'), value('points_init')
+  assert on_points != on_init
+  np.testing.assert_allclose(value('points+points_init'), (on_points + on_init) / 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="teacher.on='shape'"):
+    value('shape')
+  # Through the student: held on points_init, the term sends the TCN refiner no gradient at all;
+  # held on the refined points it does (the refiner is zero at init, so give it some weights first).
+  params = jax.tree.map(lambda x: x + 0.01, state.params)
+  lcfg = objective.LossConfig(terms=(term,))
+  for on, moves in (('points_init', False), ('points', True)):
+    lc = lcfg.replace_term('teacher', on=on)
+    grads = jax.grad(lambda p: objective.compute_loss(p, state.apply_fn, batch, jax.random.PRNGKey(0), lc)[0])(params)
+    refiner = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads['params']['refiner']))
+    lifter = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads['params']['lifter']))
+    assert (refiner > 0) == moves, (on, refiner)
+    assert lifter > 0, on
+
+
 def test_depth_smoothness_term_ignores_image_motion_and_needs_camera_points():
   fn, _ = objective.TERMS['smooth']
   options = (('alpha', 0.0), ('beta', 1.0), ('on', 'points'), ('components', 'depth'))
