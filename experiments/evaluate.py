@@ -7,6 +7,7 @@ r"""Evaluates a trained run on its own eval split or on other data.
   python -m experiments.evaluate --workdir=runs/cmu17 --diagnostics       # + how it errs (depth, rigidity)
   python -m experiments.evaluate --workdir=runs/cmu17 --bone_projection=clip  # bones bounded by their 2D lengths
   python -m experiments.evaluate --workdir=runs/cmu17 --eval_context=none     # bare windows, as before session 26
+  python -m experiments.evaluate --workdir=runs/cmu17 --without_refiner       # the TCN run's per-frame lifter alone
 
 Inputs are normalised with the run's training 2D scale (stored in its checkpoint).
 Writes --output (default <workdir>/evaluate_<data>.json) and <output stem>_predictions.npz.
@@ -49,6 +50,12 @@ _EVAL_CONTEXT = flags.DEFINE_enum(
     "'receptive_field' widens every window by the frames of its sequence that the TCN reads, "
     "'none' scores bare windows (runs made before the key existed read 'none').",
 )
+_WITHOUT_REFINER = flags.DEFINE_bool(
+    'without_refiner',
+    False,
+    "Score a TCN run's per-frame lifter alone (the refiner skipped; default output "
+    'evaluate_<data>_without_refiner.json): what the TCN adds is the difference.',
+)
 _DIAGNOSTICS = flags.DEFINE_bool(
     'diagnostics',
     False,
@@ -79,6 +86,7 @@ def main(argv):
       bone_by=_BONE_BY.value,
       bone_gain=_BONE_GAIN.value,
       eval_context=_EVAL_CONTEXT.value,
+      without_refiner=_WITHOUT_REFINER.value,
   )
   if _DIAGNOSTICS.value:
     config = runs.load_run(_WORKDIR.value)[0]

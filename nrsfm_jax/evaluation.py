@@ -31,9 +31,9 @@ from scipy.ndimage import gaussian_filter1d
 
 from nrsfm_jax import checkpoint as ckpt_lib
 from nrsfm_jax import data as data_lib
-from nrsfm_jax import geometry, losses, metrics, plotting, scoring
+from nrsfm_jax import geometry, losses, metrics, models, plotting, scoring
 from nrsfm_jax.models import Student
-from nrsfm_jax.runs import load_run
+from nrsfm_jax.runs import load_run, model_name
 
 Array = jax.Array
 
@@ -157,6 +157,7 @@ def evaluate_run(
     bone_by: str | None = None,
     bone_gain: float | None = None,
     eval_context: str | None = None,
+    without_refiner: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
   """Evaluates a trained run on its own eval split or on other data.
@@ -182,6 +183,9 @@ def evaluate_run(
     bone_gain: ``'clip'``'s gain instead of the run's ``train.eval_bone_gain``.
     eval_context: ``'receptive_field'`` or ``'none'`` instead of the run's
       ``train.eval_context`` (:func:`scoring.eval_context`).
+    without_refiner: score a TCN run's per-frame lifter alone (its ``points_init``, the TCN
+      refiner skipped: what the refiner adds is the difference); the default output becomes
+      ``evaluate_<name>_without_refiner.json``.
     log: where the console table goes.
 
   Returns:
@@ -193,10 +197,17 @@ def evaluate_run(
   if eval_context is not None:
     config = ml_collections.ConfigDict(config.to_dict())
     config.train.eval_context = eval_context
+  if without_refiner:
+    if model_name(config) != 'student' or not config.model.get('use_refiner', False):
+      raise ValueError(f'without_refiner: {workdir} has no TCN refiner to skip (model.use_refiner is off).')
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.use_refiner = False  # The same lifter weights; the refiner's are left unread.
+    model = models.from_config('student', config.model, int(meta['num_points']))
   dataset, protocol, name = build_eval_dataset(
       config, meta, data=data, sequence=sequence, subjects=subjects, tracks=tracks, protocol=protocol
   )
-  output = output or os.path.join(workdir, f'evaluate_{name}.json')
+  suffix = '_without_refiner' if without_refiner else ''
+  output = output or os.path.join(workdir, f'evaluate_{name}{suffix}.json')
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   pred_path = os.path.splitext(output)[0] + '_predictions.npz'
   projection = scoring.projection_options(config, bone_projection, bone_by, bone_gain)
@@ -220,6 +231,7 @@ def evaluate_run(
       'bone_by': projection.get('by'),
       'bone_gain': projection.get('gain'),
       'eval_context': list(scoring.eval_context(config)),
+      'without_refiner': without_refiner,
       'output': os.path.abspath(output),
       'predictions': os.path.abspath(pred_path),
   }

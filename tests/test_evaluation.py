@@ -55,6 +55,36 @@ def test_evaluate_eval_context_overrides_the_runs(run, tmp_path):
     evaluation.evaluate_run(workdir, eval_context='nope', output=str(tmp_path / 'x.json'), log=lambda s: None)
 
 
+def test_evaluate_without_refiner_scores_the_per_frame_lifter_of_a_tcn_run(run, tmp_path):
+  workdir, _ = run
+  refined = evaluation.evaluate_run(workdir, output=str(tmp_path / 'r.json'), log=lambda s: None)
+  base = evaluation.evaluate_run(workdir, without_refiner=True, log=lambda s: None)
+  assert base['output'] == os.path.join(workdir, 'evaluate_cmu17_006_01_006_09_without_refiner.json')
+  assert base['without_refiner'] and not refined['without_refiner']
+  assert base['eval_context'] == [0, 0]  # A per-frame model reads no context.
+  assert np.isfinite(base['overall']['mpjpe']) and base['overall']['mpjpe'] != refined['overall']['mpjpe']
+  # The same as a student built without the refiner from the same weights, frame for frame.
+  config, _, params, meta = evaluation.load_run(workdir)
+  frames = jnp.asarray(data.make_dataset(config.data, 'eval', scale=meta['scale']).take([0])['keypoints'])
+  vis = jnp.ones(frames.shape[:-1])
+  mask = jnp.ones(frames.shape[:2])
+  full = models.from_config('student', config.model, 17).apply(params, frames, vis, mask)
+  config.model.use_refiner = False
+  alone = models.from_config('student', config.model, 17).apply(params, frames, vis, mask)
+  np.testing.assert_allclose(alone['points'], full['points_init'], atol=1e-6)
+  os.remove(base['output'])
+  os.remove(base['predictions'])
+  lifter_dir = tmp_path / 'lifter'
+  os.makedirs(lifter_dir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  saved['model']['use_refiner'] = False
+  (lifter_dir / 'config.json').write_text(json.dumps(saved))
+  os.symlink(os.path.join(workdir, 'checkpoints'), lifter_dir / 'checkpoints')
+  with pytest.raises(ValueError, match='no TCN refiner'):
+    evaluation.evaluate_run(str(lifter_dir), without_refiner=True, log=lambda s: None)
+
+
 def test_bone_projection_bounds_every_bone_by_its_2d_length(run, tmp_path):
   workdir, _ = run
   plain = evaluation.evaluate_run(

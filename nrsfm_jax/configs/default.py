@@ -17,7 +17,17 @@ against + smoothness's 4.46), a centred TCN at λ_s = 1 (87.0, accel 4.49), a ca
 (``refine_space='camera'``, 006 only: 75.7 against 75.0), and smoothness of the depth's second
 differences alone (``loss.terms.smooth`` with ``components='depth'``, ``alpha=0``, λ_s = 10:
 + smoothness 87.0 mm, accel 4.38; the TCN 87.3; README "Smoothness on the depth alone").
-Neither temporal part yet improves MPJPE, Stress and acceleration together over the row before.
+
+Session 31 (README, "The TCN refines what the anchor does not hold"): an anchored tcn row holds
+the lifter's own ``R_t X_t`` to its anchor (``loss.terms.teacher.on='points_init'``), and the
+refined ``R_t S_t`` answers only to reprojection, smoothness and Ψ. Held on the refined points,
+the zero-initialised TCN learned to copy the anchor's per-frame errors (scored without it,
+``experiments.evaluate --without_refiner``, the row's own lifter was 1.2-1.3 mm better than the
+row). Cross-subject means, one lifter restart: + TCN now improves MPJPE, PA-MPJPE, Stress and
+acceleration error over + smoothness on both anchors (classic: 89.6 / 72.2 / 38.5 / 5.00 against
+91.5 / 74.2 / 39.3 / 5.09; lifter: 96.3 / 75.1 / 39.1 / 5.12 against 97.4 / 76.2 / 39.4 / 5.34).
++ smoothness still does not improve MPJPE over the ``windows`` control (91.5 against 91.4 on the
+classic anchor; 91.9 at λ_s = 1).
 """
 
 import ml_collections
