@@ -70,10 +70,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _DIAGNOSTICS.value and (_SUBJECTS.value or _SEQUENCE.value or _TRACKS.value or _STEP.value is not None):
+  if _DIAGNOSTICS.value and (
+      _SUBJECTS.value or _SEQUENCE.value or _TRACKS.value or _STEP.value is not None or _WITHOUT_REFINER.value
+  ):
     raise app.UsageError(
-        "--diagnostics reads the run's own eval split at its latest step: drop --subjects, "
-        '--sequence, --tracks and --step.'
+        "--diagnostics reads the run's own eval split at its latest step, refiner included: drop --subjects, "
+        '--sequence, --tracks, --step and --without_refiner.'
     )
   evaluation.evaluate_run(
       _WORKDIR.value,

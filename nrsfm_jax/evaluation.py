@@ -198,7 +198,7 @@ def evaluate_run(
     config = ml_collections.ConfigDict(config.to_dict())
     config.train.eval_context = eval_context
   if without_refiner:
-    if model_name(config) != 'student' or not config.model.get('use_refiner', False):
+    if model_name(config) != 'student' or not config.model.get('use_refiner', True):  # Student's default: on.
       raise ValueError(f'without_refiner: {workdir} has no TCN refiner to skip (model.use_refiner is off).')
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.use_refiner = False  # The same lifter weights; the refiner's are left unread.
