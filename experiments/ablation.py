@@ -228,8 +228,11 @@ def main(argv):
     stack = dict(_parse_overrides(FLAGS.stack_override, 'stack_override'))
     for key in stack:
       row, _, name = key.rpartition(':')
-      if '.' not in name or (row and row not in ablation.ALL_ROWS):
-        raise app.UsageError(f'--stack_override {key}: expected [row:]section.key=value, row of {ablation.ALL_ROWS}')
+      if (row and row not in ablation.ALL_ROWS) or not name:
+        raise app.UsageError(
+            f'--stack_override {key}: expected [row:]section.key=value (or a top-level key: seed=1), row of '
+            f'{ablation.ALL_ROWS}'
+        )
       _apply_overrides(student_config('tcn'), [(name, stack[key])], 'stack_override')
   if 'cmu17' in FLAGS.benchmarks and FLAGS.cross_subject:
     cross = ablation.run_cmu17_cross_subject(

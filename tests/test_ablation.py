@@ -109,6 +109,8 @@ def test_stack_overrides_apply_to_every_row_or_to_the_named_one():
   cfg = ablation.stacked(base, '/runs/lifter', ablation._stack_overrides_for(stack, 'teacher'))
   assert (cfg.optim.lr, cfg.train.num_steps, cfg.optim.warmup_steps) == (1e-4, 2000, 20)
   assert not cfg.model.tcn_causal and base.model.tcn_causal
+  reseeded = ablation.stacked(base, '/runs/lifter', {'seed': 1})  # Top-level keys too: another seed of stage 2.
+  assert reseeded.seed == 1 and base.seed == 0
   nested = ablation.stacked(base, '/runs/lifter', {'loss.terms.smooth.weight': 1.0})  # Deeper keys too.
   assert nested.loss.terms.smooth.weight == 1.0 and base.loss.terms.smooth.weight != 1.0
   with pytest.raises(ValueError, match="unknown row 'tnc'"):
