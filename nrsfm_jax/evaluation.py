@@ -194,13 +194,12 @@ def evaluate_run(
     ``protocol``, ``scale``, ``output`` and ``predictions`` (paths).
   """
   config, model, params, meta = load_run(workdir, step)
+  if without_refiner and (model_name(config) != 'student' or not config.model.get('use_refiner', True)):
+    raise ValueError(f'without_refiner: {workdir} has no TCN refiner to skip (model.use_refiner is off).')
+  # load_run reads config.json afresh on every call: this config is ours to change.
   if eval_context is not None:
-    config = ml_collections.ConfigDict(config.to_dict())
     config.train.eval_context = eval_context
   if without_refiner:
-    if model_name(config) != 'student' or not config.model.get('use_refiner', True):  # Student's default: on.
-      raise ValueError(f'without_refiner: {workdir} has no TCN refiner to skip (model.use_refiner is off).')
-    config = ml_collections.ConfigDict(config.to_dict())
     config.model.use_refiner = False  # The same lifter weights; the refiner's are left unread.
     model = models.from_config('student', config.model, int(meta['num_points']))
   dataset, protocol, name = build_eval_dataset(
