@@ -101,8 +101,9 @@ flags.DEFINE_bool('dev_split', True, 'cmu17: run the development split (train 00
 flags.DEFINE_multi_string(
     'override',
     [],
-    'cmu17: a config override applied to every student row, as '
-    '``a.b=value`` (value parsed as a Python literal, else kept as a string); repeatable.',
+    'cmu17: a config override applied to every student row, or with a row prefix to that row alone, as '
+    '``[row:]a.b=value`` (value parsed as a Python literal, else kept as a string); repeatable, e.g. '
+    '--override=c3dpo_lifter:model.lifter_width=256.',
 )
 flags.DEFINE_multi_string(
     'teacher_override',
@@ -174,9 +175,20 @@ def _apply_overrides(cfg, parsed, flag: str):
 
 
 def student_config_fn(overrides):
-  """``row -> ablation.row_config('default', row)`` with ``a.b=value`` overrides applied (errors name the key)."""
-  parsed = _parse_overrides(overrides, 'override')
-  return lambda row: _apply_overrides(ablation.row_config('default', row), parsed, 'override')
+  """``row -> ablation.row_config('default', row)`` with ``[row:]a.b=value`` overrides applied: unprefixed
+  to every row, prefixed to that row alone, in the order given (errors name the key or row)."""
+  parsed = []
+  for key, value in _parse_overrides(overrides, 'override'):
+    row, _, name = key.rpartition(':')
+    if (row and row not in ablation.ALL_ROWS) or not name:
+      raise app.UsageError(f'--override {key}: expected [row:]section.key=value, row of {ablation.ALL_ROWS}')
+    parsed.append((row, name, value))
+
+  def make(row):
+    mine = [(name, value) for r, name, value in parsed if r in ('', row)]
+    return _apply_overrides(ablation.row_config('default', row), mine, 'override')
+
+  return make
 
 
 def teacher_config_fn(overrides, mode: str):

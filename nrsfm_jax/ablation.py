@@ -71,6 +71,15 @@ def row_config(name: str, row: str) -> ml_collections.ConfigDict:
   return configs.get('c3dpo', 'lifter') if row == 'c3dpo_lifter' else configs.get(name, row)
 
 
+def row_title(row: str, cfg: ml_collections.ConfigDict | None = None) -> str:
+  """``TITLES[row]``; the ``c3dpo_lifter`` row's names the size its config trains (``--override`` may
+  change it)."""
+  if row == 'c3dpo_lifter' and cfg is not None:
+    m = cfg.model
+    return f"C3DPO's recipe lifter ({m.lifter_width} × {m.lifter_blocks}, BatchNorm, SGD; configs/c3dpo.py:lifter)"
+  return TITLES[row]
+
+
 def _check_rows(rows, self_teacher: bool = True):
   bad = [r for r in rows if r not in ALL_ROWS]
   if bad:
@@ -235,9 +244,12 @@ def _run_rows(
       if alone is not None:  # The teacher's own score at the settings that made the pseudo-3D.
         results['teacher_alone'] = {'overall': alone}
       _check_same_pseudo3d(row_dir, out['pseudo3d'])
-    log(f'== {os.path.basename(workdir)}: {row} ({TITLES[row]}) ==')
+    title = row_title(row, cfg)
+    log(f'== {os.path.basename(workdir)}: {row} ({title}) ==')
     result = train_lib.train_and_evaluate(cfg, row_dir, log=log)
     results[row] = dict(result, seconds_this_call=round(time.time() - t0, 1))
+    if title != TITLES[row]:
+      results[row]['title'] = title
     if row == 'teacher':  # The fair reference: the teacher alone with the student's test-time treatment.
       fair = teacher.score_as_student(os.path.join(workdir, f'teacher_{tcfg.teacher.mode}'), cfg, log=log)
       if fair is not None:
@@ -393,8 +405,9 @@ def cross_subject_table(results: dict[str, Any]) -> str:
       continue
     cells = [f'{folds[s][row]["overall"]["mpjpe"]:.1f}' if row in folds[s] else '–' for s in names]
     m = results['mean'][row]
+    title = next((folds[s][row]['title'] for s in names if 'title' in folds[s].get(row, {})), titles[row])
     lines.append(
-        f'| {titles[row]} | ' + ' | '.join(cells) + f' | {m["mpjpe"]:.1f} | {m["pa_mpjpe"]:.1f} | '
+        f'| {title} | ' + ' | '.join(cells) + f' | {m["mpjpe"]:.1f} | {m["pa_mpjpe"]:.1f} | '
         f'{m["stress"]:.1f} | {m["accel_error"]:.2f} |'
     )
   return '\n'.join(lines)
@@ -695,9 +708,10 @@ def cmu17_table(results: dict[str, Any], c3dpo: bool = False) -> str:
     if row not in results and row not in extra:
       continue
     o = (results.get(row) or extra[row])['overall']
+    title = (results.get(row) or {}).get('title', titles[row])
     change = f'{100 * (o["mpjpe"] - base) / base:+.1f}%' if base and row in ALL_ROWS else '–'
     lines.append(
-        f'| {titles[row]} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
+        f'| {title} | {o["mpjpe"]:.1f} | {o["pa_mpjpe"]:.1f} | {o["stress"]:.1f} | '
         f'{o["accel_error"]:.2f} | {change} |'
     )
   return '\n'.join(lines)

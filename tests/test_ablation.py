@@ -92,6 +92,15 @@ def test_override_flag_changes_every_row_and_names_bad_keys():
   # The c3dpo_lifter row is C3DPO's recipe; the overrides still apply on top of it.
   recipe = make('c3dpo_lifter')
   assert (recipe.optim.name, recipe.model.lifter_width, recipe.train.num_steps) == ('sgd', 1024, 7)
+  # A row prefix changes that row alone; a later override wins.
+  one = script.student_config_fn(['c3dpo_lifter:model.lifter_width=256', 'optim.lr=0.5', 'c3dpo_lifter:optim.lr=5e-3'])
+  assert (one('c3dpo_lifter').model.lifter_width, one('c3dpo_lifter').optim.lr) == (256, 5e-3)
+  assert (one('lifter').model.lifter_width, one('lifter').optim.lr) == (256, 0.5)
+  assert one('tcn').optim.lr == 0.5
+  with pytest.raises(app.UsageError, match='row of'):
+    script.student_config_fn(['c3dpo_lifer:optim.lr=1'])
+  with pytest.raises(app.UsageError, match="no config key 'nope'"):
+    script.student_config_fn(['lifter:model.nope=1'])('lifter')
 
 
 def test_stack_overrides_apply_to_every_row_or_to_the_named_one():
@@ -349,3 +358,21 @@ def test_truth_rotations_recover_the_cameras_of_a_rigid_body_and_the_table_reads
   assert cells[0] == '| drink (2)' and cells[1] == '0.0200 (1.2000)'
   assert cells[2] == '0.0300 (1.2500)' and cells[3] == cells[4] == '0.0100 (1.1000)'
   assert cells[5] == '0.0300' and cells[6] == '0.0050 (1.0500) |'
+
+
+def test_c3dpo_lifter_row_is_titled_by_the_size_it_trained():
+  cfg = ablation.row_config('default', 'c3dpo_lifter')
+  assert '1024 × 6' in ablation.row_title('c3dpo_lifter', cfg)
+  cfg.model.lifter_width, cfg.model.lifter_blocks = 256, 3
+  small = ablation.row_title('c3dpo_lifter', cfg)
+  assert '256 × 3' in small and ablation.row_title('tcn', cfg) == ablation.TITLES['tcn']
+  overall = {'mpjpe': 80.0, 'pa_mpjpe': 60.0, 'stress': 30.0, 'accel_error': 4.0}
+  row = {'overall': overall, 'title': small}
+  assert f'| {small} | 80.0 |' in ablation.cmu17_table({'c3dpo_lifter': row})
+  folds = {'002': {'c3dpo_lifter': row}, '003': {'c3dpo_lifter': {'overall': overall}}}
+  table = ablation.cross_subject_table({'folds': folds, 'mean': ablation.fold_means(folds)})
+  assert f'| {small} | 80.0 | 80.0 |' in table
+  # Results saved before rows carried a title keep the static one.
+  old = {'002': {'c3dpo_lifter': {'overall': overall}}}
+  table = ablation.cross_subject_table({'folds': old, 'mean': ablation.fold_means(old)})
+  assert ablation.TITLES['c3dpo_lifter'] in table
