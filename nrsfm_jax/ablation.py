@@ -72,8 +72,8 @@ def row_config(name: str, row: str) -> ml_collections.ConfigDict:
 
 
 def row_title(row: str, cfg: ml_collections.ConfigDict | None = None) -> str:
-  """``TITLES[row]``; the ``c3dpo_lifter`` row's names the size its config trains (``--override`` may
-  change it)."""
+  """``TITLES[row]``, except that the ``c3dpo_lifter`` row's title names the trunk size ``cfg`` trains
+  (``--override=c3dpo_lifter:model.lifter_width=…`` changes it)."""
   if row == 'c3dpo_lifter' and cfg is not None:
     m = cfg.model
     return f"C3DPO's recipe lifter ({m.lifter_width} × {m.lifter_blocks}, BatchNorm, SGD; configs/c3dpo.py:lifter)"
