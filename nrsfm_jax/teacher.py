@@ -132,7 +132,15 @@ def reconstruction_targets(
   return np.asarray(geometry.root_relative(points), np.float32)
 
 
-def hinge_weights(targets: np.ndarray, mask: np.ndarray, hinges, mode: str) -> np.ndarray | None:
+def hinge_weights(
+    targets: np.ndarray,
+    mask: np.ndarray,
+    hinges,
+    mode: str,
+    *,
+    setting: str = 'teacher.hinge_filter',
+    hinges_key: str = 'teacher.hinges',
+) -> np.ndarray | None:
   """Per-joint weights of the denoising loss that leave out limbs mirrored against their frame.
 
   A knee or elbow bending against the rest of its frame (:func:`metrics.hinge_outliers`) is a
@@ -147,6 +155,8 @@ def hinge_weights(targets: np.ndarray, mask: np.ndarray, hinges, mode: str) -> n
     mode: ``'none'`` (None: every joint counts), ``'frames'`` (a frame with any such hinge
       is left out) or ``'limbs'`` (only each such hinge's ``b`` and ``c`` joints: the knee and
       foot, or elbow and wrist).
+    setting, hinges_key: the config keys errors name (a student's ``train.pseudo3d_hinge_filter``
+      and ``loss.terms.hinges.hinges`` use the same weights).
 
   Returns:
     ``[N, L, P]`` float32 weights in {0, 1}, or None for ``'none'``.
@@ -155,15 +165,11 @@ def hinge_weights(targets: np.ndarray, mask: np.ndarray, hinges, mode: str) -> n
     configs.ConfigError: an unknown mode, or hinges that do not index ``P`` points.
   """
   if mode not in configs.HINGE_FILTERS:
-    raise configs.ConfigError(f'config.teacher.hinge_filter must be one of {configs.HINGE_FILTERS}; got {mode!r}.')
+    raise configs.ConfigError(f'config.{setting} must be one of {configs.HINGE_FILTERS}; got {mode!r}.')
   if mode == 'none':
     return None
   hinges = configs.hinge_indices(
-      hinges,
-      targets.shape[-2],
-      key='teacher.hinges',
-      user=f'teacher.hinge_filter={mode!r}',
-      fix="teacher.hinge_filter='none'",
+      hinges, targets.shape[-2], key=hinges_key, user=f'{setting}={mode!r}', fix=f"{setting}='none'"
   )
   out = np.asarray(jax.jit(metrics.hinge_outliers, static_argnums=1)(jnp.asarray(targets), hinges))  # [N, L, H]
   weights = np.ones(targets.shape[:-1], np.float32)

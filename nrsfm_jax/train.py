@@ -93,8 +93,10 @@ def per_window_inputs(lcfg: objective.LossConfig, dataset: data_lib.WindowDatase
 
 def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable[[str], None]):
   """:func:`_raw_teacher_targets`, then (``train.pseudo3d_projection='eval'``) put through this
-  row's own test-time treatment (:func:`scoring.as_evaluated`), then smoothed over time by
-  ``train.pseudo3d_sigma`` frames when it is > 0."""
+  row's own test-time treatment (:func:`scoring.as_evaluated`), then (``train.pseudo3d_hinge_filter``
+  ``'limbs'`` or ``'frames'``) the limbs, or frames, whose knee or elbow bends against the rest of
+  its target frame weighed 0 (:func:`teacher.hinge_weights`, on ``loss.terms.hinges.hinges``), then
+  smoothed over time by ``train.pseudo3d_sigma`` frames when it is > 0."""
   pseudo, weight = _raw_teacher_targets(config, lcfg, train_ds, log)
   mode = config.train.get('pseudo3d_projection', 'none')
   if mode not in configs.PSEUDO3D_PROJECTIONS:
@@ -106,6 +108,25 @@ def _teacher_targets(config, lcfg: objective.LossConfig, train_ds, log: Callable
         'teacher targets as this row is evaluated: '
         + ('observed x, y' if config.model.get('observed_xy', True) else "the targets' own x, y")
         + (f', bone projection {projection["mode"]} (gain {projection["gain"]:g})' if projection else '')
+    )
+  hinge_filter = config.train.get('pseudo3d_hinge_filter', 'none')
+  if pseudo is not None and hinge_filter != 'none':
+    from nrsfm_jax import teacher  # pylint: disable=g-import-not-at-top  (teacher builds on this module's peers)
+
+    kept = teacher.hinge_weights(
+        pseudo,
+        train_ds.mask,
+        config.loss.terms.hinges.hinges,
+        hinge_filter,
+        setting='train.pseudo3d_hinge_filter',
+        hinges_key='loss.terms.hinges.hinges',
+    )
+    weight = kept if weight is None else np.asarray(weight, np.float32) * kept
+    visible = np.asarray(train_ds.mask)[..., None] > 0
+    log(
+        f'teacher targets: train.pseudo3d_hinge_filter={hinge_filter!r} keeps '
+        f'{100 * float(np.mean(kept[np.broadcast_to(visible, kept.shape)])):.1f}% of the target joints '
+        '(knees and elbows bent against their frame left out; no 3D read)'
     )
   sigma = float(config.train.get('pseudo3d_sigma', 0.0))
   if pseudo is not None and sigma > 0:

@@ -253,6 +253,38 @@ def test_teacher_confidence_weights_from_the_cached_spread(tmp_path):
     train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)
 
 
+def test_pseudo3d_hinge_filter_leaves_mirrored_limbs_of_the_targets_out(tmp_path):
+  from nrsfm_jax import data, losses, objective
+
+  config = configs.get('tiny', 'teacher')
+  train_ds, _ = data.make_datasets(config)
+  mocap = data.load_mocap(subjects='006')['006_01'][::10]
+  body = mocap[np.asarray(losses.hinge_bend(mocap, data.CMU_HINGES)).min(-1) > 0.1][0]
+  pseudo = np.broadcast_to(body, train_ds.keypoints.shape[:-1] + (3,)).astype(np.float32).copy()
+  a, b, c = data.CMU_HINGES[3][:3]  # left shoulder, elbow, wrist
+  pseudo[0, 1:3, [b, c], 2] = 2 * pseudo[0, 1:3, [a], 2] - pseudo[0, 1:3, [b, c], 2]  # the left arm mirrored
+  path = str(tmp_path / 'p.npz')
+  data.save_pseudo3d(path, pseudo, train_ds, spread=np.ones(pseudo.shape[:-1], np.float32))
+  config.train.pseudo3d = path
+  lines = []
+  assert train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)[1] is None
+  config.train.pseudo3d_hinge_filter = 'limbs'
+  targets, weight = train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)
+  np.testing.assert_allclose(targets, pseudo)  # The targets stay; only their weights change.
+  mask = np.broadcast_to(np.asarray(train_ds.mask)[..., None] > 0, weight.shape)
+  expect = mask.astype(np.float32)
+  expect[0, 1:3, [b, c]] = 0.0
+  np.testing.assert_array_equal(weight, expect)
+  assert any("pseudo3d_hinge_filter='limbs' keeps" in line for line in lines)
+  # With the hypotheses' confidence the two weights multiply.
+  config.loss.terms.teacher.confidence_scale = 1.0
+  _, both = train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)
+  np.testing.assert_allclose(both, 0.5 * expect, rtol=1e-5)
+  config.train.pseudo3d_hinge_filter = 'joints'
+  with pytest.raises(configs.ConfigError, match='train.pseudo3d_hinge_filter'):
+    train._teacher_targets(config, objective.loss_config(config), train_ds, lines.append)
+
+
 def test_one_run_per_workdir(tmp_path):
   import socket
   import subprocess

@@ -130,6 +130,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
       'train.pseudo3d_projection': PSEUDO3D_PROJECTIONS,
       'teacher.target_projection': PSEUDO3D_PROJECTIONS,
       'teacher.hinge_filter': HINGE_FILTERS,
+      'train.pseudo3d_hinge_filter': HINGE_FILTERS,
   }
 
 

@@ -208,6 +208,10 @@ def get_config(arg=None):
   # of the visible points, then the eval_bone_* projection; scoring.as_evaluated), so the student
   # learns what it will be scored as. 'none': the targets as the teacher (or anchor run) makes them.
   c.train.pseudo3d_projection = 'none'
+  # 'limbs': a target frame's knee or elbow that bends against the rest of that frame
+  # (metrics.hinge_outliers, on loss.terms.hinges.hinges; no 3D read) leaves its two distal joints
+  # out of the teacher term; 'frames': the whole frame. 'none': every target joint counts.
+  c.train.pseudo3d_hinge_filter = 'none'
 
   c.model.use_refiner = variant in ('tcn', 'teacher')
   if variant == 'tcn':
