@@ -18,7 +18,8 @@ main job's whole 20 CPU-minutes.
 
 At the default lifter's size (``model.{lifter,canon}_{width,blocks}`` = 256 / 3, session 32) the
 recipe needs a larger step: ``optim.lr=5e-3`` scores 88.5 mm on the cross-subject mean (seed 1:
-83.8; lr 1e-2: 88.3) in about 1.3 CPU-minutes a run, against 120.9 on 006 at lr 1e-3 (README,
+83.8; lr 1e-2: 88.3) in about 1.3 CPU-minutes a run, against 120.9 on 006 at lr 1e-3; three seeds
+with ``train.restarts=3`` (the default lifter's hinge rule keeps one) 84.1 (README,
 "C3DPO's recipe at the default lifter's size"). The ablation's ``c3dpo_lifter`` row takes that size
 with ``--override=c3dpo_lifter:model.lifter_width=256`` and so on.
 """
