@@ -174,15 +174,22 @@ def _apply_overrides(cfg, parsed, flag: str):
   return cfg
 
 
+def _split_row(key: str, flag: str) -> tuple[str, str]:
+  """``'[row:]section.key'`` -> ``(row or '', 'section.key')``; a row not in ``ALL_ROWS`` is named."""
+  row, _, name = key.rpartition(':')
+  if (row and row not in ablation.ALL_ROWS) or not name:
+    raise app.UsageError(
+        f'--{flag} {key}: expected [row:]section.key=value (or a top-level key: seed=1), row of {ablation.ALL_ROWS}'
+    )
+  return row, name
+
+
 def student_config_fn(overrides):
   """``row -> ablation.row_config('default', row)`` with ``[row:]a.b=value`` overrides applied: unprefixed
   to every row, prefixed to that row alone, in the order given (errors name the key or row)."""
   parsed = []
   for key, value in _parse_overrides(overrides, 'override'):
-    row, _, name = key.rpartition(':')
-    if (row and row not in ablation.ALL_ROWS) or not name:
-      raise app.UsageError(f'--override {key}: expected [row:]section.key=value, row of {ablation.ALL_ROWS}')
-    parsed.append((row, name, value))
+    parsed.append((*_split_row(key, 'override'), value))
 
   def make(row):
     mine = [(name, value) for r, name, value in parsed if r in ('', row)]
@@ -239,12 +246,7 @@ def main(argv):
       raise app.UsageError('--stack_override changes stacked rows: drop --nostack.')
     stack = dict(_parse_overrides(FLAGS.stack_override, 'stack_override'))
     for key in stack:
-      row, _, name = key.rpartition(':')
-      if (row and row not in ablation.ALL_ROWS) or not name:
-        raise app.UsageError(
-            f'--stack_override {key}: expected [row:]section.key=value (or a top-level key: seed=1), row of '
-            f'{ablation.ALL_ROWS}'
-        )
+      _, name = _split_row(key, 'stack_override')
       _apply_overrides(student_config('tcn'), [(name, stack[key])], 'stack_override')
   if 'cmu17' in FLAGS.benchmarks and FLAGS.cross_subject:
     cross = ablation.run_cmu17_cross_subject(
